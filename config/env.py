@@ -1,0 +1,100 @@
+"""Typed access to the environment. Every setting goes through here so a bad value fails at startup with a
+message naming the variable and what it accepts, instead of surfacing later as an obscure runtime error."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+from django.core.exceptions import ImproperlyConfigured
+
+_MISSING = object()
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class EnvError(ImproperlyConfigured):
+    pass
+
+
+def _raw(name: str, default: object) -> str | None:
+    value = os.environ.get(name)
+    if value is None:
+        if default is _MISSING:
+            raise EnvError(f"{name} is required but not set")
+        return None
+    return value
+
+
+def env_str(name: str, default: str | object = _MISSING) -> str:
+    value = _raw(name, default)
+    return str(default) if value is None else value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = _raw(name, default)
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise EnvError(f"{name}={value!r} is not a boolean: use true/false, 1/0, yes/no or on/off")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    value = _raw(name, default)
+    if value is None:
+        return default
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise EnvError(f"{name}={value!r} is not an integer") from None
+    if minimum is not None and number < minimum:
+        raise EnvError(f"{name}={value!r} is too small: it must be an integer >= {minimum}")
+    if maximum is not None and number > maximum:
+        raise EnvError(f"{name}={value!r} is too large: it must be an integer <= {maximum}")
+    return number
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    value = _raw(name, default)
+    if value is None:
+        return default
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise EnvError(f"{name}={value!r} is not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise EnvError(f"{name}={value!r} is not a finite number")
+    if minimum is not None and number < minimum:
+        raise EnvError(f"{name}={value!r} is too small: it must be >= {minimum}")
+    return number
+
+
+def env_duration(name: str, default: str) -> float:
+    """A duration such as `10ms`, `10s`, `1.5s`, `2m` (bare numbers are seconds); returned in seconds."""
+    value = _raw(name, default)
+    text = default if value is None else value
+    match = _DURATION.match(text)
+    if not match:
+        raise EnvError(f"{name}={text!r} is not a duration: use a number with a unit, e.g. 250ms, 10s, 2m")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
+    value = _raw(name, default)
+    text = (default if value is None else value).strip().lower()
+    if text not in choices:
+        raise EnvError(f"{name}={text!r} is not valid: expected one of {', '.join(choices)}")
+    return text
+
+
+def env_list(name: str, default: str) -> list[str]:
+    value = _raw(name, default)
+    text = default if value is None else value
+    return [item.strip() for item in text.split(",") if item.strip()]

@@ -1,0 +1,216 @@
+"""Django settings. Everything that varies between machines comes from the environment through config.env,
+so a bad value stops startup with the variable's name (see README, "Configuration")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+
+from config.env import (
+    EnvError,
+    env_bool,
+    env_choice,
+    env_duration,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = env_str("SECRET_KEY")
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "http://127.0.0.1:8083,http://localhost:8083")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_prometheus",
+    "rest_framework",
+    "rest_framework_api_key",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "solo",
+    "simple_history",
+    "ingestion",
+    "routing",
+    "publisher",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "simple_history.middleware.HistoryRequestMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env_str("DATABASE_URL", "postgres://ingest:ingest@127.0.0.1:5433/ingest")
+try:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+except ValueError as exc:
+    raise EnvError(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise EnvError("DATABASE_URL must be a postgres:// URL (PostgreSQL is the only supported database)")
+DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
+DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
+
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6380/0")
+if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise EnvError(f"REDIS_URL={REDIS_URL!r} is not valid: expected redis://host:port/db")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "ingest",
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / ".data" / "static"
+# The admin and the API docs are served by gunicorn itself (no CDN, no separate web server needed).
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# ---------------------------------------------------------------- Kafka
+KAFKA_BROKERS = env_list("KAFKA_BROKERS", "localhost:9092")
+KAFKA_TOPIC_ATTEMPTS = env_str("KAFKA_TOPIC_ATTEMPTS", "user.attempts")
+KAFKA_TOPIC_SESSIONS = env_str("KAFKA_TOPIC_SESSIONS", "user.sessions")
+KAFKA_TOPIC_PLACEMENTS = env_str("KAFKA_TOPIC_PLACEMENTS", "user.placements")
+KAFKA_TOPIC_ACTIVITIES = env_str("KAFKA_TOPIC_ACTIVITIES", "user.activities")
+KAFKA_TOPIC_ML_TRAINING = env_str("KAFKA_TOPIC_ML_TRAINING", "ml.training_events")
+KAFKA_TOPIC_DLQ = "dlq.events"
+KAFKA_TOPIC_PARTITIONS = env_int("KAFKA_TOPIC_PARTITIONS", 3, minimum=1)
+KAFKA_TOPIC_REPLICATION_FACTOR = env_int("KAFKA_TOPIC_REPLICATION_FACTOR", 1, minimum=1)
+KAFKA_PRODUCER_TIMEOUT = env_duration("KAFKA_PRODUCER_TIMEOUT", "10s")
+KAFKA_PRODUCER_RETRIES = env_int("KAFKA_PRODUCER_RETRIES", 3, minimum=0, maximum=100)
+KAFKA_PRODUCER_BATCH_SIZE = env_int("KAFKA_PRODUCER_BATCH_SIZE", 100, minimum=1)
+KAFKA_PRODUCER_BATCH_TIMEOUT = env_duration("KAFKA_PRODUCER_BATCH_TIMEOUT", "10ms")
+KAFKA_COMPRESSION_TYPE = env_choice("KAFKA_COMPRESSION_TYPE", "snappy", ("none", "gzip", "snappy", "lz4", "zstd"))
+KAFKA_SECURITY_PROTOCOL = env_choice(
+    "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
+).upper()
+KAFKA_SASL_MECHANISM = env_choice(
+    "KAFKA_SASL_MECHANISM", "PLAIN", ("plain", "scram-sha-256", "scram-sha-512")
+).upper()
+KAFKA_SASL_USERNAME = env_str("KAFKA_SASL_USERNAME", "")
+KAFKA_SASL_PASSWORD = env_str("KAFKA_SASL_PASSWORD", "")
+KAFKA_SSL_CAFILE = env_str("KAFKA_SSL_CAFILE", "")
+KAFKA_SSL_CERTFILE = env_str("KAFKA_SSL_CERTFILE", "")
+KAFKA_SSL_KEYFILE = env_str("KAFKA_SSL_KEYFILE", "")
+if KAFKA_SECURITY_PROTOCOL.startswith("SASL") and not (KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD):
+    raise EnvError(f"KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with {KAFKA_SECURITY_PROTOCOL}")
+for _name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"):
+    if globals()[_name] and not Path(globals()[_name]).is_file():
+        raise EnvError(f"{_name}={globals()[_name]!r} is not a readable file")
+
+# ---------------------------------------------------------------- Ingestion API
+INGEST_MAX_BATCH = env_int("INGEST_MAX_BATCH", 1000, minimum=1, maximum=100_000)
+INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024, minimum=1024)
+INGEST_MAX_QUEUE_DEPTH = env_int("INGEST_MAX_QUEUE_DEPTH", 1_000_000, minimum=1)
+INGEST_DEDUP_TTL = env_duration("INGEST_DEDUP_TTL", "24h")
+INGEST_RATE_LIMIT = env_str("INGEST_RATE_LIMIT", "6000/min")
+INGEST_RETRY_AFTER_SECONDS = env_int("INGEST_RETRY_AFTER_SECONDS", 1, minimum=1)
+
+# ---------------------------------------------------------------- Celery
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]  # never pickle: a task message must not be able to run code
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+# acks_late + reject_on_worker_lost: a task is removed from Redis only after it finished, so a worker killed
+# mid-batch leaves its task to be redelivered (publishing is idempotent per destination).
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 4, minimum=1)
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2, minimum=1)
+CELERY_TASK_DEFAULT_QUEUE = "publish"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Longer than any task's whole retry schedule, or Redis would hand an unacknowledged task to a second worker
+# while the first is still retrying it.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60),
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+}
+
+# ---------------------------------------------------------------- DRF
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Event ingestion API",
+    "DESCRIPTION": "Learning events (attempts, sessions, placements, activities) in, Kafka out.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"kafka": {"level": "WARNING"}},
+}
+
+# Publisher knobs not covered by the retry-policy singleton.
+PUBLISHER_BREAKER_FAIL_MAX = env_int("PUBLISHER_BREAKER_FAIL_MAX", 5, minimum=1)
+PUBLISHER_BREAKER_RESET_TIMEOUT = env_duration("PUBLISHER_BREAKER_RESET_TIMEOUT", "30s")
+PUBLISHER_HEALTH_ERROR_RATE = env_float("PUBLISHER_HEALTH_ERROR_RATE", 0.05, minimum=0)

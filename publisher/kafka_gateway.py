@@ -1,0 +1,142 @@
+"""The one place that talks to Kafka: a lazy, per-process producer, the admin client, and topic constants.
+
+Everything else goes through here so producer settings, security and shutdown live in one module.
+Delivery futures are returned to callers, who wait on them: a failed send must reach retry and the DLQ,
+never vanish in a callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.errors import TopicAlreadyExistsError
+
+logger = logging.getLogger(__name__)
+
+TOPIC_DLQ = "dlq.events"
+
+_producer: KafkaProducer | None = None
+_producer_pid: int | None = None
+_lock = threading.Lock()
+
+
+def configured_topics() -> list[str]:
+    """The event topics named by the environment, plus the dead-letter topic."""
+    names = [
+        settings.KAFKA_TOPIC_ATTEMPTS,
+        settings.KAFKA_TOPIC_SESSIONS,
+        settings.KAFKA_TOPIC_PLACEMENTS,
+        settings.KAFKA_TOPIC_ACTIVITIES,
+        settings.KAFKA_TOPIC_ML_TRAINING,
+        TOPIC_DLQ,
+    ]
+    return list(dict.fromkeys(names))
+
+
+def connection_config() -> dict[str, Any]:
+    """Bootstrap and security options shared by producer, consumer and admin clients."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.KAFKA_BROKERS,
+        "security_protocol": settings.KAFKA_SECURITY_PROTOCOL,
+        "client_id": "event-ingestion",
+    }
+    if settings.KAFKA_SECURITY_PROTOCOL.startswith("SASL"):
+        config["sasl_mechanism"] = settings.KAFKA_SASL_MECHANISM
+        config["sasl_plain_username"] = settings.KAFKA_SASL_USERNAME
+        config["sasl_plain_password"] = settings.KAFKA_SASL_PASSWORD
+    if settings.KAFKA_SECURITY_PROTOCOL.endswith("SSL"):
+        config["ssl_cafile"] = settings.KAFKA_SSL_CAFILE or None
+        config["ssl_certfile"] = settings.KAFKA_SSL_CERTFILE or None
+        config["ssl_keyfile"] = settings.KAFKA_SSL_KEYFILE or None
+    return config
+
+
+def producer_config(**overrides: Any) -> dict[str, Any]:
+    timeout_ms = int(settings.KAFKA_PRODUCER_TIMEOUT * 1000)
+    linger_ms = int(settings.KAFKA_PRODUCER_BATCH_TIMEOUT * 1000)
+    compression = settings.KAFKA_COMPRESSION_TYPE
+    config = connection_config() | {
+        "acks": "all",
+        "enable_idempotence": True,
+        "compression_type": None if compression == "none" else compression,
+        "linger_ms": linger_ms,
+        # KAFKA_PRODUCER_BATCH_SIZE counts messages (the seed's meaning); kafka-python batches by bytes, so
+        # allow ~1 KiB per message, never below the client's 16 KiB default.
+        "batch_size": max(16384, settings.KAFKA_PRODUCER_BATCH_SIZE * 1024),
+        # The client retries transient errors itself only within this window; our retry policy (publisher
+        # tasks) runs on top, so the worst case is bounded by (retries + 1) x KAFKA_PRODUCER_TIMEOUT.
+        "delivery_timeout_ms": max(timeout_ms, linger_ms + 1000),
+        "request_timeout_ms": max(1000, min(timeout_ms, 30000) - linger_ms),
+        "max_block_ms": timeout_ms,
+        "retry_backoff_ms": 100,
+        "max_in_flight_requests_per_connection": 5,
+    }
+    config.update(overrides)
+    return config
+
+
+def get_producer() -> KafkaProducer:
+    """This process's producer, created on first use. A forked child gets its own (sockets don't fork)."""
+    global _producer, _producer_pid
+    pid = os.getpid()
+    if _producer is not None and _producer_pid == pid:
+        return _producer
+    with _lock:
+        if _producer is None or _producer_pid != pid:
+            _producer = KafkaProducer(**producer_config())
+            _producer_pid = pid
+            logger.info("kafka producer created", extra={"pid": pid})
+    return _producer
+
+
+def close_producer(timeout: float = 10.0) -> None:
+    """Flush what is buffered and close; called on worker shutdown so nothing waits in memory."""
+    global _producer, _producer_pid
+    with _lock:
+        producer, owner = _producer, _producer_pid
+        _producer, _producer_pid = None, None
+    if producer is not None and owner == os.getpid():
+        try:
+            producer.flush(timeout=timeout)
+        finally:
+            producer.close(timeout=timeout)
+
+
+def admin_client(**overrides: Any) -> KafkaAdminClient:
+    timeout_ms = int(settings.KAFKA_PRODUCER_TIMEOUT * 1000)
+    return KafkaAdminClient(**(connection_config() | {"request_timeout_ms": timeout_ms} | overrides))
+
+
+@dataclass(frozen=True)
+class EnsureTopicsResult:
+    created: list[str]
+    existing: list[str]
+
+
+def ensure_topics(*, names: Iterable[str], partitions: int, replication_factor: int) -> EnsureTopicsResult:
+    """Create the topics that do not exist yet; leave existing ones (and their settings) alone."""
+    wanted = list(dict.fromkeys(names))
+    admin = admin_client()
+    try:
+        present = set(admin.list_topics())
+        missing = [name for name in wanted if name not in present]
+        created: list[str] = []
+        for name in missing:
+            try:
+                admin.create_topics(
+                    {name: {"num_partitions": partitions, "replication_factor": replication_factor}},
+                    wait_for_metadata=True,
+                )
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another process: that is what we wanted
+        return EnsureTopicsResult(created=created, existing=[name for name in wanted if name in present])
+    finally:
+        admin.close()
