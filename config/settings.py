@@ -4,6 +4,7 @@ so a bad value stops startup with the variable's name (see README, "Configuratio
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
@@ -138,9 +139,7 @@ KAFKA_COMPRESSION_TYPE = env_choice("KAFKA_COMPRESSION_TYPE", "snappy", ("none",
 KAFKA_SECURITY_PROTOCOL = env_choice(
     "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
 ).upper()
-KAFKA_SASL_MECHANISM = env_choice(
-    "KAFKA_SASL_MECHANISM", "PLAIN", ("plain", "scram-sha-256", "scram-sha-512")
-).upper()
+KAFKA_SASL_MECHANISM = env_choice("KAFKA_SASL_MECHANISM", "PLAIN", ("plain", "scram-sha-256", "scram-sha-512")).upper()
 KAFKA_SASL_USERNAME = env_str("KAFKA_SASL_USERNAME", "")
 KAFKA_SASL_PASSWORD = env_str("KAFKA_SASL_PASSWORD", "")
 KAFKA_SSL_CAFILE = env_str("KAFKA_SSL_CAFILE", "")
@@ -157,7 +156,12 @@ INGEST_MAX_BATCH = env_int("INGEST_MAX_BATCH", 1000, minimum=1, maximum=100_000)
 INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024, minimum=1024)
 INGEST_MAX_QUEUE_DEPTH = env_int("INGEST_MAX_QUEUE_DEPTH", 1_000_000, minimum=1)
 INGEST_DEDUP_TTL = env_duration("INGEST_DEDUP_TTL", "24h")
-INGEST_RATE_LIMIT = env_str("INGEST_RATE_LIMIT", "6000/min")
+INGEST_RATE_LIMIT = env_str("INGEST_RATE_LIMIT", "2000/s")
+_rate_count, _, _rate_period = INGEST_RATE_LIMIT.partition("/")
+if not _rate_count.strip().isdigit() or _rate_period.strip() not in {"s", "sec", "m", "min", "h", "hour", "d", "day"}:
+    raise EnvError(
+        f"INGEST_RATE_LIMIT={INGEST_RATE_LIMIT!r} is not valid: use requests per period, e.g. 2000/s or 6000/min"
+    )
 INGEST_RETRY_AFTER_SECONDS = env_int("INGEST_RETRY_AFTER_SECONDS", 1, minimum=1)
 
 # ---------------------------------------------------------------- Celery
@@ -174,6 +178,7 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 4, minimum=1)
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2, minimum=1)
 CELERY_TASK_DEFAULT_QUEUE = "publish"
+CELERY_TASK_ROUTES = {"publisher.*": {"queue": "publish"}}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Longer than any task's whole retry schedule, or Redis would hand an unacknowledged task to a second worker
@@ -185,7 +190,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 
 # ---------------------------------------------------------------- DRF
-REST_FRAMEWORK = {
+REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import TopicAlreadyExistsError
+
+from kafka import KafkaAdminClient, KafkaProducer
 
 logger = logging.getLogger(__name__)
 

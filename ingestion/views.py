@@ -1,0 +1,198 @@
+"""The event API. Thin: read the body within its limit, parse, validate, hand to ingestion.services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.parsers import BaseParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from ingestion import services
+from ingestion.auth import ApiKeyAuthentication, client_of
+from ingestion.openapi import (
+    BATCH_EXAMPLE,
+    EVENT_EXAMPLES,
+    BatchRequestSchema,
+    BatchResponseSchema,
+    ErrorSchema,
+    EventRequestSchema,
+    SingleResponseSchema,
+)
+from ingestion.schema import BodyError, parse_json_body, validate_batch, validate_event
+from ingestion.throttling import ApiKeyRateThrottle
+from publisher import metrics
+
+ALLOWED_CHARSETS = {"utf-8", "utf8"}
+
+
+class RawJSONParser(BaseParser):
+    """Declares application/json for DRF and the schema; the views read and parse the bytes themselves (orjson,
+    size-limited), so DRF's slower JSON parsing never runs."""
+
+    media_type = "application/json"
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        return None
+
+
+class RequestError(Exception):
+    def __init__(self, status_code: int, message: str, *, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.errors = errors or []
+
+
+def _error(status_code: int, message: str, errors: list[dict[str, str]] | None = None, **headers: str) -> Response:
+    body: dict[str, Any] = {"error": message}
+    if errors:
+        body["errors"] = errors
+    response = Response(body, status=status_code)
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
+def _read_json(request: HttpRequest) -> Any:
+    content_type = request.META.get("CONTENT_TYPE", "")
+    media_type, _, params = content_type.partition(";")
+    if media_type.strip().lower() != "application/json":
+        raise RequestError(415, f"Content-Type must be application/json (got {content_type or 'none'!r}).")
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ALLOWED_CHARSETS:
+            raise RequestError(415, f"Unsupported charset {value.strip()!r}: the body must be UTF-8 JSON.")
+    limit = settings.INGEST_MAX_BODY_BYTES
+    declared = request.META.get("CONTENT_LENGTH")
+    if declared:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise RequestError(400, "Content-Length is not a number.") from None
+        if length > limit:
+            raise RequestError(413, f"Body of {length} bytes is over the limit of {limit} bytes.")
+        body = request.body
+    elif request.META.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+        # Django does not read chunked bodies; read the stream ourselves, never more than the limit + 1.
+        stream = request.META["wsgi.input"]
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = stream.read(min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"Body is over the limit of {limit} bytes.")
+        body = b"".join(chunks)
+    else:
+        body = request.body
+    if not body:
+        raise RequestError(400, "The request body is empty: send a JSON object.")
+    try:
+        return parse_json_body(body)
+    except BodyError as exc:
+        raise RequestError(400, f"Malformed JSON: {exc.message}") from None
+
+
+class _IngestView(APIView):
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes: list[Any] = []
+    throttle_classes = [ApiKeyRateThrottle]
+    parser_classes = [RawJSONParser]
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, RequestError):
+            metrics.EVENTS_REJECTED.labels(reason=f"http_{exc.status_code}").inc()
+            return _error(exc.status_code, exc.message, exc.errors)
+        if isinstance(exc, services.ServiceUnavailable):
+            return _error(503, exc.message, Retry_After=str(exc.retry_after))
+        response = super().handle_exception(exc)
+        if response.status_code == 429:
+            metrics.EVENTS_REJECTED.labels(reason="rate_limited").inc()
+        if response.status_code in (401, 403):
+            response.status_code = 401
+            metrics.EVENTS_REJECTED.labels(reason="unauthorized").inc()
+        if isinstance(response.data, dict) and "detail" in response.data:
+            response.data = {"error": str(response.data["detail"])}
+        return response
+
+
+class EventView(_IngestView):
+    @extend_schema(
+        operation_id="ingest_event",
+        summary="Ingest one event",
+        request=EventRequestSchema,
+        responses={
+            202: SingleResponseSchema,
+            400: ErrorSchema,
+            401: ErrorSchema,
+            413: ErrorSchema,
+            415: ErrorSchema,
+            429: ErrorSchema,
+            503: ErrorSchema,
+        },
+        examples=EVENT_EXAMPLES,
+    )
+    def post(self, request: Request) -> Response:
+        raw = _read_json(request._request)
+        services.check_backpressure()
+        result = validate_event(raw)
+        if isinstance(result, list):
+            metrics.EVENTS_REJECTED.labels(reason="invalid").inc()
+            raise RequestError(400, "Invalid event.", errors=[e.as_dict() for e in result])
+        outcome = services.accept_events(events=[(0, result)], source=client_of(request).name)
+        event_id, state = outcome.statuses[0]
+        return Response({"event_id": event_id, "status": state}, status=status.HTTP_202_ACCEPTED)
+
+
+class BatchView(_IngestView):
+    @extend_schema(
+        operation_id="ingest_batch",
+        summary="Ingest a batch of events",
+        request=BatchRequestSchema,
+        responses={
+            202: BatchResponseSchema,
+            400: OpenApiResponse(BatchResponseSchema, description="No event accepted (or a bad body: ErrorSchema)"),
+            401: ErrorSchema,
+            413: ErrorSchema,
+            415: ErrorSchema,
+            429: ErrorSchema,
+            503: ErrorSchema,
+        },
+        examples=[OpenApiExample("mixed batch", value=BATCH_EXAMPLE, request_only=True)],
+    )
+    def post(self, request: Request) -> Response:
+        raw = _read_json(request._request)
+        services.check_backpressure()
+        checked = validate_batch(raw, max_batch=settings.INGEST_MAX_BATCH)
+        if checked.body_errors:
+            metrics.EVENTS_REJECTED.labels(reason="invalid").inc()
+            raise RequestError(400, "Invalid batch.", errors=[e.as_dict() for e in checked.body_errors])
+        outcome = services.accept_events(events=checked.valid, source=client_of(request).name)
+        results: list[dict[str, Any]] = [{} for _ in range(len(checked.valid) + len(checked.invalid))]
+        for index, (event_id, state) in outcome.statuses.items():
+            results[index] = {"index": index, "event_id": event_id, "status": state, "errors": []}
+        for index, client_event_id, errors in checked.invalid:
+            results[index] = {
+                "index": index,
+                "event_id": client_event_id,
+                "status": services.REJECTED,
+                "errors": [e.as_dict() for e in errors],
+            }
+        if checked.invalid:
+            metrics.EVENTS_REJECTED.labels(reason="invalid").inc(len(checked.invalid))
+        body = {
+            "accepted": outcome.accepted,
+            "duplicates": outcome.duplicates,
+            "rejected": len(checked.invalid),
+            "results": results,
+        }
+        ok = outcome.accepted + outcome.duplicates > 0
+        return Response(body, status=status.HTTP_202_ACCEPTED if ok else status.HTTP_400_BAD_REQUEST)

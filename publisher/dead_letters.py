@@ -1,0 +1,119 @@
+"""Writing dead letters: a row in Postgres (the operators' record, always) and a copy in `dlq.events` with the
+original key, value and headers plus why it failed (best effort: if Kafka is down the row alone is kept)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+
+from publisher import kafka_gateway, metrics
+from publisher.errors import error_class
+from publisher.models import DeadLetter
+
+if TYPE_CHECKING:
+    from publisher.publishing import Record
+
+logger = logging.getLogger(__name__)
+
+
+def _dlq_headers(record: Record, *, reason: str, now: datetime, replay_count: int) -> list[tuple[str, bytes]]:
+    exc = record.error
+    message = str(exc) if exc is not None else ""
+    klass = error_class(exc) if exc is not None else ""
+    full_class = f"{type(exc).__module__}.{type(exc).__qualname__}" if exc is not None else ""
+    return [
+        *record.headers,
+        ("dlq_reason", reason.encode()),
+        ("dlq_timestamp", now.isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()),
+        ("original_topic", record.topic.encode()),
+        ("dlq_error_class", klass.encode()),
+        ("dlq_attempts", str(record.attempts).encode()),
+        ("dlq_replay_count", str(replay_count).encode()),
+        # The names Kafka Connect uses, so existing DLQ tooling understands these records.
+        ("__connect.errors.topic", record.topic.encode()),
+        ("__connect.errors.exception.class.name", full_class.encode()),
+        ("__connect.errors.exception.message", message[:1000].encode()),
+    ]
+
+
+def record(*, events: Sequence[Mapping[str, Any]], failures: Sequence[tuple[Record, str]], source: str) -> None:
+    """Persist the failures (raises DatabaseError if Postgres is down, so the caller can defer), then copy them
+    to the dead-letter topic."""
+    now = datetime.now(UTC)
+    rows: list[DeadLetter] = []
+    for rec, reason in failures:
+        event = events[rec.index]
+        exc = rec.error
+        rows.append(
+            DeadLetter(
+                event_id=event["event_id"],
+                event_type=event["event_type"],
+                original_topic=rec.topic,
+                key=rec.key.decode(errors="replace")[:256],
+                user_id=str(event.get("user_id", ""))[:128],
+                payload=dict(event),
+                value=rec.value,
+                headers=[[name, value.decode(errors="replace")] for name, value in rec.headers],
+                format=rec.fmt,
+                schema_version=int(event.get("schema_version", 1)),
+                source=source[:128],
+                reason=reason,
+                error_class=error_class(exc) if exc is not None else "",
+                error_message=str(exc)[:4000] if exc is not None else "",
+                attempts=rec.attempts,
+                first_failed_at=now,
+                last_failed_at=now,
+                status=DeadLetter.Status.PENDING,
+            )
+        )
+    with transaction.atomic():
+        DeadLetter.objects.bulk_create(
+            rows,
+            update_conflicts=True,
+            unique_fields=["event_id", "original_topic"],
+            update_fields=[
+                "payload", "value", "headers", "reason", "error_class", "error_message",
+                "attempts", "last_failed_at", "status",
+            ],
+        )  # fmt: skip
+    for rec, reason in failures:
+        metrics.DEAD_LETTERED.labels(topic=rec.topic, reason=reason).inc()
+        logger.warning(
+            "dead-lettered %s -> %s: %s",
+            events[rec.index].get("event_id"),
+            rec.topic,
+            reason,
+            extra={"event": "dead_letter", "event_id": str(events[rec.index].get("event_id")), "topic": rec.topic},
+        )
+    _copy_to_kafka(events, failures, now=now)
+
+
+def _copy_to_kafka(
+    events: Sequence[Mapping[str, Any]], failures: Sequence[tuple[Record, str]], *, now: datetime
+) -> None:
+    copied = Q(pk__in=[])
+    try:
+        producer = kafka_gateway.get_producer()
+        sent = [
+            (rec, producer.send(
+                kafka_gateway.TOPIC_DLQ,
+                key=rec.key,
+                value=rec.value,
+                headers=_dlq_headers(rec, reason=reason, now=now, replay_count=0),
+            ))
+            for rec, reason in failures
+        ]  # fmt: skip
+        deadline = time.monotonic() + float(settings.KAFKA_PRODUCER_TIMEOUT)
+        for rec, future in sent:
+            future.get(timeout=max(0.1, deadline - time.monotonic()))
+            copied |= Q(event_id=events[rec.index]["event_id"], original_topic=rec.topic)
+    except Exception as exc:
+        logger.warning("dead letters kept in Postgres only; dlq.events unreachable: %r", exc)
+    DeadLetter.objects.filter(copied).update(in_kafka_dlq=True)

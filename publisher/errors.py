@@ -1,0 +1,57 @@
+"""Which publish failures are worth retrying and which go straight to the dead-letter queue."""
+
+from __future__ import annotations
+
+import ssl
+
+from kafka import errors as kafka_errors
+from publisher.serialization import SerializationError
+
+
+# The record itself is wrong, or we may never write there: retrying cannot help.
+def _kafka_errors(*names: str) -> tuple[type[BaseException], ...]:
+    """Error classes by name; kafka-python renames a few between releases, and a missing one must not crash."""
+    return tuple(getattr(kafka_errors, name) for name in names if hasattr(kafka_errors, name))
+
+
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = _kafka_errors(
+    "MessageSizeTooLargeError",
+    "RecordListTooLargeError",
+    "InvalidTopicError",
+    "TopicAuthorizationFailedError",
+    "ClusterAuthorizationFailedError",
+    "InvalidRecordError",
+    "CorruptRecordError",
+) + (SerializationError,)
+
+# The broker or the path to it is unwell: wait and retry (and let the breaker open during an outage).
+# Authentication and TLS failures are here on purpose: a wrong password is fixed by an operator, and the
+# events must wait for that, not flood the dead-letter queue.
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = _kafka_errors(
+    "BrokerNotAvailableError",
+    "NoBrokersAvailable",
+    "KafkaConnectionError",
+    "RequestTimedOutError",
+    "KafkaTimeoutError",
+    "NotEnoughReplicasError",
+    "NotEnoughReplicasAfterAppendError",
+    "LeaderNotAvailableError",
+    "NotLeaderForPartitionError",
+    "NetworkExceptionError",
+    "SaslAuthenticationFailedError",
+    "AuthenticationFailedError",
+    "KafkaUnavailableError",
+) + (ssl.SSLError, ConnectionError, TimeoutError, OSError)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, PERMANENT_ERRORS):
+        return False
+    if isinstance(exc, RETRYABLE_ERRORS):
+        return True
+    # Anything else the client marks as transient is retried; the rest is permanent.
+    return bool(getattr(exc, "retriable", False))
+
+
+def error_class(exc: BaseException) -> str:
+    return type(exc).__name__

@@ -1,0 +1,26 @@
+"""The pipeline's Prometheus series (names are documented in README, "Metrics"). Label values are bounded:
+topics, event types, error classes and rule names, never event ids."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_ACCEPTED = Counter("ingestion_events_accepted", "Events accepted by the API", ["event_type"])
+EVENTS_REJECTED = Counter("ingestion_events_rejected", "Events or requests rejected by the API", ["reason"])
+EVENTS_DUPLICATE = Counter("ingestion_events_duplicate", "Events answered as duplicates")
+QUEUE_DEPTH = Gauge("ingestion_queue_depth", "Tasks waiting in the Celery publish queue", multiprocess_mode="max")
+
+PUBLISHED = Counter("publisher_events_published", "Records acknowledged by Kafka", ["topic"])
+FAILED = Counter("publisher_events_failed", "Failed delivery attempts", ["topic", "error_class"])
+RETRIED = Counter("publisher_events_retried", "Delivery retries")
+DEAD_LETTERED = Counter("publisher_events_dlq", "Records dead-lettered", ["topic", "reason"])
+DEFERRED = Counter("publisher_events_deferred", "Deliveries deferred while the breaker was open")
+PUBLISH_LATENCY = Histogram(
+    "publisher_publish_latency_seconds",
+    "Time from API acceptance to Kafka acknowledgement",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BREAKER_STATE = Gauge(
+    "publisher_circuit_breaker_state", "0 closed, 1 half-open, 2 open", multiprocess_mode="mostrecent"
+)
+RULE_MATCHES = Counter("routing_rule_matches", "Events matched per routing rule", ["rule"])
+UNROUTED = Counter("routing_events_unrouted", "Events that no rule matched", ["event_type"])
+DLQ_PENDING = Gauge("dlq_pending_entries", "Dead letters waiting for an operator", multiprocess_mode="mostrecent")

@@ -1,0 +1,253 @@
+"""Publishing a batch of accepted events: route, serialize once per format, send, wait for every ack, retry
+only what failed, dead-letter what cannot be delivered, and defer (never drop) while Kafka is unwell.
+
+The guarantee: each (event, destination topic) pair ends up acknowledged by Kafka or in the dead-letter
+table, or is handed back to the caller as `PublishDeferred.pending` to try again later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pybreaker
+from django.conf import settings
+from django.db import DatabaseError
+
+from publisher import breaker as breaker_module
+from publisher import dead_letters, kafka_gateway, metrics
+from publisher.errors import error_class, is_retryable
+from publisher.models import DeadLetter, RetryPolicy
+from publisher.serialization import CONTENT_TYPES, SerializationError, encode_event, schema_name
+from routing.services import current_routing
+
+logger = logging.getLogger(__name__)
+
+# How long one publish round may wait for acknowledgements beyond the client's own delivery timeout.
+ACK_GRACE_SECONDS = 5.0
+
+Routes = dict[int, list[str]]
+
+
+@dataclass(slots=True)
+class Record:
+    index: int
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    fmt: str
+    attempts: int = 0
+    error: BaseException | None = None
+
+
+@dataclass
+class BatchResult:
+    published: int = 0
+    dead_lettered: int = 0
+    unrouted: int = 0
+    retries: int = 0
+    deliveries: list[tuple[int, str]] = field(default_factory=list)
+
+
+class PublishDeferred(Exception):
+    """Some deliveries must wait (breaker open, or the dead-letter table unreachable). `pending` maps event
+    index to the topics still owed; everything not listed is done (acknowledged or dead-lettered)."""
+
+    def __init__(self, *, pending: Routes, delay: float, reason: str) -> None:
+        super().__init__(f"{sum(map(len, pending.values()))} deliveries deferred: {reason}")
+        self.pending = pending
+        self.delay = delay
+        self.reason = reason
+
+
+class _RoundFailed(Exception):
+    """Raised inside the breaker call so that a round with retryable failures counts as one failure."""
+
+    def __init__(self, failed: list[Record]) -> None:
+        super().__init__(f"{len(failed)} deliveries failed")
+        self.failed = failed
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def plan_routes(events: Sequence[Mapping[str, Any]]) -> tuple[Routes, dict[str, str], int]:
+    """Route every event with the current rules. Returns routes, topic formats, and the unrouted count."""
+    snapshot = current_routing()
+    routes: Routes = {}
+    unrouted = 0
+    for index, event in enumerate(events):
+        decision = snapshot.route(event)
+        for rule_name in decision.matched_rules:
+            metrics.RULE_MATCHES.labels(rule=rule_name).inc()
+        if decision.topics:
+            routes[index] = list(decision.topics)
+        else:
+            unrouted += 1
+            metrics.UNROUTED.labels(event_type=str(event.get("event_type", "unknown"))).inc()
+    return routes, snapshot.topic_formats, unrouted
+
+
+def build_records(
+    events: Sequence[Mapping[str, Any]], routes: Routes, formats: Mapping[str, str], *, source: str, accepted_at: float
+) -> tuple[list[Record], list[Record]]:
+    """Serialize each event once per format it is needed in. Returns (records, unencodable records)."""
+    ingested_at = _iso(accepted_at).encode()
+    source_header = source.encode()
+    records: list[Record] = []
+    broken: list[Record] = []
+    for index, topics in routes.items():
+        event = events[index]
+        encoded: dict[str, bytes | SerializationError] = {}
+        key = str(event["user_id"]).encode()
+        for topic in topics:
+            fmt = formats.get(topic, "json")
+            if fmt not in encoded:
+                try:
+                    encoded[fmt] = encode_event(event, fmt)
+                except SerializationError as exc:
+                    encoded[fmt] = exc
+            value = encoded[fmt]
+            headers = [
+                ("event_type", str(event["event_type"]).encode()),
+                ("event_id", str(event["event_id"]).encode()),
+                ("schema_version", str(event.get("schema_version", 1)).encode()),
+                ("content-type", CONTENT_TYPES[fmt].encode()),
+                ("schema", schema_name(str(event["event_type"]), fmt).encode()),
+                ("ingested_at", ingested_at),
+                ("source", source_header),
+            ]
+            if isinstance(value, SerializationError):
+                broken.append(Record(index, topic, key, b"", headers, fmt, attempts=1, error=value))
+            else:
+                records.append(Record(index, topic, key, value, headers, fmt))
+    return records, broken
+
+
+def _send_round(records: list[Record], timeout: float) -> list[Record]:
+    """Send every record, then wait for every acknowledgement. Returns the records that failed permanently;
+    raises _RoundFailed when any failed in a retryable way (so the breaker counts the round as a failure)."""
+    producer = kafka_gateway.get_producer()
+    futures: list[tuple[Record, Any]] = []
+    blocked: BaseException | None = None
+    for record in records:
+        record.attempts += 1
+        record.error = None
+        if blocked is not None:
+            # The client could not even queue a record (no metadata, buffer full): don't wait again per record.
+            record.error = blocked
+            continue
+        try:
+            futures.append(
+                (record, producer.send(record.topic, key=record.key, value=record.value, headers=record.headers))
+            )
+        except Exception as exc:
+            record.error = exc
+            if is_retryable(exc):
+                blocked = exc
+    deadline = time.monotonic() + timeout + ACK_GRACE_SECONDS
+    for record, future in futures:
+        try:
+            future.get(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception as exc:
+            record.error = exc
+        else:
+            metrics.PUBLISHED.labels(topic=record.topic).inc()
+    for record, _ in futures:
+        if record.error is None:
+            continue
+        metrics.FAILED.labels(topic=record.topic, error_class=error_class(record.error)).inc()
+    permanent = [r for r in records if r.error is not None and not is_retryable(r.error)]
+    retryable = [r for r in records if r.error is not None and is_retryable(r.error)]
+    if retryable:
+        raise _RoundFailed(retryable + permanent)
+    return permanent
+
+
+def _pending_of(records: Sequence[Record]) -> Routes:
+    pending: Routes = {}
+    for record in records:
+        pending.setdefault(record.index, []).append(record.topic)
+    return pending
+
+
+def publish_events(
+    *,
+    events: Sequence[Mapping[str, Any]],
+    source: str,
+    accepted_at: float,
+    routes: Mapping[int, Sequence[str]] | None = None,
+) -> BatchResult:
+    """Deliver a batch. With `routes` (a deferred task coming back), only those deliveries are attempted and
+    routing is not evaluated again, so destinations that already succeeded are never sent twice."""
+    result = BatchResult()
+    if routes is None:
+        planned, formats, result.unrouted = plan_routes(events)
+    else:
+        planned = {int(i): list(topics) for i, topics in routes.items()}
+        formats = current_routing().topic_formats
+    if not planned:
+        return result
+    records, unencodable = build_records(events, planned, formats, source=source, accepted_at=accepted_at)
+    policy = RetryPolicy.get_solo()
+    timeout = float(settings.KAFKA_PRODUCER_TIMEOUT)
+    breaker = breaker_module.get_breaker()
+    to_dead_letter: list[tuple[Record, str]] = [(r, DeadLetter.Reason.PERMANENT_ERROR) for r in unencodable]
+    pending = records
+    round_number = 0
+    deferred: list[Record] = []
+    while pending:
+        round_number += 1
+        try:
+            permanent = breaker.call(_send_round, pending, timeout)
+            failed_retryable: list[Record] = []
+        except pybreaker.CircuitBreakerError:
+            # Open: Kafka is known to be down. Keep the work for later; don't hammer it, don't flood the DLQ.
+            deferred = pending
+            break
+        except _RoundFailed as failure:
+            permanent = [r for r in failure.failed if r.error is not None and not is_retryable(r.error)]
+            failed_retryable = [r for r in failure.failed if r.error is not None and is_retryable(r.error)]
+        to_dead_letter.extend((r, DeadLetter.Reason.PERMANENT_ERROR) for r in permanent)
+        done = [r for r in pending if r.error is None]
+        result.published += len(done)
+        for record in done:
+            result.deliveries.append((record.index, record.topic))
+            metrics.PUBLISH_LATENCY.observe(max(0.0, time.time() - accepted_at))
+        if not failed_retryable:
+            break
+        if round_number > policy.max_retries:
+            if breaker_module.current_state() != "closed":
+                deferred = failed_retryable
+            else:
+                to_dead_letter.extend((r, DeadLetter.Reason.RETRIES_EXHAUSTED) for r in failed_retryable)
+            break
+        metrics.RETRIED.inc(len(failed_retryable))
+        result.retries += len(failed_retryable)
+        logger.info(
+            "retrying %d deliveries", len(failed_retryable), extra={"event": "publish_retry", "round": round_number}
+        )
+        time.sleep(policy.delay_seconds(round_number))
+        pending = failed_retryable
+
+    if to_dead_letter:
+        try:
+            dead_letters.record(events=events, failures=to_dead_letter, source=source)
+        except DatabaseError as exc:
+            # Postgres is down: nothing may be dropped, so these deliveries go back to the queue with the rest.
+            logger.warning("dead-letter table unreachable; deferring %d deliveries", len(to_dead_letter))
+            deferred = deferred + [r for r, _ in to_dead_letter]
+            metrics.DEFERRED.inc(len(deferred))
+            raise PublishDeferred(pending=_pending_of(deferred), delay=2.0, reason=f"database: {exc}") from exc
+        result.dead_lettered += len(to_dead_letter)
+    if deferred:
+        metrics.DEFERRED.inc(len(deferred))
+        delay = float(breaker.reset_timeout) if breaker_module.current_state() == "open" else 1.0
+        raise PublishDeferred(pending=_pending_of(deferred), delay=delay, reason="circuit breaker open")
+    return result

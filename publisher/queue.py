@@ -1,0 +1,39 @@
+"""How many accepted events wait for a worker. A Redis counter raised when a task is enqueued and lowered when
+it finishes (or hands part of its work to a retry), so the API can refuse work it could not deliver without
+measuring the queue per event."""
+
+from __future__ import annotations
+
+import time
+
+from config.redis import get_redis
+
+QUEUED_EVENTS_KEY = "publisher:queued-events"
+_CACHE_SECONDS = 0.2
+_cached: tuple[float, int] = (0.0, 0)
+
+
+def add(count: int) -> None:
+    get_redis().incrby(QUEUED_EVENTS_KEY, count)
+
+
+def done(count: int) -> None:
+    if count <= 0:
+        return
+    pipe = get_redis().pipeline()
+    pipe.decrby(QUEUED_EVENTS_KEY, count)
+    pipe.execute()
+    # A counter that drifted below zero (e.g. after a Redis restart lost the last second) is reset, not trusted.
+    if int(get_redis().get(QUEUED_EVENTS_KEY) or 0) < 0:
+        get_redis().set(QUEUED_EVENTS_KEY, 0)
+
+
+def depth(*, fresh: bool = False) -> int:
+    """Queued events, read from Redis at most every 0.2 s per process."""
+    global _cached
+    now = time.monotonic()
+    if not fresh and now - _cached[0] < _CACHE_SECONDS:
+        return _cached[1]
+    value = max(0, int(get_redis().get(QUEUED_EVENTS_KEY) or 0))
+    _cached = (now, value)
+    return value

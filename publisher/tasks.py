@@ -1,0 +1,78 @@
+"""Celery tasks: thin wrappers that take plain JSON arguments and delegate to the publisher services."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task, shared_task
+from django.db import DatabaseError, InterfaceError
+
+from publisher import publishing, queue
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_QUEUE = "publish"
+
+
+def publisher_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:
+    """The one way tasks are declared here: explicit name and queue, results ignored, late acks, and
+    database errors retried (with backoff, forever) instead of losing the work."""
+    defaults: dict[str, Any] = {
+        "name": name,
+        "bind": True,
+        "ignore_result": True,
+        "acks_late": True,
+        "reject_on_worker_lost": True,
+        "autoretry_for": (DatabaseError, InterfaceError),
+        "retry_backoff": 1,
+        "retry_backoff_max": 30,
+        "retry_jitter": True,
+        "max_retries": None,
+    }
+    return shared_task(**(defaults | options))
+
+
+@publisher_task(name="publisher.publish_events")
+def publish_events(
+    self: Task,
+    events: list[dict[str, Any]],
+    source: str,
+    accepted_at: float,
+    routes: dict[str, list[str]] | None = None,
+) -> None:
+    try:
+        result = publishing.publish_events(
+            events=events,
+            source=source,
+            accepted_at=accepted_at,
+            routes=None if routes is None else {int(i): topics for i, topics in routes.items()},
+        )
+    except publishing.PublishDeferred as deferred:
+        # Only the deliveries still owed travel with the retry; the rest are done and must not repeat.
+        indexes = sorted(deferred.pending)
+        retry_events = [events[i] for i in indexes]
+        retry_routes = {str(n): deferred.pending[i] for n, i in enumerate(indexes)}
+        queue.done(len(events) - len(retry_events))
+        logger.warning(
+            "publish deferred: %s", deferred.reason, extra={"event": "publish_deferred", "count": len(indexes)}
+        )
+        raise self.retry(
+            args=(),
+            kwargs={"events": retry_events, "source": source, "accepted_at": accepted_at, "routes": retry_routes},
+            countdown=deferred.delay,
+            max_retries=None,
+        ) from deferred
+    queue.done(len(events))
+    logger.info(
+        "published batch",
+        extra={
+            "event": "publish_done",
+            "events": len(events),
+            "published": result.published,
+            "dead_lettered": result.dead_lettered,
+            "unrouted": result.unrouted,
+            "retries": result.retries,
+        },
+    )

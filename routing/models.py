@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from django.core.exceptions import ValidationError
+from django.db import models
+from simple_history.models import HistoricalRecords
+
+from routing.patterns import MAX_PATTERN_CHARS, PatternError, compile_pattern
+
+TOPIC_NAME_RE = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+# Kafka's internal topics and our dead-letter topic are never routing destinations.
+RESERVED_TOPICS = frozenset({"dlq.events"})
+
+
+def validate_topic_name(name: str) -> None:
+    if not TOPIC_NAME_RE.match(name or ""):
+        raise ValidationError(
+            "Topic names use only letters, digits, '.', '_' and '-', 1 to 249 characters.", code="invalid"
+        )
+    if name in {".", ".."}:
+        raise ValidationError("'.' and '..' are not valid Kafka topic names.", code="invalid")
+    if name.startswith("__") or name in RESERVED_TOPICS:
+        raise ValidationError(f"'{name}' is reserved (Kafka internal or dead-letter topic).", code="reserved")
+
+
+def validate_pattern(pattern: Any) -> None:
+    try:
+        text = orjson.dumps(pattern).decode()
+    except TypeError as exc:
+        raise ValidationError(f"Pattern is not plain JSON: {exc}", code="invalid") from None
+    if len(text) > MAX_PATTERN_CHARS:
+        raise ValidationError(f"Pattern is {len(text)} characters long; the limit is {MAX_PATTERN_CHARS}.")
+    try:
+        compile_pattern(pattern)
+    except PatternError as exc:
+        raise ValidationError(f"Invalid pattern: {exc}", code="invalid") from None
+
+
+class EventType(models.TextChoices):
+    ATTEMPT = "attempt", "attempt"
+    SESSION = "session", "session"
+    PLACEMENT = "placement", "placement"
+    ACTIVITY = "activity", "activity"
+
+
+class Topic(models.Model):
+    class Format(models.TextChoices):
+        JSON = "json", "JSON"
+        PROTOBUF = "protobuf", "Protobuf"
+
+    name = models.CharField(max_length=249, unique=True, validators=[validate_topic_name])
+    format = models.CharField(max_length=16, choices=Format.choices, default=Format.JSON)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RoutingRule(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    event_type = models.CharField(max_length=16, choices=EventType.choices, db_index=True)
+    pattern = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[validate_pattern],
+        help_text='EventBridge event pattern, e.g. {"quality": [{"numeric": [">=", 4]}]}. {} matches every event.',
+    )
+    destinations = models.ManyToManyField(Topic, related_name="rules")
+    priority = models.IntegerField(default=100, help_text="Lower runs first.")
+    enabled = models.BooleanField(default=True, db_index=True)
+    stop_processing = models.BooleanField(
+        default=False, help_text="When this rule matches, later rules are not evaluated."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    history = HistoricalRecords(m2m_fields=[destinations])
+
+    class Meta:
+        ordering = ["priority", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if not isinstance(self.pattern, dict):
+            raise ValidationError({"pattern": "A pattern is a JSON object."})

@@ -1,0 +1,153 @@
+"""Shared fixtures: the real services (started by `make services-up`), a real Celery worker process, and a
+Kafka reader that returns exactly the records written after a point in time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from kafka import KafkaConsumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ConsumedRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+
+
+class KafkaReader:
+    """Remembers the end offsets of some topics, then reads only what was written after that."""
+
+    def __init__(self, topics: list[str]) -> None:
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=settings.KAFKA_BROKERS, enable_auto_commit=False, consumer_timeout_ms=500
+        )
+        self.partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(self.consumer.partitions_for_topic(topic) or [])
+        ]
+        self.consumer.assign(self.partitions)
+        self.start = self.consumer.end_offsets(self.partitions)
+        for tp, offset in self.start.items():
+            self.consumer.seek(tp, offset)
+
+    def read(self, *, expected: int, timeout: float = 20.0, settle: float = 0.5) -> list[ConsumedRecord]:
+        """Read until `expected` records arrived (then `settle` more seconds to catch extras) or timeout."""
+        records: list[ConsumedRecord] = []
+        deadline = time.monotonic() + timeout
+        settle_until: float | None = None
+        while time.monotonic() < deadline:
+            if settle_until is None and len(records) >= expected:
+                settle_until = time.monotonic() + settle
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+            for tp_records in self.consumer.poll(timeout_ms=200).values():
+                for r in tp_records:
+                    records.append(
+                        ConsumedRecord(r.topic, r.partition, r.offset, r.key, r.value, dict(r.headers or []))
+                    )
+        return records
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@pytest.fixture
+def kafka_reader() -> Iterator[Any]:
+    readers: list[KafkaReader] = []
+
+    def make(*topics: str) -> KafkaReader:
+        reader = KafkaReader(list(topics))
+        readers.append(reader)
+        return reader
+
+    yield make
+    for reader in readers:
+        reader.close()
+
+
+def _test_database_url() -> str:
+    db = settings.DATABASES["default"]
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+class WorkerProcess:
+    def __init__(self, *, concurrency: int = 2, extra_env: dict[str, str] | None = None) -> None:
+        self.log_path = ROOT / ".data" / f"test-worker-{uuid.uuid4().hex[:8]}.log"
+        env = os.environ | {"DATABASE_URL": _test_database_url(), "PYTHONUNBUFFERED": "1"} | (extra_env or {})
+        self.log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "config", "worker", "--queues", "publish",
+                "--concurrency", str(concurrency), "--pool", "prefork", "--loglevel", "INFO",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h",
+            ],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"celery worker exited early:\n{self.log_path.read_text()[-3000:]}")
+            if b" ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"celery worker not ready after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[WorkerProcess]:
+    """A real `celery worker` process (prefork, 2 children) on the test database, for the whole session."""
+    _purge_publish_queue()
+    worker = WorkerProcess()
+    yield worker
+    worker.stop()
+
+
+def _purge_publish_queue() -> None:
+    from config.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge("publish")
+
+
+@pytest.fixture
+def default_routing(transactional_db: Any) -> None:
+    """The seed's topics and rules (transactional tests truncate tables, so seed them again)."""
+    from routing.seed import seed_default_routing
+
+    seed_default_routing()
