@@ -70,6 +70,18 @@ class KafkaReader:
         self.consumer.close()
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """TEST_DB_SUFFIX lets two suites run side by side on one PostgreSQL (each with its own test database);
+    give each its own REDIS_URL database number too."""
+    suffix = os.environ.get("TEST_DB_SUFFIX")
+    if suffix:
+        from django.db import connections
+
+        test = connections["default"].settings_dict.setdefault("TEST", {})
+        test["NAME"] = f"test_{connections['default'].settings_dict['NAME']}_{suffix}"
+
+
 @pytest.fixture
 def kafka_reader() -> Iterator[Any]:
     readers: list[KafkaReader] = []
