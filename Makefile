@@ -13,7 +13,8 @@ export SECRET_KEY ?= $(shell mkdir -p .data && { [ -s $(SECRET_FILE) ] || $(PYTH
 export DJANGO_SETTINGS_MODULE := config.settings
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install services-up services-down services-status migrate topics setup run test test-fast test-faults lint format proto bench profile clean
+
+.PHONY: test-tools help install services-up services-down services-status migrate topics setup run test test-fast test-faults lint format proto bench profile clean
 
 help:
 	@echo "make run              install, start services, migrate, seed, print demo credentials, serve :8083"
@@ -61,7 +62,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint services-up topics
+test-tools:
+	@bash scripts/ensure_test_tools.sh
+
+test: lint test-tools services-up topics
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: services-up

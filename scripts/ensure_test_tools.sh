@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Debian packages the test suite drives: Chromium (browser tests through playwright; never a downloaded
+# browser), promtool and prometheus (metrics checks), docker-compose (validates docker-compose.yml).
+set -euo pipefail
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+((${#need[@]})) || exit 0
+sudo=""; [[ $EUID -eq 0 ]] || sudo="sudo"
+echo "[test-tools] installing ${need[*]} (apt-get)" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
