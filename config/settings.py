@@ -114,6 +114,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / ".data" / "static"
+# Serve static files straight from the apps when collectstatic has not run (tests, a fresh checkout).
+WHITENOISE_USE_FINDERS = True
 # The admin and the API docs are served by gunicorn itself (no CDN, no separate web server needed).
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -165,7 +167,8 @@ if not _rate_count.strip().isdigit() or _rate_period.strip() not in {"s", "sec",
 INGEST_RETRY_AFTER_SECONDS = env_int("INGEST_RETRY_AFTER_SECONDS", 1, minimum=1)
 
 # ---------------------------------------------------------------- Celery
-CELERY_BROKER_URL = REDIS_URL
+# Normally the same Redis; a deployment may give Celery its own instance.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]  # never pickle: a task message must not be able to run code

@@ -163,3 +163,76 @@ def default_routing(transactional_db: Any) -> None:
     from routing.seed import seed_default_routing
 
     seed_default_routing()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class GunicornServer:
+    """The real web tier (gunicorn, several workers) on the test database."""
+
+    def __init__(self, *, workers: int = 2, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = ROOT / ".data" / f"test-web-{uuid.uuid4().hex[:8]}.log"
+        self.log = self.log_path.open("wb")
+        env = os.environ | {"DATABASE_URL": _test_database_url(), "PYTHONUNBUFFERED": "1"} | (extra_env or {})
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
+                "--workers", str(workers), "--access-logfile", "-", "--graceful-timeout", "5",
+            ],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited early:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"{self.url}/api/schema/", timeout=2)
+                return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"gunicorn not ready after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def web_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[GunicornServer]:
+    server = GunicornServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api_key(transactional_db: Any) -> str:
+    """A fresh producer key named like the test (the name travels as the `source` header)."""
+    from rest_framework_api_key.models import APIKey
+
+    from ingestion.auth import clear_key_cache
+
+    clear_key_cache()
+    _, key = APIKey.objects.create_key(name=f"test-{uuid.uuid4().hex[:8]}")
+    return str(key)
