@@ -5,8 +5,9 @@ import os
 import sys
 import time
 
-from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
+
+from kafka import KafkaAdminClient
 
 
 def main() -> int:
