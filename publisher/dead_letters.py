@@ -13,7 +13,8 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 
-from publisher import kafka_gateway, metrics
+from config.redis import get_redis
+from publisher import breaker, kafka_gateway, metrics
 from publisher.errors import error_class
 from publisher.models import DeadLetter
 
@@ -93,6 +94,31 @@ def record(*, events: Sequence[Mapping[str, Any]], failures: Sequence[tuple[Reco
             extra={"event": "dead_letter", "event_id": str(events[rec.index].get("event_id")), "topic": rec.topic},
         )
     _copy_to_kafka(events, failures, now=now)
+    _flood_guard(len(failures))
+
+
+def _flood_guard(count: int) -> None:
+    """When dead letters arrive faster than PUBLISHER_DLQ_FLOOD_PER_MINUTE, something systemic is wrong (a
+    bad deploy, a broken topic): open the breaker so work waits in the queue instead of filling the DLQ."""
+    limit = int(settings.PUBLISHER_DLQ_FLOOD_PER_MINUTE)
+    if limit <= 0:
+        return
+    key = f"publisher:dlq-rate:{int(time.time() // 60)}"
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.incrby(key, count)
+        pipe.expire(key, 120)
+        total = int(pipe.execute()[0])
+    except Exception:
+        return
+    if total > limit and breaker.current_state() == "closed":
+        logger.error(
+            "dead-letter flood: %d in this minute (limit %d); opening the circuit breaker",
+            total,
+            limit,
+            extra={"event": "dlq_flood", "count": total, "limit": limit},
+        )
+        breaker.force_open()
 
 
 def _copy_to_kafka(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from django.conf import settings
 from kafka.errors import TopicAlreadyExistsError
 
 from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,60 @@ def close_producer(timeout: float = 10.0) -> None:
             producer.flush(timeout=timeout)
         finally:
             producer.close(timeout=timeout)
+
+
+def producer_is_broken() -> bool:
+    """True when the idempotent producer hit an error it cannot continue after (kafka-python moves it to a
+    fatal state, e.g. on a record too large for the broker); it must then be replaced."""
+    producer = _producer
+    manager = getattr(producer, "_transaction_manager", None) if producer is not None else None
+    return bool(manager is not None and manager.has_fatal_error())
+
+
+def reset_producer() -> None:
+    """Drop a broken producer without flushing (its buffers were aborted); the next get_producer() makes a new one."""
+    global _producer, _producer_pid
+    with _lock:
+        producer, _producer, _producer_pid = _producer, None, None
+    if producer is not None:
+        try:
+            producer.close(timeout=0)
+        except Exception:
+            logger.exception("closing a broken producer failed")
+
+
+_TOPIC_LIMIT_TTL = 60.0
+_topic_limits: dict[str, tuple[float, int]] = {}
+
+
+def max_message_bytes(topics: Iterable[str]) -> dict[str, int]:
+    """Each topic's max.message.bytes (cached a minute per process; topics we can't describe are left out).
+    Checked before sending because a record the broker refuses as too large breaks kafka-python's
+    idempotent producer for every record in flight."""
+    now = time.monotonic()
+    wanted = set(topics)
+    missing = [t for t in wanted if t not in _topic_limits or _topic_limits[t][0] < now]
+    if missing:
+        try:
+            admin = admin_client()
+            try:
+                described = admin.describe_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, t, {"max.message.bytes": None}) for t in missing],
+                    config_filter="all",
+                )
+            finally:
+                admin.close()
+            for topic, configs in described.get("topic", {}).items():
+                value = configs.get("max.message.bytes", {}).get("value")
+                if value is not None:
+                    _topic_limits[topic] = (now + _TOPIC_LIMIT_TTL, int(value))
+        except Exception:
+            logger.warning("could not read max.message.bytes of %s", ",".join(sorted(missing)))
+    return {t: _topic_limits[t][1] for t in wanted if t in _topic_limits}
+
+
+def forget_topic_limits() -> None:
+    _topic_limits.clear()
 
 
 def admin_client(**overrides: Any) -> KafkaAdminClient:

@@ -17,6 +17,7 @@ from typing import Any
 import pybreaker
 from django.conf import settings
 from django.db import DatabaseError
+from kafka.errors import KafkaError, MessageSizeTooLargeError
 
 from publisher import breaker as breaker_module
 from publisher import dead_letters, kafka_gateway, metrics
@@ -130,15 +131,38 @@ def build_records(
     return records, broken
 
 
+class ProducerReset(KafkaError):
+    """The producer had to be replaced mid-round; the records it was carrying are sent again."""
+
+    retriable = True
+
+
+# Record batch header + per-record framing, generously; compression is not counted (conservative).
+_RECORD_OVERHEAD = 128
+
+
+def _record_size(record: Record) -> int:
+    return (
+        _RECORD_OVERHEAD + len(record.key) + len(record.value) + sum(len(k) + len(v) + 8 for k, v in record.headers)
+    )
+
+
 def _send_round(records: list[Record], timeout: float) -> list[Record]:
     """Send every record, then wait for every acknowledgement. Returns the records that failed permanently;
     raises _RoundFailed when any failed in a retryable way (so the breaker counts the round as a failure)."""
     producer = kafka_gateway.get_producer()
+    limits = kafka_gateway.max_message_bytes({r.topic for r in records})
     futures: list[tuple[Record, Any]] = []
     blocked: BaseException | None = None
     for record in records:
         record.attempts += 1
         record.error = None
+        limit = limits.get(record.topic)
+        if limit is not None and _record_size(record) > limit:
+            record.error = MessageSizeTooLargeError(
+                f"record of about {_record_size(record)} bytes is over max.message.bytes={limit} of {record.topic}"
+            )
+            continue
         if blocked is not None:
             # The client could not even queue a record (no metadata, buffer full): don't wait again per record.
             record.error = blocked
@@ -159,6 +183,14 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
             record.error = exc
         else:
             metrics.PUBLISHED.labels(topic=record.topic).inc()
+    if kafka_gateway.producer_is_broken():
+        # Every record in flight failed with the one that broke it; those are not their own errors.
+        logger.warning("kafka producer entered a fatal state; replacing it")
+        kafka_gateway.reset_producer()
+        kafka_gateway.forget_topic_limits()
+        for record, _ in futures:
+            if record.error is not None:
+                record.error = ProducerReset(f"producer replaced after: {record.error!r}")
     for record, _ in futures:
         if record.error is None:
             continue

@@ -1,11 +1,19 @@
-"""Publisher services: the API other apps use (ingestion hands work over through here, never via internals)."""
+"""Publisher services: the API other code uses (ingestion hands work over through here, never via internals).
+
+enqueue_events(events=..., source=..., accepted_at=...)   one Celery task for a request's events
+publish_batch(events=..., source=...) / publish_event(event=..., source=...)   synchronous, in-process
+queue_depth()                                             events waiting for a worker
+ensure_topics(partitions=..., replication_factor=...)     create configured topics + dlq.events
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from publisher import kafka_gateway, queue
+from publisher import kafka_gateway, publishing, queue
+from publisher.publishing import BatchResult, PublishDeferred
 
 logger = logging.getLogger(__name__)
 
@@ -37,3 +45,25 @@ def enqueue_events(*, events: list[dict[str, Any]], source: str, accepted_at: fl
 def queue_depth() -> int:
     """Events accepted and not yet published (cached for 0.2 s per process)."""
     return queue.depth()
+
+
+def publish_batch(*, events: list[dict[str, Any]], source: str = "internal") -> BatchResult:
+    """Publish already-validated, normalized events now, in this process (no Celery), waiting for every
+    acknowledgement. Raises PublishDeferred with what is still owed when Kafka is down (breaker open)."""
+    return publishing.publish_events(events=events, source=source, accepted_at=time.time())
+
+
+def publish_event(*, event: dict[str, Any], source: str = "internal") -> BatchResult:
+    """publish_batch for one event."""
+    return publish_batch(events=[event], source=source)
+
+
+__all__ = [
+    "BatchResult",
+    "PublishDeferred",
+    "enqueue_events",
+    "ensure_topics",
+    "publish_batch",
+    "publish_event",
+    "queue_depth",
+]
