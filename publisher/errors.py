@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 
 from kafka import errors as kafka_errors
+
 from publisher.serialization import SerializationError
 
 

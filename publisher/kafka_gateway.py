@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from kafka.errors import TopicAlreadyExistsError
-
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import TopicAlreadyExistsError
 
 logger = logging.getLogger(__name__)
 

@@ -142,9 +142,7 @@ _RECORD_OVERHEAD = 128
 
 
 def _record_size(record: Record) -> int:
-    return (
-        _RECORD_OVERHEAD + len(record.key) + len(record.value) + sum(len(k) + len(v) + 8 for k, v in record.headers)
-    )
+    return _RECORD_OVERHEAD + len(record.key) + len(record.value) + sum(len(k) + len(v) + 8 for k, v in record.headers)
 
 
 def _send_round(records: list[Record], timeout: float) -> list[Record]:

@@ -5,9 +5,8 @@ import os
 import sys
 import time
 
-from kafka.errors import KafkaError
-
 from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 
 
 def main() -> int:

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-
 from kafka import KafkaConsumer, TopicPartition
 
 ROOT = Path(__file__).resolve().parent.parent

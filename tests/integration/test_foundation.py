@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-
 from kafka import KafkaProducer
+
 from publisher import kafka_gateway
 from publisher.services import ensure_topics
 

@@ -85,9 +85,7 @@ def test_one_learners_events_stay_in_order_in_one_partition(default_routing: Non
     mine = [r for r in reader.read(expected=40) if r.key == user.encode()]
     assert len(mine) == 40
     assert len({r.partition for r in mine}) == 1
-    assert [orjson.loads(r.value)["properties"]["seq"] for r in sorted(mine, key=lambda r: r.offset)] == list(
-        range(40)
-    )
+    assert [orjson.loads(r.value)["properties"]["seq"] for r in sorted(mine, key=lambda r: r.offset)] == list(range(40))
 
 
 def test_record_too_large_goes_to_the_dlq_at_once_with_every_header(default_routing: None, kafka_reader: Any) -> None:

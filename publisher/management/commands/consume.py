@@ -6,8 +6,8 @@ from typing import Any
 
 import orjson
 from django.core.management.base import BaseCommand, CommandError
-
 from kafka import KafkaConsumer, TopicPartition
+
 from publisher import kafka_gateway
 from publisher.serialization import SerializationError, decode_value
 
