@@ -184,10 +184,11 @@ CELERY_TASK_DEFAULT_QUEUE = "publish"
 CELERY_TASK_ROUTES = {"publisher.*": {"queue": "publish"}}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-# Longer than any task's whole retry schedule, or Redis would hand an unacknowledged task to a second worker
-# while the first is still retrying it.
+# Longer than any task's whole run (in-task retries: about (retries + 1) x KAFKA_PRODUCER_TIMEOUT) and any
+# countdown (breaker reset, <= 30 s by default), or Redis would hand an unacknowledged task to a second worker
+# while the first still holds it; short enough that a task of a worker killed outright is redelivered soon.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60),
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 300, minimum=60),
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
 }
@@ -221,5 +222,6 @@ LOGGING = {
 # Publisher knobs not covered by the retry-policy singleton.
 PUBLISHER_BREAKER_FAIL_MAX = env_int("PUBLISHER_BREAKER_FAIL_MAX", 5, minimum=1)
 PUBLISHER_BREAKER_RESET_TIMEOUT = env_duration("PUBLISHER_BREAKER_RESET_TIMEOUT", "30s")
+PUBLISHER_POISON_MAX_DELIVERIES = env_int("PUBLISHER_POISON_MAX_DELIVERIES", 3, minimum=1)
 PUBLISHER_DLQ_FLOOD_PER_MINUTE = env_int("PUBLISHER_DLQ_FLOOD_PER_MINUTE", 1000, minimum=0)
 PUBLISHER_HEALTH_ERROR_RATE = env_float("PUBLISHER_HEALTH_ERROR_RATE", 0.05, minimum=0)

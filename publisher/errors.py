@@ -9,6 +9,12 @@ from kafka import errors as kafka_errors
 from publisher.serialization import SerializationError
 
 
+class ProducerReset(kafka_errors.KafkaError):
+    """The producer had to be replaced mid-round; the records it was carrying are sent again."""
+
+    retriable = True
+
+
 # The record itself is wrong, or we may never write there: retrying cannot help.
 def _kafka_errors(*names: str) -> tuple[type[BaseException], ...]:
     """Error classes by name; kafka-python renames a few between releases, and a missing one must not crash."""
@@ -43,6 +49,24 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = _kafka_errors(
     "AuthenticationFailedError",
     "KafkaUnavailableError",
 ) + (ssl.SSLError, ConnectionError, TimeoutError, OSError)
+
+
+# Errors that say "no broker to talk to" rather than "this topic has a problem".
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = _kafka_errors(
+    "NoBrokersAvailable",
+    "KafkaConnectionError",
+    "KafkaTimeoutError",
+    "RequestTimedOutError",
+    "NetworkExceptionError",
+    "BrokerNotAvailableError",
+    "SaslAuthenticationFailedError",
+    "AuthenticationFailedError",
+    "KafkaUnavailableError",
+) + (ssl.SSLError, ConnectionError, TimeoutError, ProducerReset)
+
+
+def is_outage(exc: BaseException) -> bool:
+    return isinstance(exc, OUTAGE_ERRORS)
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,11 +17,11 @@ from typing import Any
 import pybreaker
 from django.conf import settings
 from django.db import DatabaseError
-from kafka.errors import KafkaError, MessageSizeTooLargeError
+from kafka.errors import MessageSizeTooLargeError
 
 from publisher import breaker as breaker_module
 from publisher import dead_letters, kafka_gateway, metrics
-from publisher.errors import error_class, is_retryable
+from publisher.errors import ProducerReset, error_class, is_outage, is_retryable
 from publisher.models import DeadLetter, RetryPolicy
 from publisher.serialization import CONTENT_TYPES, SerializationError, encode_event, schema_name
 from routing.services import current_routing
@@ -78,6 +78,19 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_policy_cache: tuple[float, RetryPolicy] | None = None
+POLICY_CACHE_SECONDS = 2.0
+
+
+def current_retry_policy() -> RetryPolicy:
+    """The admin's retry policy, read at most every 2 s per process (a change applies to tasks after that)."""
+    global _policy_cache
+    now = time.monotonic()
+    if _policy_cache is None or now - _policy_cache[0] > POLICY_CACHE_SECONDS:
+        _policy_cache = (now, RetryPolicy.get_solo())
+    return _policy_cache[1]
+
+
 def plan_routes(events: Sequence[Mapping[str, Any]]) -> tuple[Routes, dict[str, str], int]:
     """Route every event with the current rules. Returns routes, topic formats, and the unrouted count."""
     snapshot = current_routing()
@@ -129,12 +142,6 @@ def build_records(
             else:
                 records.append(Record(index, topic, key, value, headers, fmt))
     return records, broken
-
-
-class ProducerReset(KafkaError):
-    """The producer had to be replaced mid-round; the records it was carrying are sent again."""
-
-    retriable = True
 
 
 # Record batch header + per-record framing, generously; compression is not counted (conservative).
@@ -213,19 +220,26 @@ def publish_events(
     source: str,
     accepted_at: float,
     routes: Mapping[int, Sequence[str]] | None = None,
+    skip: Set[tuple[int, str]] = frozenset(),
+    on_delivered: Callable[[list[tuple[int, str]]], None] | None = None,
 ) -> BatchResult:
     """Deliver a batch. With `routes` (a deferred task coming back), only those deliveries are attempted and
-    routing is not evaluated again, so destinations that already succeeded are never sent twice."""
+    routing is not evaluated again, so destinations that already succeeded are never sent twice. `skip` lists
+    (index, topic) pairs already delivered by an earlier run of the same task; `on_delivered` is told after
+    every round which pairs Kafka acknowledged."""
     result = BatchResult()
     if routes is None:
         planned, formats, result.unrouted = plan_routes(events)
     else:
         planned = {int(i): list(topics) for i, topics in routes.items()}
         formats = current_routing().topic_formats
+    if skip:
+        planned = {i: [t for t in topics if (i, t) not in skip] for i, topics in planned.items()}
+        planned = {i: topics for i, topics in planned.items() if topics}
     if not planned:
         return result
     records, unencodable = build_records(events, planned, formats, source=source, accepted_at=accepted_at)
-    policy = RetryPolicy.get_solo()
+    policy = current_retry_policy()
     timeout = float(settings.KAFKA_PRODUCER_TIMEOUT)
     breaker = breaker_module.get_breaker()
     to_dead_letter: list[tuple[Record, str]] = [(r, DeadLetter.Reason.PERMANENT_ERROR) for r in unencodable]
@@ -247,13 +261,23 @@ def publish_events(
         to_dead_letter.extend((r, DeadLetter.Reason.PERMANENT_ERROR) for r in permanent)
         done = [r for r in pending if r.error is None]
         result.published += len(done)
-        for record in done:
-            result.deliveries.append((record.index, record.topic))
-            metrics.PUBLISH_LATENCY.observe(max(0.0, time.time() - accepted_at))
+        acked = [(record.index, record.topic) for record in done]
+        result.deliveries.extend(acked)
+        if on_delivered is not None:
+            on_delivered(acked)
+        latency = max(0.0, time.time() - accepted_at)
+        for _ in done:
+            metrics.PUBLISH_LATENCY.observe(latency)
         if not failed_retryable:
             break
         if round_number > policy.max_retries:
-            if breaker_module.current_state() != "closed":
+            if result.published == 0 and all(is_outage(r.error) for r in failed_retryable if r.error is not None):
+                # Nothing got through, round after round, for lack of a reachable broker: Kafka is down, not this
+                # data. Open the breaker for everyone and keep the work instead of dead-lettering an outage.
+                if breaker_module.current_state() == "closed":
+                    breaker_module.force_open()
+                deferred = failed_retryable
+            elif breaker_module.current_state() != "closed":
                 deferred = failed_retryable
             else:
                 to_dead_letter.extend((r, DeadLetter.Reason.RETRIES_EXHAUSTED) for r in failed_retryable)

@@ -7,9 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError
 
-from publisher import publishing, queue
+from publisher import poison, publishing, queue
+from publisher.progress import TaskProgress
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +44,25 @@ def publish_events(
     accepted_at: float,
     routes: dict[str, list[str]] | None = None,
 ) -> None:
+    progress = TaskProgress(self.request.id)
+    runs, already_delivered = progress.start()
+    if runs > settings.PUBLISHER_POISON_MAX_DELIVERIES:
+        # This task has killed its worker every time it ran: set its events aside for an operator.
+        poison.dead_letter_task(events=events, source=source, routes=routes, deliveries=runs - 1)
+        progress.finish()
+        queue.done(len(events))
+        return
     try:
         result = publishing.publish_events(
             events=events,
             source=source,
             accepted_at=accepted_at,
             routes=None if routes is None else {int(i): topics for i, topics in routes.items()},
+            skip=already_delivered,
+            on_delivered=progress.delivered,
         )
     except publishing.PublishDeferred as deferred:
+        progress.finish()
         # Only the deliveries still owed travel with the retry; the rest are done and must not repeat.
         indexes = sorted(deferred.pending)
         retry_events = [events[i] for i in indexes]
@@ -64,6 +77,7 @@ def publish_events(
             countdown=deferred.delay,
             max_retries=None,
         ) from deferred
+    progress.finish()
     queue.done(len(events))
     logger.info(
         "published batch",

@@ -1,0 +1,46 @@
+"""A publish task that kills its worker on every delivery (a crash in a C extension, memory blow-up) must not
+block the queue forever: after PUBLISHER_POISON_MAX_DELIVERIES its events are dead-lettered unsent."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from publisher import dead_letters
+from publisher.models import DeadLetter
+from publisher.publishing import build_records, plan_routes
+from routing.services import current_routing
+
+logger = logging.getLogger(__name__)
+
+
+class PoisonTaskError(Exception):
+    """The task carrying this record killed its worker repeatedly."""
+
+
+def dead_letter_task(
+    *,
+    events: Sequence[Mapping[str, Any]],
+    source: str,
+    routes: Mapping[str, Sequence[str]] | None,
+    deliveries: int,
+) -> None:
+    if routes is None:
+        planned, formats, _ = plan_routes(events)
+    else:
+        planned = {int(i): list(topics) for i, topics in routes.items()}
+        formats = current_routing().topic_formats
+    records, unencodable = build_records(events, planned, formats, source=source, accepted_at=time.time())
+    error = PoisonTaskError(f"the publish task was delivered {deliveries} times and its worker died each time")
+    for record in records:
+        record.attempts = deliveries
+        record.error = error
+    failures = [(r, DeadLetter.Reason.POISON_TASK) for r in records] + [
+        (r, DeadLetter.Reason.PERMANENT_ERROR) for r in unencodable
+    ]
+    logger.error(
+        "poison task: dead-lettering %d deliveries", len(failures), extra={"event": "poison_task", "runs": deliveries}
+    )
+    dead_letters.record(events=events, failures=failures, source=source)

@@ -1,0 +1,60 @@
+"""What a publish task already delivered, kept in Redis under its task id, so a redelivered task (its worker
+was killed after Kafka acknowledged but before the task was acknowledged) does not send those again, and a
+task that keeps killing its worker is recognised and dead-lettered instead of looping forever."""
+
+from __future__ import annotations
+
+import logging
+
+from config.redis import get_redis
+
+logger = logging.getLogger(__name__)
+
+_TTL = 24 * 3600
+
+
+class TaskProgress:
+    def __init__(self, task_id: str | None) -> None:
+        self.task_id = task_id
+        self._done_key = f"publisher:task-done:{task_id}"
+        self._runs_key = f"publisher:task-runs:{task_id}"
+
+    def start(self) -> tuple[int, set[tuple[int, str]]]:
+        """Count this delivery of the task; return (deliveries so far including this one, done pairs)."""
+        if not self.task_id:
+            return 1, set()
+        try:
+            pipe = get_redis().pipeline(transaction=False)
+            pipe.incr(self._runs_key)
+            pipe.expire(self._runs_key, _TTL)
+            pipe.smembers(self._done_key)
+            runs, _, members = pipe.execute()
+        except Exception:
+            logger.warning("task progress unavailable (Redis); delivering the whole task")
+            return 1, set()
+        done: set[tuple[int, str]] = set()
+        for member in members:
+            index, _, topic = member.decode().partition(":")
+            done.add((int(index), topic))
+        return int(runs), done
+
+    def delivered(self, pairs: list[tuple[int, str]]) -> None:
+        if not self.task_id or not pairs:
+            return
+        try:
+            pipe = get_redis().pipeline(transaction=False)
+            pipe.sadd(self._done_key, *(f"{index}:{topic}" for index, topic in pairs))
+            pipe.expire(self._done_key, _TTL)
+            pipe.execute()
+        except Exception:
+            # Only costs a duplicate if this task is redelivered; never worth failing the task for.
+            logger.warning("could not record task progress")
+
+    def finish(self) -> None:
+        """The task ended (done, or handed its remainder to a retry with new numbering): forget it."""
+        if not self.task_id:
+            return
+        try:
+            get_redis().delete(self._done_key, self._runs_key)
+        except Exception:
+            logger.warning("could not clear task progress")
