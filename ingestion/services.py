@@ -60,37 +60,56 @@ def check_backpressure() -> None:
         )
 
 
+PENDING_PREFIX = "p:"
+PENDING_TTL = 30
+PENDING_WAIT = (0.02, 0.05, 0.1)
+
+
 def accept_events(*, events: Sequence[tuple[int, ValidatedEvent]], source: str) -> Outcome:
-    """Dedup, then enqueue the new events as one task. Raises ServiceUnavailable without side effects left."""
+    """Dedup, then enqueue the new events as one task. Raises ServiceUnavailable without side effects left.
+
+    A dedup mark is first claimed as pending (short TTL) and confirmed only once the task is queued, so if
+    Redis or the enqueue fails in between, the mark cannot outlive the failure and block the client's retry.
+    """
     outcome = Outcome()
     if not events:
         return outcome
     redis = get_redis()
     ttl = max(1, int(settings.INGEST_DEDUP_TTL))
-    keyed = [(index, ev) for index, ev in events if ev.dedup_key is not None]
-    claimed: list[str] = []
+    keyed = [(index, ev, DEDUP_PREFIX + str(ev.dedup_key)) for index, ev in events if ev.dedup_key is not None]
+    claimed: list[tuple[str, str]] = []
+    duplicate_ids: dict[int, str] = {}
     try:
         if keyed:
-            # SET NX claims a key atomically across processes; GET returns the id that holds it.
+            # SET NX claims a key atomically across processes; GET returns what holds it.
             pipe = redis.pipeline(transaction=False)
-            for _, ev in keyed:
-                key = DEDUP_PREFIX + str(ev.dedup_key)
-                pipe.set(key, ev.data["event_id"], nx=True, ex=ttl)
+            for _, ev, key in keyed:
+                pipe.set(key, PENDING_PREFIX + ev.data["event_id"], nx=True, ex=PENDING_TTL)
                 pipe.get(key)
             replies = pipe.execute()
-        else:
-            replies = []
+            mine = {ev.data["event_id"] for n, (_, ev, _) in enumerate(keyed) if replies[2 * n]}
+            undecided: list[tuple[int, str]] = []
+            for n, (index, ev, key) in enumerate(keyed):
+                if replies[2 * n]:
+                    claimed.append((key, ev.data["event_id"]))
+                    continue
+                holder = _text(replies[2 * n + 1])
+                if holder.startswith(PENDING_PREFIX) and holder[len(PENDING_PREFIX) :] in mine:
+                    duplicate_ids[index] = holder[len(PENDING_PREFIX) :]  # a repeat inside this request
+                elif holder.startswith(PENDING_PREFIX):
+                    undecided.append((index, key))
+                else:
+                    duplicate_ids[index] = holder or str(ev.data["event_id"])
+            if undecided:
+                duplicate_ids.update(_wait_for_confirmation(undecided))
+    except ServiceUnavailable:
+        _release([key for key, _ in claimed])
+        raise
     except Exception as exc:
+        _release([key for key, _ in claimed])
         raise ServiceUnavailable(
             "Deduplication store unreachable; retry later.", retry_after=settings.INGEST_RETRY_AFTER_SECONDS
         ) from exc
-    duplicate_ids: dict[int, str] = {}
-    for n, (index, ev) in enumerate(keyed):
-        if replies[2 * n]:
-            claimed.append(DEDUP_PREFIX + str(ev.dedup_key))
-        else:
-            holder = replies[2 * n + 1]
-            duplicate_ids[index] = holder.decode() if isinstance(holder, bytes) else str(ev.data["event_id"])
     to_publish: list[dict[str, Any]] = []
     for index, ev in events:
         if index in duplicate_ids:
@@ -104,18 +123,59 @@ def accept_events(*, events: Sequence[tuple[int, ValidatedEvent]], source: str) 
         try:
             publisher_services.enqueue_events(events=to_publish, source=source, accepted_at=time.time())
         except Exception as exc:
-            _release(claimed)
+            _release([key for key, _ in claimed])
             logger.warning("enqueue failed, %d events refused: %r", len(to_publish), exc)
             raise ServiceUnavailable(
                 "The queue is unreachable; nothing was accepted, retry later.",
                 retry_after=settings.INGEST_RETRY_AFTER_SECONDS,
             ) from exc
+    if claimed:
+        try:
+            pipe = redis.pipeline(transaction=False)
+            for key, event_id in claimed:
+                pipe.set(key, event_id, ex=ttl)
+            pipe.execute()
+        except Exception:
+            # The events are queued: accepted stands. Unconfirmed marks expire in PENDING_TTL seconds.
+            logger.warning("could not confirm %d dedup marks", len(claimed))
     for index, ev in events:
         if outcome.statuses[index][1] == ACCEPTED:
             metrics.EVENTS_ACCEPTED.labels(event_type=ev.data["event_type"]).inc()
     if outcome.duplicates:
         metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
     return outcome
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else ""
+
+
+def _wait_for_confirmation(undecided: list[tuple[int, str]]) -> dict[int, str]:
+    """Another request holds these marks while it enqueues; wait briefly for it to confirm. If it never does
+    (it failed), the mark will expire: ask the client to retry rather than calling it a duplicate."""
+    redis = get_redis()
+    waiting = list(undecided)
+    found: dict[int, str] = {}
+    for delay in PENDING_WAIT:
+        time.sleep(delay)
+        values = redis.mget([key for _, key in waiting])
+        still = []
+        for (index, key), value in zip(waiting, values, strict=True):
+            text = _text(value)
+            if text and not text.startswith(PENDING_PREFIX):
+                found[index] = text
+            elif text:
+                still.append((index, key))
+            # a vanished mark means the other request failed and released it: retrying will claim it
+            else:
+                still.append((index, key))
+        waiting = still
+        if not waiting:
+            return found
+    raise ServiceUnavailable(
+        "The same event is being accepted by another request; retry shortly.",
+        retry_after=settings.INGEST_RETRY_AFTER_SECONDS,
+    )
 
 
 def _release(keys: list[str]) -> None:
