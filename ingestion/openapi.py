@@ -3,18 +3,33 @@ requests are validated by ingestion.schema, which is ~100x faster than DRF seria
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiExample, PolymorphicProxySerializer
+from typing import Any
+
+from drf_spectacular.utils import OpenApiExample, PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
+
+MAX_INT = 2**63 - 1
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "maxProperties": 32,
+        "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]},
+    }
+)
+class MetadataField(serializers.DictField):
+    pass
 
 
 class _Common(serializers.Serializer):
-    event_id = serializers.UUIDField(required=False, help_text="Generated when absent; the dedup key for non-attempts.")
+    event_id = serializers.UUIDField(
+        required=False, allow_null=True, help_text="Generated when absent; the dedup key for non-attempts."
+    )
     user_id = serializers.CharField(min_length=1, max_length=128, help_text="The Kafka message key.")
     occurred_at = serializers.DateTimeField(help_text="RFC 3339 with offset; at most 5 minutes in the future.")
-    schema_version = serializers.IntegerField(required=False, default=1, min_value=1, max_value=1)
-    metadata = serializers.DictField(
-        child=serializers.JSONField(), required=False, help_text="Flat: string keys to string/number/bool, <= 32."
-    )
+    schema_version = serializers.IntegerField(required=False, allow_null=True, default=1, min_value=1, max_value=1)
+    metadata = MetadataField(required=False, allow_null=True, help_text="Flat: string keys to string/number/bool.")
 
 
 class AttemptEventSchema(_Common):
@@ -24,36 +39,47 @@ class AttemptEventSchema(_Common):
     item_id = serializers.CharField(min_length=1, max_length=128)
     correct = serializers.BooleanField()
     quality = serializers.IntegerField(min_value=0, max_value=5)
-    time_taken_ms = serializers.IntegerField(min_value=0)
-    response = serializers.CharField(required=False, max_length=4096)
+    time_taken_ms = serializers.IntegerField(min_value=0, max_value=MAX_INT)
+    response = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=4096)
 
 
 class SessionEventSchema(_Common):
     event_type = serializers.ChoiceField(choices=["session"])
     session_id = serializers.CharField(min_length=1, max_length=128)
     started_at = serializers.DateTimeField()
-    ended_at = serializers.DateTimeField(required=False, help_text=">= started_at")
-    items_attempted = serializers.IntegerField(min_value=0, required=False, default=0)
-    items_correct = serializers.IntegerField(min_value=0, required=False, default=0, help_text="<= items_attempted")
+    ended_at = serializers.DateTimeField(required=False, allow_null=True, help_text=">= started_at")
+    items_attempted = serializers.IntegerField(
+        min_value=0, max_value=MAX_INT, required=False, allow_null=True, default=0
+    )
+    items_correct = serializers.IntegerField(
+        min_value=0, max_value=MAX_INT, required=False, allow_null=True, default=0, help_text="<= items_attempted"
+    )
 
 
 class PlacementEventSchema(_Common):
     event_type = serializers.ChoiceField(choices=["placement"])
     placement_id = serializers.CharField(min_length=1, max_length=128)
     completed = serializers.BooleanField()
-    score = serializers.FloatField(required=False)
-    level = serializers.CharField(required=False, max_length=128)
+    score = serializers.FloatField(required=False, allow_null=True)
+    level = serializers.CharField(required=False, allow_null=True, min_length=1, max_length=128)
 
 
 class ActivityEventSchema(_Common):
     event_type = serializers.ChoiceField(choices=["activity"])
     activity_type = serializers.CharField(min_length=1, max_length=128)
-    properties = serializers.DictField(child=serializers.JSONField(), required=False, help_text="<= 8 KiB as JSON")
+    properties = serializers.DictField(
+        child=serializers.JSONField(), required=False, allow_null=True, help_text="<= 8 KiB as JSON"
+    )
 
 
 EventRequestSchema = PolymorphicProxySerializer(
     component_name="Event",
-    serializers=[AttemptEventSchema, SessionEventSchema, PlacementEventSchema, ActivityEventSchema],
+    serializers={
+        "attempt": AttemptEventSchema,
+        "session": SessionEventSchema,
+        "placement": PlacementEventSchema,
+        "activity": ActivityEventSchema,
+    },
     resource_type_field_name="event_type",
 )
 
@@ -86,12 +112,35 @@ class BatchResponseSchema(serializers.Serializer):
     results = BatchResultSchema(many=True)
 
 
+STRICT_COMPONENTS = (
+    "AttemptEventSchema",
+    "SessionEventSchema",
+    "PlacementEventSchema",
+    "ActivityEventSchema",
+    "BatchRequestSchema",
+)
+
+
+def require_request_bodies(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: POST bodies are required, and unknown fields are rejected (the
+    schema says so, so clients and generated SDKs know)."""
+    for path in result.get("paths", {}).values():
+        for operation in path.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                operation["requestBody"]["required"] = True
+    schemas = result.get("components", {}).get("schemas", {})
+    for name in STRICT_COMPONENTS:
+        if name in schemas:
+            schemas[name]["additionalProperties"] = False
+    return result
+
+
 class ErrorSchema(serializers.Serializer):
     error = serializers.CharField()
     errors = FieldErrorSchema(many=True, required=False)  # type: ignore[assignment]
 
 
-_NOW = "2026-11-27T10:15:00Z"
+_NOW = "2026-01-15T10:15:00Z"
 ATTEMPT_EXAMPLE = {
     "event_type": "attempt",
     "user_id": "learner-42",
@@ -108,7 +157,7 @@ SESSION_EXAMPLE = {
     "user_id": "learner-42",
     "occurred_at": _NOW,
     "session_id": "s-17",
-    "started_at": "2026-11-27T10:00:00Z",
+    "started_at": "2026-01-15T10:00:00Z",
     "ended_at": _NOW,
     "items_attempted": 12,
     "items_correct": 9,
@@ -144,3 +193,10 @@ EVENT_EXAMPLES = [
     )
 ]
 BATCH_EXAMPLE = {"events": [ATTEMPT_EXAMPLE, SESSION_EXAMPLE, PLACEMENT_EXAMPLE, ACTIVITY_EXAMPLE]}
+
+
+BatchRejectedSchema = PolymorphicProxySerializer(
+    component_name="BatchRejected",
+    serializers=[BatchResponseSchema, ErrorSchema],
+    resource_type_field_name=None,
+)

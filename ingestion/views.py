@@ -18,6 +18,7 @@ from ingestion.auth import ApiKeyAuthentication, client_of
 from ingestion.openapi import (
     BATCH_EXAMPLE,
     EVENT_EXAMPLES,
+    BatchRejectedSchema,
     BatchRequestSchema,
     BatchResponseSchema,
     ErrorSchema,
@@ -159,7 +160,7 @@ class BatchView(_IngestView):
         request=BatchRequestSchema,
         responses={
             202: BatchResponseSchema,
-            400: OpenApiResponse(BatchResponseSchema, description="No event accepted (or a bad body: ErrorSchema)"),
+            400: OpenApiResponse(BatchRejectedSchema, description="No event accepted, or the body itself is invalid"),
             401: ErrorSchema,
             413: ErrorSchema,
             415: ErrorSchema,

@@ -30,13 +30,15 @@ def validate_pattern(pattern: Any) -> None:
     try:
         text = orjson.dumps(pattern).decode()
     except TypeError as exc:
-        raise ValidationError(f"Pattern is not plain JSON: {exc}", code="invalid") from None
+        raise ValidationError(f"Pattern is not plain JSON: {exc}", code="invalid_pattern") from None
     if len(text) > MAX_PATTERN_CHARS:
-        raise ValidationError(f"Pattern is {len(text)} characters long; the limit is {MAX_PATTERN_CHARS}.")
+        raise ValidationError(
+            f"Pattern is {len(text)} characters long; the limit is {MAX_PATTERN_CHARS}.", code="invalid_pattern"
+        )
     try:
         compile_pattern(pattern)
     except PatternError as exc:
-        raise ValidationError(f"Invalid pattern: {exc}", code="invalid") from None
+        raise ValidationError(f"Invalid pattern: {exc}", code="invalid_pattern") from None
 
 
 class EventType(models.TextChoices):
