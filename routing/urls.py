@@ -1,3 +1,7 @@
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, path
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from routing.views import RoutingTestView
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("test", RoutingTestView.as_view(), name="routing-test"),
+]
