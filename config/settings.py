@@ -223,6 +223,9 @@ LOGGING = {
     "loggers": {"kafka": {"level": "WARNING"}},
 }
 
+# Topics saved in the admin must exist on the cluster; routing asks the publisher (it knows Kafka).
+ROUTING_TOPIC_EXISTS_CHECK = "publisher.services.topic_exists"
+
 # Publisher knobs not covered by the retry-policy singleton.
 PUBLISHER_BREAKER_FAIL_MAX = env_int("PUBLISHER_BREAKER_FAIL_MAX", 5, minimum=1)
 PUBLISHER_BREAKER_RESET_TIMEOUT = env_duration("PUBLISHER_BREAKER_RESET_TIMEOUT", "30s")

@@ -12,6 +12,8 @@ import logging
 import time
 from typing import Any
 
+from django.db import DatabaseError
+
 from publisher import kafka_gateway, publishing, queue
 from publisher.publishing import BatchResult, PublishDeferred
 
@@ -19,10 +21,25 @@ logger = logging.getLogger(__name__)
 
 
 def ensure_topics(*, partitions: int, replication_factor: int) -> kafka_gateway.EnsureTopicsResult:
-    """Create every configured topic plus dlq.events if missing."""
+    """Create every configured topic, every topic named in the routing table, and dlq.events if missing."""
+    from routing.services import topic_names
+
+    try:
+        routed = topic_names()
+    except DatabaseError:  # not migrated yet: the configured topics are enough
+        routed = []
     return kafka_gateway.ensure_topics(
-        names=kafka_gateway.configured_topics(), partitions=partitions, replication_factor=replication_factor
+        names=kafka_gateway.configured_topics() + routed, partitions=partitions, replication_factor=replication_factor
     )
+
+
+def topic_exists(*, name: str) -> bool:
+    """Whether the cluster has this topic (asks the broker; raises if it can't be reached)."""
+    admin = kafka_gateway.admin_client(request_timeout_ms=5000)
+    try:
+        return name in set(admin.list_topics())
+    finally:
+        admin.close()
 
 
 def enqueue_events(*, events: list[dict[str, Any]], source: str, accepted_at: float) -> None:
@@ -66,4 +83,5 @@ __all__ = [
     "publish_batch",
     "publish_event",
     "queue_depth",
+    "topic_exists",
 ]

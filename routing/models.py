@@ -4,8 +4,10 @@ import re
 from typing import Any
 
 import orjson
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils.module_loading import import_string
 from simple_history.models import HistoricalRecords
 
 from routing.patterns import MAX_PATTERN_CHARS, PatternError, compile_pattern
@@ -65,6 +67,29 @@ class Topic(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        """A destination must already exist on the cluster: the broker never auto-creates topics, so a typo
+        here would otherwise dead-letter every event routed to it. The check is injected by setting
+        (ROUTING_TOPIC_EXISTS_CHECK) because routing knows nothing of Kafka."""
+        if not self.name or not TOPIC_NAME_RE.match(self.name) or self.name.startswith("__"):
+            return  # the field validator reports it
+        check_path = getattr(settings, "ROUTING_TOPIC_EXISTS_CHECK", "")
+        if not check_path:
+            return
+        try:
+            exists = import_string(check_path)(name=self.name)
+        except Exception as exc:
+            raise ValidationError(
+                {"name": f"Could not check that topic '{self.name}' exists on the cluster: {exc}"}
+            ) from None
+        if not exists:
+            raise ValidationError(
+                {
+                    "name": f"Topic '{self.name}' does not exist on the Kafka cluster. Create it first "
+                    "(python manage.py ensure_topics, or your Kafka tooling); topics are never auto-created."
+                }
+            )
 
 
 class RoutingRule(models.Model):

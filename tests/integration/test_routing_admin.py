@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -184,11 +185,25 @@ def test_topic_add_refuses_reserved_and_invalid_names(editor_client: Client, nam
 
 
 def test_topic_add_valid_name(editor_client: Client) -> None:
+    from publisher import kafka_gateway
+
+    kafka_gateway.ensure_topics(names=["audit.admin-test_1"], partitions=1, replication_factor=1)
     response = editor_client.post(f"{TOPICS}add/", {"name": "audit.admin-test_1", "format": "protobuf"})
     assert response.status_code == 302
     topic = Topic.objects.get(name="audit.admin-test_1")
     assert topic.format == "protobuf"
     assert topic.history.get().history_user.username == "editor"
+
+
+def test_topic_missing_on_the_broker_is_refused_and_not_created(editor_client: Client) -> None:
+    from publisher.services import topic_exists
+
+    name = f"not.on.broker-{uuid.uuid4().hex[:8]}"
+    response = editor_client.post(f"{TOPICS}add/", {"name": name, "format": "json"})
+    assert response.status_code == 200
+    assert "does not exist on the Kafka cluster" in " ".join(response.context["adminform"].form.errors["name"])
+    assert not Topic.objects.filter(name=name).exists()
+    assert not topic_exists(name=name)  # and nothing auto-created it
 
 
 # ------------------------------------------------------------------------------------------------ rule form
