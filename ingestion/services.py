@@ -121,9 +121,31 @@ def accept_events(*, events: Sequence[tuple[int, ValidatedEvent]], source: str) 
             outcome.accepted += 1
     if to_publish:
         try:
-            publisher_services.enqueue_events(events=to_publish, source=source, accepted_at=time.time())
+            admitted = publisher_services.reserve_queue_capacity(
+                count=len(to_publish), limit=settings.INGEST_MAX_QUEUE_DEPTH
+            )
         except Exception as exc:
             _release([key for key, _ in claimed])
+            raise ServiceUnavailable(
+                "The queue is unreachable; retry later.", retry_after=settings.INGEST_RETRY_AFTER_SECONDS
+            ) from exc
+        if not admitted:
+            _release([key for key, _ in claimed])
+            metrics.EVENTS_REJECTED.labels(reason="backpressure").inc()
+            raise ServiceUnavailable(
+                f"The publish queue is full (limit {settings.INGEST_MAX_QUEUE_DEPTH} events); retry later.",
+                retry_after=settings.INGEST_RETRY_AFTER_SECONDS,
+            )
+        try:
+            publisher_services.enqueue_events(
+                events=to_publish, source=source, accepted_at=time.time(), capacity_reserved=True
+            )
+        except Exception as exc:
+            _release([key for key, _ in claimed])
+            try:
+                publisher_services.release_queue_capacity(count=len(to_publish))
+            except Exception:
+                logger.warning("could not release %d reserved queue slots", len(to_publish))
             logger.warning("enqueue failed, %d events refused: %r", len(to_publish), exc)
             raise ServiceUnavailable(
                 "The queue is unreachable; nothing was accepted, retry later.",

@@ -13,8 +13,30 @@ _CACHE_SECONDS = 0.2
 _cached: tuple[float, int] = (0.0, 0)
 
 
+# Admit `count` events only if the queue stays within `limit`, atomically across every API process.
+_RESERVE = """
+local depth = redis.call('INCRBY', KEYS[1], ARGV[1])
+if depth > tonumber(ARGV[2]) then
+  redis.call('DECRBY', KEYS[1], ARGV[1])
+  return 0
+end
+return 1
+"""
+
+
 def add(count: int) -> None:
     get_redis().incrby(QUEUED_EVENTS_KEY, count)
+
+
+def reserve(count: int, *, limit: int) -> bool:
+    """Count `count` events as queued if that keeps the queue at or under `limit`; False (and nothing
+    counted) otherwise. Exact under concurrency: one Lua script, one round trip."""
+    return bool(get_redis().eval(_RESERVE, 1, QUEUED_EVENTS_KEY, count, limit))
+
+
+def release(count: int) -> None:
+    """Undo a reservation whose task could not be enqueued."""
+    done(count)
 
 
 def done(count: int) -> None:

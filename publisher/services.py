@@ -42,7 +42,18 @@ def topic_exists(*, name: str) -> bool:
         admin.close()
 
 
-def enqueue_events(*, events: list[dict[str, Any]], source: str, accepted_at: float) -> None:
+def reserve_queue_capacity(*, count: int, limit: int) -> bool:
+    """Admission control: count `count` events as queued if the queue stays within `limit` (atomic)."""
+    return queue.reserve(count, limit=limit)
+
+
+def release_queue_capacity(*, count: int) -> None:
+    queue.release(count)
+
+
+def enqueue_events(
+    *, events: list[dict[str, Any]], source: str, accepted_at: float, capacity_reserved: bool = False
+) -> None:
     """Hand an accepted request's events to the workers: one task for the whole batch. Raises if the broker
     (Redis) cannot take it, so the caller can refuse the request instead of half-accepting it."""
     from publisher.tasks import publish_events
@@ -53,6 +64,8 @@ def enqueue_events(*, events: list[dict[str, Any]], source: str, accepted_at: fl
         kwargsrepr=f"<{len(events)} events>",
         retry=False,
     )
+    if capacity_reserved:
+        return
     try:
         queue.add(len(events))
     except Exception:  # the task is queued; a missed count only weakens backpressure a little
@@ -83,5 +96,7 @@ __all__ = [
     "publish_batch",
     "publish_event",
     "queue_depth",
+    "release_queue_capacity",
+    "reserve_queue_capacity",
     "topic_exists",
 ]

@@ -109,6 +109,7 @@ def test_docker_compose_file_is_valid() -> None:
     assert "appendfsync" in result.stdout
 
 
+@pytest.mark.django_db
 def test_ensure_topics_is_idempotent() -> None:
     first = ensure_topics(partitions=3, replication_factor=1)
     second = ensure_topics(partitions=3, replication_factor=1)
