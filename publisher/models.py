@@ -5,6 +5,7 @@ import random
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.utils import timezone
 from solo.models import SingletonModel
 
 
@@ -42,6 +43,8 @@ class DeadLetter(models.Model):
         REPLAYED = "replayed", "replayed"
         DISCARDED = "discarded", "discarded"
         QUARANTINED = "quarantined", "quarantined"
+        # Transient: a replay claimed the row (compare-and-set) and is waiting for the broker's ack.
+        REPLAYING = "replaying", "replaying"
 
     class Reason(models.TextChoices):
         RETRIES_EXHAUSTED = "retries_exhausted", "retries exhausted"
@@ -72,13 +75,157 @@ class DeadLetter(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # Operations (issue 6): who replayed, edited or discarded the entry, and when.
+    replay_claimed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the current replay claimed the row (status replaying)."
+    )
+    delivered_topics = models.JSONField(
+        default=list, blank=True, help_text="Topics a replay already delivered to (never sent twice)."
+    )
+    replayed_at = models.DateTimeField(null=True, blank=True)
+    replayed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    edited_at = models.DateTimeField(null=True, blank=True)
+    edited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    discard_reason = models.TextField(blank=True)
+    discarded_at = models.DateTimeField(null=True, blank=True)
+    discarded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
             # One row per event and destination: a redelivered task updates the row instead of adding one.
             models.UniqueConstraint(fields=["event_id", "original_topic"], name="deadletter_event_topic_unique"),
         ]
-        indexes = [models.Index(fields=["status", "-created_at"], name="deadletter_status_created")]
+        indexes = [
+            models.Index(fields=["status", "-created_at"], name="deadletter_status_created"),
+            # The admin list filters on one of these and sorts newest first: each filter is an index range scan
+            # that stops after one page, even on millions of rows.
+            models.Index(fields=["original_topic", "-created_at", "-id"], name="deadletter_topic_created"),
+            models.Index(fields=["event_type", "-created_at", "-id"], name="deadletter_type_created"),
+            models.Index(fields=["error_class", "-created_at", "-id"], name="deadletter_error_created"),
+            models.Index(fields=["reason", "-created_at", "-id"], name="deadletter_reason_created"),
+            # Replay jobs and purges walk one status in id order (keyset pagination).
+            models.Index(fields=["status", "id"], name="deadletter_status_id"),
+        ]
+        permissions = [
+            ("replay_deadletter", "Can replay dead letters"),
+            ("discard_deadletter", "Can discard dead letters"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.event_id} -> {self.original_topic} ({self.status})"
+
+
+class DeadLetterSettings(SingletonModel):
+    """Operator knobs for dead-letter replay and retention (a singleton edited in the admin)."""
+
+    max_replays = models.PositiveSmallIntegerField(
+        default=5,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+        help_text="Replays of one entry that may fail before it is quarantined.",
+    )
+    replay_rate = models.FloatField(
+        default=100.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(100_000)],
+        help_text="Default pace of bulk and background replays, in events per second.",
+    )
+    retention_days = models.PositiveIntegerField(
+        default=30,
+        validators=[MinValueValidator(1)],
+        help_text="purge_dead_letters deletes discarded entries older than this by default.",
+    )
+    claim_timeout_seconds = models.PositiveIntegerField(
+        default=300,
+        validators=[MinValueValidator(30)],
+        help_text="A replay that holds an entry longer than this (a crashed process) gives it back.",
+    )
+
+    class Meta:
+        verbose_name = "dead-letter settings"
+
+    def __str__(self) -> str:
+        return "Dead-letter settings"
+
+
+class ReplayJob(models.Model):
+    """A background replay of every pending dead letter matching some filters, paced and cancellable."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        FINISHED = "finished", "finished"
+        CANCELLED = "cancelled", "cancelled"
+        FAILED = "failed", "failed"
+
+    filters = models.JSONField(default=dict, help_text="topic, reason, error_class, event_type, since, until")
+    reroute = models.BooleanField(default=False, help_text="Route through the current rules instead.")
+    rate = models.FloatField(help_text="Events per second.")
+    limit = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    cancelled = models.BooleanField(default=False, help_text="Set by Cancel; the task stops between chunks.")
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    replayed = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    cursor = models.BigIntegerField(default=0, help_text="Last dead-letter id handled (keyset pagination).")
+    max_id = models.BigIntegerField(null=True, blank=True, help_text="Entries newer than the job are left alone.")
+    run_token = models.CharField(max_length=32, blank=True, help_text="Only the task slice holding it may run.")
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Replay job #{self.pk} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING)
+
+    @property
+    def percent(self) -> int:
+        return 100 if not self.total else min(100, round(100 * self.done / self.total))
+
+
+class ReplayAttempt(models.Model):
+    """One replay of one dead letter: who, when, where to, and how it went."""
+
+    class Result(models.TextChoices):
+        REPLAYED = "replayed", "replayed"
+        FAILED = "failed", "failed"
+        QUARANTINED = "quarantined", "failed, quarantined"
+
+    dead_letter = models.ForeignKey(DeadLetter, on_delete=models.CASCADE, related_name="replay_attempts")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor = models.CharField(max_length=150, blank=True, help_text="Username, or the command that replayed.")
+    via = models.CharField(max_length=16, help_text="admin, bulk, job or command")
+    job = models.ForeignKey(ReplayJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="attempts")
+    at = models.DateTimeField(default=timezone.now)
+    result = models.CharField(max_length=16, choices=Result.choices)
+    rerouted = models.BooleanField(default=False)
+    topics = models.JSONField(default=list, help_text="Target topics of this replay.")
+    error_class = models.CharField(max_length=128, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["dead_letter", "-at"], name="replayattempt_dl_at")]
+
+    def __str__(self) -> str:
+        return f"replay of {self.dead_letter_id} at {self.at:%Y-%m-%d %H:%M:%S}: {self.result}"
