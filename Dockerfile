@@ -9,5 +9,5 @@ COPY routing ./routing
 COPY publisher ./publisher
 RUN pip install --no-cache-dir .
 COPY . .
-RUN SECRET_KEY=build-only python manage.py collectstatic --noinput -v 0
+RUN SECRET_KEY=build-only PROMETHEUS_MULTIPROC_DIR= python manage.py collectstatic --noinput -v 0
 EXPOSE 8083

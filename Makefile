@@ -50,6 +50,7 @@ setup: migrate topics
 
 run: setup
 	$(PY) manage.py bootstrap_demo
+	$(PY) manage.py reset_metrics
 	@echo "Serving http://127.0.0.1:8083 (admin: /admin/, API docs: /api/docs/). Ctrl-C stops web and worker."
 	$(VENV)/bin/honcho start -f Procfile
 

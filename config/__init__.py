@@ -15,6 +15,8 @@ files, never mix or remove each other's counters (processes the suite starts inh
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import shutil
 import socket
@@ -27,18 +29,34 @@ DEFAULT_MULTIPROC_DIR = Path(__file__).resolve().parent.parent / ".data" / "prom
 
 # Files are named after the process; the host name keeps processes of two containers sharing one directory
 # (web and worker on a shared volume, each with its own PID namespace) from writing to the same file.
-_HOST = (socket.gethostname() or "host").replace("_", "-")
-_identity: list[int | str] = [0, ""]
+PROCESS_HOST = (socket.gethostname() or "host").replace("_", "-")
+_process_id = [f"{PROCESS_HOST}-{os.getpid()}"]
+
+
+def _refresh_process_id() -> None:
+    _process_id[0] = f"{PROCESS_HOST}-{os.getpid()}"
+
+
+# prometheus_client asks for the process id on every increment: a C-level lookup of a value refreshed after
+# each fork (gunicorn and Celery's pool fork with os.fork) costs less than its own default, os.getpid().
+os.register_at_fork(after_in_child=_refresh_process_id)
 
 
 def prometheus_process_id(pid: int | None = None) -> str:
     """The name prometheus_client gives this process's (or `pid`'s) files: `<host>-<pid>`."""
-    if pid is not None:
-        return f"{_HOST}-{pid}"
-    current = os.getpid()
-    if _identity[0] != current:  # called on every increment: format once per process
-        _identity[0], _identity[1] = current, f"{_HOST}-{current}"
-    return str(_identity[1])
+    return _process_id[0] if pid is None else f"{PROCESS_HOST}-{pid}"
+
+
+def _remove_at_exit(directory: str) -> None:
+    import atexit
+
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:  # not in forked children
+            shutil.rmtree(directory, ignore_errors=True)
+
+    atexit.register(remove)
 
 
 def _setup_prometheus_multiprocess() -> None:
@@ -46,10 +64,7 @@ def _setup_prometheus_multiprocess() -> None:
     if value is None:
         if "pytest" in sys.modules:
             value = tempfile.mkdtemp(prefix="ingest-prometheus-")
-            owner = os.getpid()
-            import atexit
-
-            atexit.register(lambda: os.getpid() == owner and shutil.rmtree(value, ignore_errors=True))
+            _remove_at_exit(value)
         else:
             value = str(DEFAULT_MULTIPROC_DIR)
         os.environ[MULTIPROC_ENV] = value
@@ -64,11 +79,11 @@ def _setup_prometheus_multiprocess() -> None:
         raise EnvError(f"{MULTIPROC_ENV}={value!r} is not a usable directory: {exc}") from None
     from prometheus_client import values
 
-    values.ValueClass = values.MultiProcessValue(prometheus_process_id)
+    values.ValueClass = values.MultiProcessValue(functools.partial(operator.getitem, _process_id, 0))
 
 
 _setup_prometheus_multiprocess()
 
 from config.celery import app as celery_app  # noqa: E402  (after the multiprocess setup, on purpose)
 
-__all__ = ("DEFAULT_MULTIPROC_DIR", "MULTIPROC_ENV", "celery_app", "prometheus_process_id")
+__all__ = ("DEFAULT_MULTIPROC_DIR", "MULTIPROC_ENV", "PROCESS_HOST", "celery_app", "prometheus_process_id")

@@ -3,6 +3,7 @@ so a bad value stops startup with the variable's name (see README, "Configuratio
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -215,13 +216,33 @@ SPECTACULAR_SETTINGS = {
 }
 
 LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOG_FORMAT = env_choice("LOG_FORMAT", "json", ("json", "text"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "json": {"()": "config.logging.JsonFormatter"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"kafka": {"level": "WARNING"}},
 }
+
+# ---------------------------------------------------------------- Metrics and health
+PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")  # chosen in config/__init__.py
+METRICS_ACCESS = env_str("METRICS_ACCESS", "loopback")  # comma-separated: loopback, token, staff, open
+_metrics_modes = {m.strip().lower() for m in METRICS_ACCESS.split(",") if m.strip()}
+if not _metrics_modes or not _metrics_modes <= {"loopback", "token", "staff", "open"}:
+    raise EnvError(f"METRICS_ACCESS={METRICS_ACCESS!r} is not valid: expected loopback, token, staff or open")
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+if "token" in _metrics_modes and not METRICS_TOKEN:
+    raise EnvError("METRICS_TOKEN is required with METRICS_ACCESS=token")
+PUBLISHER_HEALTH_DLQ_RATE = env_float("PUBLISHER_HEALTH_DLQ_RATE", 0.01, minimum=0)
+PUBLISHER_HEALTH_MIN_EVENTS = env_int("PUBLISHER_HEALTH_MIN_EVENTS", 20, minimum=1)
+PUBLISHER_HEALTH_STALL_SECONDS = env_duration("PUBLISHER_HEALTH_STALL_SECONDS", "60s")
+PUBLISHER_STATS_WINDOW = env_duration("PUBLISHER_STATS_WINDOW", "5m")
+PUBLISHER_STATS_EMA_ALPHA = env_float("PUBLISHER_STATS_EMA_ALPHA", 0.1, minimum=0.001)
 
 # Topics saved in the admin must exist on the cluster; routing asks the publisher (it knows Kafka).
 ROUTING_TOPIC_EXISTS_CHECK = "publisher.services.topic_exists"

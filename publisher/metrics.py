@@ -1,5 +1,14 @@
 """The pipeline's Prometheus series (names are documented in README, "Metrics"). Label values are bounded:
-topics, event types, error classes and rule names, never event ids."""
+topics, event types, error classes and rule names, never event ids.
+
+Every process (gunicorn workers, Celery pool processes) counts into its own files in PROMETHEUS_MULTIPROC_DIR
+(config/__init__.py) and /metrics (publisher.views.prometheus_metrics) adds them up. Counters are exported
+with the `_total` suffix (e.g. publisher_events_published_total).
+
+The three gauges below are not meant to be set by the code that does the work: they describe shared state
+(Redis, Postgres), so /metrics computes them at scrape time (SCRAPE_TIME_GAUGES) and ignores whatever a process
+may have stored in them.
+"""
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -24,3 +33,11 @@ BREAKER_STATE = Gauge(
 RULE_MATCHES = Counter("routing_rule_matches", "Events matched per routing rule", ["rule"])
 UNROUTED = Counter("routing_events_unrouted", "Events that no rule matched", ["event_type"])
 DLQ_PENDING = Gauge("dlq_pending_entries", "Dead letters waiting for an operator", multiprocess_mode="mostrecent")
+
+# Computed by /metrics when it is scraped: queue.depth(fresh=True), breaker.current_state() as 0/1/2, and a
+# bounded count of pending DeadLetter rows.
+SCRAPE_TIME_GAUGES: dict[str, str] = {
+    "ingestion_queue_depth": "Accepted events waiting to be published (all processes)",
+    "publisher_circuit_breaker_state": "Shared circuit breaker: 0 closed, 1 half-open, 2 open",
+    "dlq_pending_entries": "Dead letters waiting for an operator (saturates at publisher.stats.DLQ_COUNT_CAP)",
+}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from django.db import DatabaseError
 from kafka.errors import MessageSizeTooLargeError
 
 from publisher import breaker as breaker_module
-from publisher import dead_letters, kafka_gateway, metrics
+from publisher import dead_letters, kafka_gateway, metrics, stats
 from publisher.errors import ProducerReset, error_class, is_outage, is_retryable
 from publisher.models import DeadLetter, RetryPolicy
 from publisher.serialization import CONTENT_TYPES, SerializationError, encode_event, schema_name
@@ -246,6 +247,7 @@ def publish_events(
     pending = records
     round_number = 0
     deferred: list[Record] = []
+    latencies: list[float] = []
     while pending:
         round_number += 1
         try:
@@ -268,6 +270,7 @@ def publish_events(
         latency = max(0.0, time.time() - accepted_at)
         for _ in done:
             metrics.PUBLISH_LATENCY.observe(latency)
+        latencies.extend([latency] * len(done))
         if not failed_retryable:
             break
         if round_number > policy.max_retries:
@@ -290,18 +293,28 @@ def publish_events(
         time.sleep(policy.delay_seconds(round_number))
         pending = failed_retryable
 
-    if to_dead_letter:
-        try:
-            dead_letters.record(events=events, failures=to_dead_letter, source=source)
-        except DatabaseError as exc:
-            # Postgres is down: nothing may be dropped, so these deliveries go back to the queue with the rest.
-            logger.warning("dead-letter table unreachable; deferring %d deliveries", len(to_dead_letter))
-            deferred = deferred + [r for r, _ in to_dead_letter]
+    try:
+        if to_dead_letter:
+            try:
+                dead_letters.record(events=events, failures=to_dead_letter, source=source)
+            except DatabaseError as exc:
+                # Postgres is down: nothing may be dropped, so these deliveries go back to the queue with the rest.
+                logger.warning("dead-letter table unreachable; deferring %d deliveries", len(to_dead_letter))
+                deferred = deferred + [r for r, _ in to_dead_letter]
+                metrics.DEFERRED.inc(len(deferred))
+                raise PublishDeferred(pending=_pending_of(deferred), delay=2.0, reason=f"database: {exc}") from exc
+            result.dead_lettered += len(to_dead_letter)
+        if deferred:
             metrics.DEFERRED.inc(len(deferred))
-            raise PublishDeferred(pending=_pending_of(deferred), delay=2.0, reason=f"database: {exc}") from exc
-        result.dead_lettered += len(to_dead_letter)
-    if deferred:
-        metrics.DEFERRED.inc(len(deferred))
-        delay = float(breaker.reset_timeout) if breaker_module.current_state() == "open" else 1.0
-        raise PublishDeferred(pending=_pending_of(deferred), delay=delay, reason="circuit breaker open")
-    return result
+            delay = float(breaker.reset_timeout) if breaker_module.current_state() == "open" else 1.0
+            raise PublishDeferred(pending=_pending_of(deferred), delay=delay, reason="circuit breaker open")
+        return result
+    finally:
+        # One pipelined Redis round trip per task, whatever the outcome (a deferred task's acks count too).
+        stats.record_batch(
+            published_by_topic=Counter(topic for _, topic in result.deliveries),
+            failed=sum(r.attempts for r in records) - result.published,
+            retried=result.retries,
+            dead_lettered=result.dead_lettered,
+            latencies_s=latencies,
+        )
