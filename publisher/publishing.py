@@ -153,6 +153,19 @@ def _record_size(record: Record) -> int:
     return _RECORD_OVERHEAD + len(record.key) + len(record.value) + sum(len(k) + len(v) + 8 for k, v in record.headers)
 
 
+def await_acks(sent: Sequence[tuple[Record, Any]], *, timeout: float) -> None:
+    """Wait for every delivery future within one shared deadline; a failure lands in `record.error` (never
+    lost in a callback), a success is counted."""
+    deadline = time.monotonic() + timeout + ACK_GRACE_SECONDS
+    for record, future in sent:
+        try:
+            future.get(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception as exc:
+            record.error = exc
+        else:
+            metrics.PUBLISHED.labels(topic=record.topic).inc()
+
+
 def _send_round(records: list[Record], timeout: float) -> list[Record]:
     """Send every record, then wait for every acknowledgement. Returns the records that failed permanently;
     raises _RoundFailed when any failed in a retryable way (so the breaker counts the round as a failure)."""
@@ -181,14 +194,7 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
             record.error = exc
             if is_retryable(exc):
                 blocked = exc
-    deadline = time.monotonic() + timeout + ACK_GRACE_SECONDS
-    for record, future in futures:
-        try:
-            future.get(timeout=max(0.1, deadline - time.monotonic()))
-        except Exception as exc:
-            record.error = exc
-        else:
-            metrics.PUBLISHED.labels(topic=record.topic).inc()
+    await_acks(futures, timeout=timeout)
     if kafka_gateway.producer_is_broken():
         # Every record in flight failed with the one that broke it; those are not their own errors.
         logger.warning("kafka producer entered a fatal state; replacing it")

@@ -43,7 +43,7 @@ from publisher import breaker as breaker_module
 from publisher import kafka_gateway, metrics
 from publisher.errors import error_class
 from publisher.models import DeadLetter, DeadLetterSettings, ReplayAttempt, ReplayJob
-from publisher.publishing import Record, build_records
+from publisher.publishing import Record, await_acks, build_records
 from routing.services import current_routing
 
 if TYPE_CHECKING:
@@ -61,8 +61,6 @@ MAX_CHUNK = 200
 # A background job runs in slices of this many seconds, each a separate Celery task, so no single task comes
 # near the broker's visibility timeout and a lost worker only delays the job.
 JOB_SLICE_SECONDS = 30.0
-# How long a replay waits for the broker's acknowledgements beyond the producer's own delivery timeout.
-ACK_GRACE_SECONDS = 5.0
 
 # Only the fields a replay needs: the list can be millions of rows with 32 KiB payloads.
 _REPLAY_FIELDS = (
@@ -455,14 +453,7 @@ def _send(claimed: Sequence[_Claimed]) -> None:
                 record.error = exc
             else:
                 futures.append((item, record, future))
-    deadline = time.monotonic() + float(settings.KAFKA_PRODUCER_TIMEOUT) + ACK_GRACE_SECONDS
-    for _item, record, future in futures:
-        try:
-            future.get(timeout=max(0.1, deadline - time.monotonic()))
-        except Exception as exc:
-            record.error = exc
-        else:
-            metrics.PUBLISHED.labels(topic=record.topic).inc()
+    await_acks([(record, future) for _item, record, future in futures], timeout=float(settings.KAFKA_PRODUCER_TIMEOUT))
     for item in planned:
         item.acked = [r.topic for r in item.records if r.error is None]
         failed = [r for r in item.records if r.error is not None]

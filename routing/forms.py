@@ -4,7 +4,6 @@ tester's form."""
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Final
 
 from django import forms
@@ -13,6 +12,7 @@ from django.db.models import Q, QuerySet
 from django.forms.fields import InvalidJSONInput
 
 from routing.models import RESERVED_TOPICS, RoutingRule, Topic, validate_pattern
+from routing.patterns import finite_float, json_type, reject_constant
 
 # Text a field will parse at all: pretty-printed patterns are longer than the 4096-character limit, which
 # applies to the compact form (models.validate_pattern); anything beyond this is refused before parsing.
@@ -33,31 +33,6 @@ def routable_topics() -> QuerySet[Topic]:
     return Topic.objects.exclude(Q(name__startswith="__") | Q(name__in=RESERVED_TOPICS)).order_by("name")
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return type(value).__name__
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text} is out of range")
-    return value
-
-
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
@@ -75,7 +50,7 @@ def parse_json_text(text: str, *, what: str) -> Any:
         )
     try:
         return json.loads(
-            text, parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+            text, parse_constant=reject_constant, parse_float=finite_float, object_pairs_hook=_unique_keys
         )
     except RecursionError:
         raise ValidationError(f"{what} is not valid JSON: it is nested too deeply.", code="invalid") from None
@@ -100,7 +75,7 @@ class JSONObjectField(forms.JSONField):
         value = parse_json_text(text, what=self.what)
         if not isinstance(value, dict):
             raise ValidationError(
-                f"{self.what} must be a JSON object, like {self.example}; this is {_json_type(value)}.",
+                f"{self.what} must be a JSON object, like {self.example}; this is {json_type(value)}.",
                 code="not_an_object",
             )
         return value
@@ -114,7 +89,7 @@ class JSONObjectField(forms.JSONField):
             return self._parse(value)
         if isinstance(value, dict):
             return value
-        raise ValidationError(f"{self.what} must be a JSON object; this is {_json_type(value)}.", code="invalid")
+        raise ValidationError(f"{self.what} must be a JSON object; this is {json_type(value)}.", code="invalid")
 
     def bound_data(self, data: Any, initial: Any) -> Any:
         if self.disabled:

@@ -90,11 +90,11 @@ class PatternError(ValueError):
 # --------------------------------------------------------------------------------------------------- parsing
 
 
-def _reject_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def _finite_float(text: str) -> float:
+def finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e400 parses to inf, which JSON cannot express
         raise ValueError(f"number {text} is out of range")
@@ -121,13 +121,13 @@ def parse_pattern(source: str | dict[str, Any]) -> dict[str, Any]:
     else:
         raise PatternError("(root)", f"pattern must be a JSON object or its text, not {type(source).__name__}")
     try:
-        parsed = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        parsed = json.loads(text, parse_constant=reject_constant, parse_float=finite_float)
     except RecursionError:
         raise PatternError("(root)", "pattern is nested too deeply") from None
     except ValueError as exc:
         raise PatternError("(root)", f"pattern is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
-        raise PatternError("(root)", f"pattern must be a JSON object, not {_json_type(parsed)}")
+        raise PatternError("(root)", f"pattern must be a JSON object, not {json_type(parsed)}")
     return parsed
 
 
@@ -154,7 +154,8 @@ def _check_plain_json(root: dict[str, Any]) -> None:
             raise PatternError("(root)", f"{type(node).__name__} is not a JSON value")
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """How a JSON value is named in error messages: 'a string', 'an array', ..."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -189,7 +190,7 @@ def _number_key(value: float) -> int | None:
 
 def _operand_key(value: Any, where: str, what: str) -> int:
     if not _is_number(value):
-        raise PatternError(where, f"{what} must be a number, not {_json_type(value)}")
+        raise PatternError(where, f"{what} must be a number, not {json_type(value)}")
     key = _number_key(value)
     if key is None:
         raise PatternError(where, f"{what} {value!r} is out of range; numbers must be between -5e9 and 5e9")
@@ -279,7 +280,7 @@ class _Wildcard:
 
 def _compile_wildcard(value: Any, where: str) -> _Wildcard:
     if not isinstance(value, str):
-        raise PatternError(where, f"wildcard expects a string, not {_json_type(value)}")
+        raise PatternError(where, f"wildcard expects a string, not {json_type(value)}")
     pieces: list[str] = []
     current: list[str] = []
     stars = 0
@@ -316,7 +317,7 @@ def _compile_wildcard(value: Any, where: str) -> _Wildcard:
 
 def _compile_cidr(value: Any, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     if not isinstance(value, str):
-        raise PatternError(where, f'cidr expects a string such as "10.0.0.0/24", not {_json_type(value)}')
+        raise PatternError(where, f'cidr expects a string such as "10.0.0.0/24", not {json_type(value)}')
     address, slash, bits = value.partition("/")
     if not slash or "/" in bits:
         raise PatternError(where, f"cidr {value!r} is malformed: exactly one '/' is required")
@@ -425,7 +426,7 @@ class _Leaf:
 
 def _string_arg(operator: str, value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise PatternError(where, f"{operator} expects a string, not {_json_type(value)}")
+        raise PatternError(where, f"{operator} expects a string, not {json_type(value)}")
     return value
 
 
@@ -438,9 +439,9 @@ def _string_or_ignore_case(operator: str, value: Any, where: str) -> tuple[str, 
             raise PatternError(where, f'{operator} object must be {{"equals-ignore-case": "<string>"}}')
         inner = value["equals-ignore-case"]
         if not isinstance(inner, str):
-            raise PatternError(where, f"{operator}/equals-ignore-case expects a string, not {_json_type(inner)}")
+            raise PatternError(where, f"{operator}/equals-ignore-case expects a string, not {json_type(inner)}")
         return inner, True
-    raise PatternError(where, f"{operator} expects a string, not {_json_type(value)}")
+    raise PatternError(where, f"{operator} expects a string, not {json_type(value)}")
 
 
 def _string_list(operator: str, value: Any, where: str, *, allow_empty_text: bool) -> list[str]:
@@ -451,7 +452,7 @@ def _string_list(operator: str, value: Any, where: str, *, allow_empty_text: boo
         if isinstance(item, dict):
             raise PatternError(where, f"anything-but/{operator} takes strings only, not a nested operator")
         if not isinstance(item, str):
-            raise PatternError(where, f"anything-but/{operator} expects strings, not {_json_type(item)}")
+            raise PatternError(where, f"anything-but/{operator} expects strings, not {json_type(item)}")
         if not item and not allow_empty_text:
             raise PatternError(where, f"anything-but/{operator} value must not be empty")
     return values
@@ -494,7 +495,7 @@ def _compile_anything_but(value: Any, where: str) -> _Predicate:
     raise PatternError(
         where,
         "anything-but expects a string, a number, a list of them, or an object with "
-        f"prefix/suffix/equals-ignore-case/wildcard, not {_json_type(value)}",
+        f"prefix/suffix/equals-ignore-case/wildcard, not {json_type(value)}",
     )
 
 
@@ -502,7 +503,7 @@ def _compile_numeric(value: Any, where: str) -> tuple[float, float]:
     """Returns inclusive (low, high) bounds on the event value, already rounded the way EventBridge rounds."""
     shape = 'numeric expects an array like [">", 0, "<=", 5]'
     if not isinstance(value, list) or not value:
-        raise PatternError(where, f"{shape}, not {_json_type(value)}")
+        raise PatternError(where, f"{shape}, not {json_type(value)}")
     operator = value[0]
     if not isinstance(operator, str) or operator not in _NUMERIC_OPERATORS:
         raise PatternError(where, f"numeric: unknown operator {operator!r}; use one of =, <, <=, >, >=")
@@ -583,7 +584,7 @@ def _compile_leaf(alternatives: list[Any], where: str) -> _Leaf:
                 ranges.append(_compile_numeric(arg, where))
             elif operator == "exists":
                 if not isinstance(arg, bool):
-                    raise PatternError(where, f"exists expects true or false, not {_json_type(arg)}")
+                    raise PatternError(where, f"exists expects true or false, not {json_type(arg)}")
                 if arg:
                     leaf.any_value = True
                 else:
@@ -595,7 +596,7 @@ def _compile_leaf(alternatives: list[Any], where: str) -> _Leaf:
         else:
             raise PatternError(
                 where,
-                f"a match value must be a string, number, true, false, null or operator object, not {_json_type(item)}",
+                f"a match value must be a string, number, true, false, null or operator object, not {json_type(item)}",
             )
 
     string_tests: list[Callable[[str], bool]] = []
@@ -822,19 +823,19 @@ def _compile_object(
                 raise PatternError(here, f"pattern is nested too deeply (more than {MAX_PATTERN_DEPTH} levels)")
             fields.append(_Field(segments, _compile_leaf(value, here)))
         else:
-            raise PatternError(here, f"must be an object or an array of alternatives, not {_json_type(value)}")
+            raise PatternError(here, f"must be an object or an array of alternatives, not {json_type(value)}")
 
 
 def _compile_or(value: Any, prefix: tuple[str, ...], where: str, depth: int) -> tuple[_Node, ...]:
     if not isinstance(value, list):
-        raise PatternError(where, f"$or expects an array of at least 2 objects, not {_json_type(value)}")
+        raise PatternError(where, f"$or expects an array of at least 2 objects, not {json_type(value)}")
     if len(value) < 2:
         raise PatternError(where, "$or needs at least 2 objects")
     branches: list[_Node] = []
     for i, branch in enumerate(value):
         branch_where = f"{where}[{i}]"
         if not isinstance(branch, dict):
-            raise PatternError(branch_where, f"$or may contain only objects, not {_json_type(branch)}")
+            raise PatternError(branch_where, f"$or may contain only objects, not {json_type(branch)}")
         fields: list[_Field] = []
         ors: list[tuple[_Node, ...]] = []
         _compile_object(branch, prefix, branch_where, depth + 1, True, fields, ors)

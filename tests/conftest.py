@@ -100,31 +100,29 @@ def _test_database_url() -> str:
     return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
-class WorkerProcess:
-    def __init__(self, *, concurrency: int = 2, extra_env: dict[str, str] | None = None) -> None:
-        self.log_path = ROOT / ".data" / f"test-worker-{uuid.uuid4().hex[:8]}.log"
-        env = os.environ | {"DATABASE_URL": _test_database_url(), "PYTHONUNBUFFERED": "1"} | (extra_env or {})
-        self.log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "config", "worker", "--queues", "publish",
-                "--concurrency", str(concurrency), "--pool", "prefork", "--loglevel", "INFO",
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h",
-            ],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        self._wait_ready()
+class ServiceProcess:
+    """A tier of the service (web or worker) started as a real process on the test database, logging to a file
+    under .data/, in its own process group so stop() takes its children too."""
 
-    def _wait_ready(self, timeout: float = 60) -> None:
+    kind = "process"
+
+    def __init__(self, argv: list[str], *, extra_env: dict[str, str] | None = None) -> None:
+        self.log_path = ROOT / ".data" / f"test-{self.kind}-{uuid.uuid4().hex[:8]}.log"
+        self.log = self.log_path.open("wb")
+        env = os.environ | {"DATABASE_URL": _test_database_url(), "PYTHONUNBUFFERED": "1"} | (extra_env or {})
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_until(self, ready: Any, *, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"celery worker exited early:\n{self.log_path.read_text()[-3000:]}")
-            if b" ready." in self.log_path.read_bytes():
+                raise RuntimeError(f"{self.kind} exited early:\n{self.output()[-3000:]}")
+            if ready():
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"celery worker not ready after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(f"{self.kind} not ready after {timeout}s:\n{self.output()[-3000:]}")
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -138,6 +136,22 @@ class WorkerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self.log.close()
+
+
+class WorkerProcess(ServiceProcess):
+    kind = "worker"
+
+    def __init__(self, *, concurrency: int = 2, extra_env: dict[str, str] | None = None) -> None:
+        super().__init__(
+            [
+                sys.executable, "-m", "celery", "-A", "config", "worker", "--queues", "publish",
+                "--concurrency", str(concurrency), "--pool", "prefork", "--loglevel", "INFO",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h",
+            ],
+            extra_env=extra_env,
+        )  # fmt: skip
+        self.wait_until(lambda: b" ready." in self.log_path.read_bytes())
 
 
 @pytest.fixture(scope="session")
@@ -172,50 +186,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class GunicornServer:
+class GunicornServer(ServiceProcess):
     """The real web tier (gunicorn, several workers) on the test database."""
+
+    kind = "web"
 
     def __init__(self, *, workers: int = 2, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = ROOT / ".data" / f"test-web-{uuid.uuid4().hex[:8]}.log"
-        self.log = self.log_path.open("wb")
-        env = os.environ | {"DATABASE_URL": _test_database_url(), "PYTHONUNBUFFERED": "1"} | (extra_env or {})
-        self.proc = subprocess.Popen(
+        super().__init__(
             [
                 sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
                 "--workers", str(workers), "--access-logfile", "-", "--graceful-timeout", "5",
             ],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            extra_env=extra_env,
         )  # fmt: skip
-        self._wait_ready()
+        self.wait_until(self._answers)
 
-    def _wait_ready(self, timeout: float = 60) -> None:
+    def _answers(self) -> bool:
         import urllib.error
         import urllib.request
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"{self.url}/api/schema/", timeout=2)
-                return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"gunicorn not ready after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"{self.url}/api/schema/", timeout=2)
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+        return True
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.log.close()
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        super().stop(sig, timeout)
 
 
 @pytest.fixture(scope="session")
