@@ -20,7 +20,7 @@ help:
 	@echo "make run              install, start services, migrate, seed, print demo credentials, serve :8083"
 	@echo "make test             lint + the whole test suite against real PostgreSQL, Redis and Kafka"
 	@echo "make services-up|services-down|services-status"
-	@echo "make lint | format | proto | bench | test-faults"
+	@echo "make lint | format | proto | bench | profile | test-faults"
 
 $(STAMP): pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON_BOOT) -m venv $(VENV)
@@ -79,7 +79,7 @@ proto: $(STAMP)
 	bash scripts/gen_proto.sh
 
 bench: setup
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 profile: setup
 	$(PY) -m bench.profile

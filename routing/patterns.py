@@ -91,7 +91,7 @@ class PatternError(ValueError):
 
 
 def reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def finite_float(text: str) -> float:

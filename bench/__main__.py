@@ -1,0 +1,343 @@
+"""`python -m bench` (`make bench`): the broker's limit, the client's limit and the full pipeline, in one run.
+
+    python -m bench [--duration 30] [--warmup 5] [--concurrency 32] [--only broker,client,batch,single]
+                    [--batch-size 100] [--single-concurrency N] [--redis-url URL] ...
+
+Needs the services up, migrated, and the topics created (`make bench` sees to that). Prints one table and
+writes everything measured to bench/results/<timestamp>.json. See bench/README.md for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import django
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PERF_TOPIC = "bench.perf"
+ALL = ("broker", "client", "batch", "single")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per row (default 30)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before each (default 5)")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent HTTP requests (default 32)")
+    parser.add_argument(
+        "--single-concurrency", type=int, default=None, help="concurrency for single events (default: --concurrency)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=None, help="batch: offer this many events/s (open loop) instead of closed loop"
+    )
+    parser.add_argument("--single-rate", type=float, default=None, help="single: events/s offered (open loop)")
+    parser.add_argument(
+        "--watch",
+        choices=("deferred", "live"),
+        default="deferred",
+        help="read Kafka records after the load (default; visibility from end-offset polls) or while it runs",
+    )
+    parser.add_argument("--offsets-interval", type=float, default=0.05, help="end-offset poll interval, seconds")
+    parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
+    parser.add_argument("--batch-size", type=int, default=100, help="events per batch request (default 100)")
+    parser.add_argument(
+        "--client-processes", type=int, default=1, help="processes running the bare producer loop (default 1)"
+    )
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn workers (default 2)")
+    parser.add_argument(
+        "--web-args", default="", help="extra gunicorn arguments, e.g. '--worker-class gthread --threads 4'"
+    )
+    parser.add_argument("--worker-args", default="", help="extra celery worker arguments, e.g. '--pool threads'")
+    parser.add_argument("--worker-concurrency", type=int, default=2, help="celery pool processes (default 2)")
+    parser.add_argument("--sample-every", type=int, default=10, help="POST->Kafka latency of every Nth event")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="give up draining the backlog after this many seconds without progress (default 60)",
+    )
+    parser.add_argument(
+        "--memory-events", type=int, default=20_000, help="events queued to measure Redis bytes/event (batch)"
+    )
+    parser.add_argument(
+        "--broker-payload",
+        choices=("events", "random"),
+        default="events",
+        help="perf test payloads: our serialized events (default) or Kafka's random bytes of the same size",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL"),
+        help="Redis for the bench's web and worker tiers (default: REDIS_URL with database 7, or BENCH_REDIS_URL)",
+    )
+    parser.add_argument("--output", type=Path, default=None, help="JSON path (default bench/results/<ts>.json)")
+    args = parser.parse_args(argv)
+    unknown = set(args.only.split(",")) - set(ALL)
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))} (choose from {', '.join(ALL)})")
+    return args
+
+
+def _bench_redis_url(configured: str) -> str:
+    parts = urlsplit(configured)
+    return urlunsplit((parts.scheme, parts.netloc, "/7", parts.query, parts.fragment))
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _sample_records(count: int, tag: str, source: str) -> list[Any]:
+    """Our events as the publisher turns them into Kafka records (validated, normalized, JSON-encoded)."""
+    from bench import events as bench_events
+    from ingestion.schema import ValidatedEvent, validate_event
+    from publisher.publishing import build_records
+
+    normalized = []
+    for raw in bench_events.sample_events(count, tag=tag, phase=bench_events.PHASES["client"]):
+        checked = validate_event(raw)
+        if not isinstance(checked, ValidatedEvent):
+            raise SystemExit(f"bench event is not valid: {checked}")
+        normalized.append(checked.data)
+    routes = {i: [PERF_TOPIC] for i in range(len(normalized))}
+    records, broken = build_records(normalized, routes, {PERF_TOPIC: "json"}, source=source, accepted_at=time.time())
+    if broken:
+        raise SystemExit("bench events could not be encoded")
+    return records
+
+
+def _ensure_perf_topic(partitions: int) -> None:
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    from publisher.kafka_gateway import admin_client
+
+    admin = admin_client()
+    try:
+        if PERF_TOPIC in set(admin.list_topics()):
+            return
+        topic = NewTopic(
+            PERF_TOPIC,
+            num_partitions=partitions,
+            replication_factor=1,
+            # Bench data is worthless after the run: keep the disk bounded.
+            topic_configs={"retention.ms": "300000", "segment.bytes": str(64 * 1024 * 1024)},
+        )
+        with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile by another run
+            admin.create_topics([topic])
+    finally:
+        admin.close()
+
+
+def _client_limit(
+    args: argparse.Namespace, records: list[Any], workdir: Path, broker_pid: int | None
+) -> dict[str, Any]:
+    from bench import procfs
+    from bench.stats import percentiles
+
+    go_file = workdir / "client.go"
+    procs, outs, ready_files = [], [], []
+    for n in range(args.client_processes):
+        config = {
+            "topic": PERF_TOPIC,
+            "records": [
+                [r.key.decode("latin-1"), r.value.decode("latin-1"), [[k, v.decode("latin-1")] for k, v in r.headers]]
+                for r in records
+            ],
+            "warmup": args.warmup,
+            "duration": args.duration,
+            "sample_every": args.sample_every,
+            "ready_file": str(workdir / f"client-{n}.ready"),
+            "go_file": str(go_file),
+        }
+        config_path, out_path = workdir / f"client-{n}.config.json", workdir / f"client-{n}.json"
+        config_path.write_bytes(orjson.dumps(config))
+        ready_files.append(Path(config["ready_file"]))
+        outs.append(out_path)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.client", str(config_path), str(out_path)],
+                cwd=ROOT,
+                stdout=(workdir / f"client-{n}.log").open("ab"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+    deadline = time.time() + 120
+    while not all(f.exists() for f in ready_files):
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            for p in procs:
+                p.kill()
+            raise RuntimeError(f"client loop did not start, see {workdir}/client-*.log")
+        time.sleep(0.1)
+    go_file.touch()
+    broker = procfs.TreeMeter(broker_pid) if broker_pid else None
+    time.sleep(args.warmup)
+    if broker:
+        broker.start()
+    time.sleep(args.duration)
+    broker_cpu = broker.stop() if broker else 0.0
+    for p in procs:
+        p.wait(timeout=args.duration + args.warmup + 120)
+        if p.returncode != 0:
+            raise RuntimeError(f"client loop failed, see {workdir}/client-*.log")
+    parts = [orjson.loads(out.read_bytes()) for out in outs]
+    latencies = [lat for part in parts for lat in part.pop("latencies")]
+    acked = sum(part["acked_in_window"] for part in parts)
+    window = max(part["window_seconds"] for part in parts)
+    cpu = sum(part["cpu_seconds"] for part in parts)
+    return {
+        "processes": args.client_processes,
+        "records_per_s": sum(part["records_per_s"] for part in parts),
+        "acked_in_window": acked,
+        "window_seconds": window,
+        "sent": sum(part["sent"] for part in parts),
+        "failed": {k: v for part in parts for k, v in part["failed"].items()},
+        "cpu_seconds": cpu,
+        "ack_latency_ms": percentiles(latencies, scale=1000),
+        "cpu_cores": cpu / window,
+        "cpu_us_per_record": cpu / acked * 1e6 if acked else None,
+        "broker_cpu_cores": broker_cpu / args.duration,
+        "producer_config": parts[0]["producer_config"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    django.setup()
+    from django.conf import settings
+    from rest_framework_api_key.models import APIKey
+
+    from bench import broker as broker_bench
+    from bench import pipeline, procfs, report
+    from publisher.kafka_gateway import producer_config
+
+    only = [name for name in ALL if name in args.only.split(",")]
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    workdir = ROOT / ".data" / "bench" / stamp
+    workdir.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    output = args.output or RESULTS / f"{stamp}.json"
+    tag = pipeline.new_tag()
+    redis_url = args.redis_url or _bench_redis_url(settings.REDIS_URL)
+    redis_port = urlsplit(redis_url).port or 6379
+    broker_pid = procfs.find_pid("kafka.Kafka")
+    redis_pid = procfs.find_pid("redis-server", f":{redis_port}")
+    bootstrap = ",".join(settings.KAFKA_BROKERS)
+    produce = producer_config()
+
+    source = f"bench-{stamp}"
+    key_obj, api_key = APIKey.objects.create_key(name=source)
+    results: dict[str, Any] = {
+        "started_at": stamp,
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "redis_url": redis_url,
+        "kafka": {"bootstrap": bootstrap, "compression": settings.KAFKA_COMPRESSION_TYPE},
+        "producer_config": {k: v for k, v in produce.items() if "password" not in k},
+        "workdir": str(workdir),
+        "rows": {},
+    }
+    try:
+        _ensure_perf_topic(settings.KAFKA_TOPIC_PARTITIONS)
+        records = _sample_records(1000, tag, source)
+        value_sizes = [len(r.value) for r in records]
+        header_sizes = [sum(len(k) + len(v) for k, v in r.headers) for r in records]
+        record_size = round(sum(value_sizes) / len(value_sizes))
+        results["record"] = {
+            "avg_value_bytes": record_size,
+            "avg_key_bytes": sum(len(r.key) for r in records) / len(records),
+            "avg_header_bytes": sum(header_sizes) / len(header_sizes),
+            "topic": settings.KAFKA_TOPIC_ATTEMPTS,
+            "fan_out": 1,
+            "event": "attempt, quality 0-3 (one destination under the default rules)",
+        }
+        _log(f"bench {stamp}: events of {record_size} bytes JSON, rows {', '.join(only)}; work files in {workdir}")
+
+        if "broker" in only:
+            _log("broker: Kafka ProducerPerformance (acks=all)")
+            payload_file = None
+            if args.broker_payload == "events":
+                payload_file = workdir / "payloads.txt"
+                payload_file.write_bytes(b"\n".join(r.value for r in records))
+            results["rows"]["broker"] = broker_bench.measure(
+                duration=args.duration,
+                topic=PERF_TOPIC,
+                bootstrap=bootstrap,
+                compression=settings.KAFKA_COMPRESSION_TYPE,
+                linger_ms=int(produce["linger_ms"]),
+                batch_bytes=int(produce["batch_size"]),
+                payload_file=payload_file,
+                record_size=record_size,
+                broker_pid=broker_pid,
+                log=_log,
+            )
+            _log(f"  {results['rows']['broker']['records_per_s']:,.0f} records/s")
+
+        if "client" in only:
+            _log("client: bare kafka-python producer loop (project settings)")
+            results["rows"]["client"] = _client_limit(args, records, workdir, broker_pid)
+            _log(f"  {results['rows']['client']['records_per_s']:,.0f} records/s")
+
+        for name in ("batch", "single"):
+            if name not in only:
+                continue
+            single = name == "single"
+            _log(f"{name}: HTTP -> gunicorn -> Celery -> Kafka")
+            phase_settings = pipeline.Settings(
+                duration=args.duration,
+                warmup=args.warmup,
+                concurrency=(args.single_concurrency or args.concurrency) if single else args.concurrency,
+                batch_size=args.batch_size,
+                web_workers=args.web_workers,
+                worker_concurrency=args.worker_concurrency,
+                redis_url=redis_url,
+                bootstrap=bootstrap,
+                topics=[
+                    settings.KAFKA_TOPIC_ATTEMPTS,
+                    settings.KAFKA_TOPIC_SESSIONS,
+                    settings.KAFKA_TOPIC_PLACEMENTS,
+                    settings.KAFKA_TOPIC_ACTIVITIES,
+                    settings.KAFKA_TOPIC_ML_TRAINING,
+                ],
+                api_key=api_key,
+                source=source,
+                tag=tag,
+                sample_every=args.sample_every,
+                drain_timeout=args.drain_timeout,
+                memory_events=args.memory_events if not single else max(1, args.memory_events // 10),
+                workdir=workdir,
+                own_redis_db=redis_url != settings.REDIS_URL,
+                rate=args.single_rate if single else args.rate,
+                web_args=shlex.split(args.web_args),
+                worker_args=shlex.split(args.worker_args),
+                watch_mode=args.watch,
+                offsets_interval=args.offsets_interval,
+                log=_log,
+            )
+            row = pipeline.run_phase(phase_settings, single=single, broker_pid=broker_pid, redis_pid=redis_pid)
+            results["rows"][name] = row
+            _log(f"  {row['events_per_s']:,.0f} events/s accepted, {row['records_per_s']:,.0f} records/s in Kafka")
+    finally:
+        APIKey.objects.filter(pk=key_obj.pk).update(revoked=True)
+        results["finished_at"] = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        report.add_ratios(results)
+        output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    print(report.table(results))
+    print(f"\nJSON: {output}")
+
+
+if __name__ == "__main__":
+    main()
