@@ -77,6 +77,8 @@ def producer_config(**overrides: Any) -> dict[str, Any]:
         "delivery_timeout_ms": max(timeout_ms, linger_ms + 1000),
         "request_timeout_ms": max(1000, min(timeout_ms, 30000) - linger_ms),
         "max_block_ms": timeout_ms,
+        # kafka-python 3 bootstraps inside KafkaProducer() with its own 30 s default; keep it within the timeout.
+        "bootstrap_timeout_ms": timeout_ms,
         "retry_backoff_ms": 100,
         "max_in_flight_requests_per_connection": 5,
     }
@@ -167,7 +169,8 @@ def forget_topic_limits() -> None:
 
 def admin_client(**overrides: Any) -> KafkaAdminClient:
     timeout_ms = int(settings.KAFKA_PRODUCER_TIMEOUT * 1000)
-    return KafkaAdminClient(**(connection_config() | {"request_timeout_ms": timeout_ms} | overrides))
+    defaults = {"request_timeout_ms": timeout_ms, "bootstrap_timeout_ms": timeout_ms}
+    return KafkaAdminClient(**(connection_config() | defaults | overrides))
 
 
 @dataclass(frozen=True)

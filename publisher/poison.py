@@ -1,5 +1,5 @@
-"""A publish task that kills its worker on every delivery (a crash in a C extension, memory blow-up) must not
-block the queue forever: after PUBLISHER_POISON_MAX_DELIVERIES its events are dead-lettered unsent."""
+"""A publish task that kills its worker (a crash in a C extension, memory blow-up) or fails unexpectedly on every
+delivery must not come back forever: after PUBLISHER_POISON_MAX_DELIVERIES its events are dead-lettered unsent."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def dead_letter_task(
         planned = {int(i): list(topics) for i, topics in routes.items()}
         formats = current_routing().topic_formats
     records, unencodable = build_records(events, planned, formats, source=source, accepted_at=time.time())
-    error = PoisonTaskError(f"the publish task was delivered {deliveries} times and its worker died each time")
+    error = PoisonTaskError(
+        f"the publish task ran {deliveries} times and never finished (its worker died or it failed each time)"
+    )
     for record in records:
         record.attempts = deliveries
         record.error = error

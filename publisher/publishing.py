@@ -169,7 +169,17 @@ def await_acks(sent: Sequence[tuple[Record, Any]], *, timeout: float) -> None:
 def _send_round(records: list[Record], timeout: float) -> list[Record]:
     """Send every record, then wait for every acknowledgement. Returns the records that failed permanently;
     raises _RoundFailed when any failed in a retryable way (so the breaker counts the round as a failure)."""
-    producer = kafka_gateway.get_producer()
+    try:
+        producer = kafka_gateway.get_producer()
+    except Exception as exc:
+        # No producer (broker unreachable, bad credentials, untrusted certificate): every record failed this round.
+        if not is_retryable(exc):
+            raise
+        for record in records:
+            record.attempts += 1
+            record.error = exc
+            metrics.FAILED.labels(topic=record.topic, error_class=error_class(exc)).inc()
+        raise _RoundFailed(list(records)) from exc
     limits = kafka_gateway.max_message_bytes({r.topic for r in records})
     futures: list[tuple[Record, Any]] = []
     blocked: BaseException | None = None

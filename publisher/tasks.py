@@ -77,6 +77,14 @@ def publish_events(
             countdown=deferred.delay,
             max_retries=None,
         ) from deferred
+    except (DatabaseError, InterfaceError):
+        raise  # retried by autoretry_for, with backoff
+    except Exception as exc:
+        # Celery acknowledges a task that raised: anything unexpected must come back instead of losing events.
+        # Progress is kept, so acknowledged deliveries are not repeated; a task that keeps failing is
+        # dead-lettered as poison after PUBLISHER_POISON_MAX_DELIVERIES runs.
+        logger.exception("publish task failed; it will run again", extra={"event": "publish_error"})
+        raise self.retry(exc=exc, countdown=min(60, 2 ** min(self.request.retries, 6)), max_retries=None) from exc
     progress.finish()
     queue.done(len(events))
     logger.info(
