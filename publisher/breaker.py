@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pybreaker
 from django.conf import settings
@@ -20,6 +22,7 @@ from config.redis import get_redis
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "publisher"
+T = TypeVar("T")
 STATE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
 
 _breaker: pybreaker.CircuitBreaker | None = None
@@ -63,6 +66,61 @@ def get_breaker() -> pybreaker.CircuitBreaker:
     return _breaker
 
 
+_CACHE_SECONDS = 1.0
+_cached: tuple[float, str, int] = (0.0, pybreaker.STATE_CLOSED, 0)
+
+
+def _snapshot() -> tuple[str, int]:
+    """(state, consecutive failures) as Redis has them, re-read at most once a second per process."""
+    global _cached
+    now = time.monotonic()
+    if now - _cached[0] < _CACHE_SECONDS:
+        return _cached[1], _cached[2]
+    breaker = get_breaker()
+    try:
+        state = str(breaker.current_state)
+        failures = int(breaker.fail_counter)
+    except Exception:
+        state, failures = pybreaker.STATE_CLOSED, 0
+    _cached = (now, state, failures)
+    return state, failures
+
+
+def _forget() -> None:
+    global _cached
+    _cached = (0.0, pybreaker.STATE_CLOSED, 0)
+
+
+def guarded(func: Callable[..., T], *args: Any) -> T:
+    """Run one publish round under the breaker. While it is closed and nothing failed lately, the round runs
+    without touching Redis (pybreaker's storage costs several round trips per call); failures, and every
+    call while it is open or half-open, go through pybreaker so all processes share the count and the state."""
+    state, failures = _snapshot()
+    if state != pybreaker.STATE_CLOSED:
+        _forget()
+        return get_breaker().call(func, *args)
+    try:
+        result = func(*args)
+    except BaseException as exc:
+        _record_failure(exc)
+        raise
+    if failures:
+        get_breaker()._state_storage.reset_counter()  # consecutive failures: a success starts the count again
+        _forget()
+    return result
+
+
+def _record_failure(exc: BaseException) -> None:
+    def _fail() -> None:
+        raise exc
+
+    try:
+        get_breaker().call(_fail)
+    except BaseException:  # noqa: S110 (the caller re-raises the original error)
+        pass
+    _forget()
+
+
 def current_state() -> str:
     """closed | open | half-open, as all processes see it."""
     try:
@@ -74,8 +132,10 @@ def current_state() -> str:
 def force_open() -> None:
     """Open the breaker on purpose (the dead-letter flood guard uses this)."""
     get_breaker().open()
+    _forget()
 
 
 def reset() -> None:
     breaker = get_breaker()
     breaker.close()
+    _forget()

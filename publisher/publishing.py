@@ -204,7 +204,13 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
             record.error = exc
             if is_retryable(exc):
                 blocked = exc
-    await_acks(futures, timeout=timeout)
+    if futures:
+        # The task waits for every ack anyway: send now rather than after linger_ms.
+        try:
+            producer.flush(timeout=timeout + ACK_GRACE_SECONDS)
+        except Exception:  # noqa: S110 (a timeout or failure shows on each future below)
+            pass
+    await_acks(futures, timeout=0.0 if futures else timeout)
     if kafka_gateway.producer_is_broken():
         # Every record in flight failed with the one that broke it; those are not their own errors.
         logger.warning("kafka producer entered a fatal state; replacing it")
@@ -267,7 +273,7 @@ def publish_events(
     while pending:
         round_number += 1
         try:
-            permanent = breaker.call(_send_round, pending, timeout)
+            permanent = breaker_module.guarded(_send_round, pending, timeout)
             failed_retryable: list[Record] = []
         except pybreaker.CircuitBreakerError:
             # Open: Kafka is known to be down. Keep the work for later; don't hammer it, don't flood the DLQ.
@@ -281,8 +287,6 @@ def publish_events(
         result.published += len(done)
         acked = [(record.index, record.topic) for record in done]
         result.deliveries.extend(acked)
-        if on_delivered is not None:
-            on_delivered(acked)
         latency = max(0.0, time.time() - accepted_at)
         for _ in done:
             metrics.PUBLISH_LATENCY.observe(latency)
@@ -301,6 +305,10 @@ def publish_events(
             else:
                 to_dead_letter.extend((r, DeadLetter.Reason.RETRIES_EXHAUSTED) for r in failed_retryable)
             break
+        if on_delivered is not None:
+            # Remember what Kafka already has before sleeping: if this worker dies now, the redelivered task
+            # skips it. (A task that finishes in one round is acknowledged at once; no need to pay for this.)
+            on_delivered(result.deliveries)
         metrics.RETRIED.inc(len(failed_retryable))
         result.retries += len(failed_retryable)
         logger.info(
