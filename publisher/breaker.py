@@ -7,6 +7,7 @@ PUBLISHER_BREAKER_RESET_TIMEOUT one trial round runs half-open: success closes i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -114,10 +115,8 @@ def _record_failure(exc: BaseException) -> None:
     def _fail() -> None:
         raise exc
 
-    try:
+    with contextlib.suppress(BaseException):  # the caller re-raises the original error
         get_breaker().call(_fail)
-    except BaseException:  # noqa: S110 (the caller re-raises the original error)
-        pass
     _forget()
 
 

@@ -7,6 +7,7 @@ table, or is handed back to the caller as `PublishDeferred.pending` to try again
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -206,10 +207,8 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
                 blocked = exc
     if futures:
         # The task waits for every ack anyway: send now rather than after linger_ms.
-        try:
+        with contextlib.suppress(Exception):  # a timeout or failure shows on each future below
             producer.flush(timeout=timeout + ACK_GRACE_SECONDS)
-        except Exception:  # noqa: S110 (a timeout or failure shows on each future below)
-            pass
     await_acks(futures, timeout=0.0 if futures else timeout)
     if kafka_gateway.producer_is_broken():
         # Every record in flight failed with the one that broke it; those are not their own errors.
