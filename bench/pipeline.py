@@ -116,7 +116,7 @@ class Tiers:
 
     def start_web(self) -> None:
         cmd = [
-            sys.executable, "-m", "gunicorn", "config.wsgi:application",
+            sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi:application",
             "--workers", str(self.s.web_workers), "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "5",
             *self.s.web_args,
         ]  # fmt: skip

@@ -1,7 +1,9 @@
 """gunicorn settings for the web process: `gunicorn -c config/gunicorn.py config.wsgi:application`.
 
-Command-line flags (bind, workers, logging) still win; this file only adds the hooks prometheus_client's
-multiprocess mode needs. Importing `config` first points every worker at PROMETHEUS_MULTIPROC_DIR (see
+Command-line flags (bind, workers, logging) still win. Threaded workers with keep-alive: a producer sending
+single events keeps its connection instead of paying a new one per request, and a worker keeps serving while
+a request waits on Redis (WEB_THREADS, default 4). Also the hooks prometheus_client's multiprocess
+mode needs. Importing `config` first points every worker at PROMETHEUS_MULTIPROC_DIR (see
 config/__init__.py) before prometheus_client is loaded.
 """
 
@@ -11,6 +13,10 @@ import os
 from typing import Any
 
 import config as _project  # not `config`: gunicorn reads every module-level name as a setting
+
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "4"))
+keepalive = 5
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -196,7 +196,8 @@ class GunicornServer(ServiceProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             [
-                sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
+                sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi:application",
+                "--bind", f"127.0.0.1:{self.port}",
                 "--workers", str(workers), "--access-logfile", "-", "--graceful-timeout", "5",
             ],
             extra_env=extra_env,
