@@ -50,6 +50,15 @@ class TaskProgress:
             # Only costs a duplicate if this task is redelivered; never worth failing the task for.
             logger.warning("could not record task progress")
 
+    def ended_cleanly(self) -> None:
+        """This run ended by raising a retry (e.g. Postgres down), not by crashing: it doesn't count toward poison."""
+        if not self.task_id:
+            return
+        try:
+            get_redis().decr(self._runs_key)
+        except Exception:
+            logger.warning("could not record a clean task exit")
+
     def finish(self) -> None:
         """The task ended (done, or handed its remainder to a retry with new numbering): forget it."""
         if not self.task_id:

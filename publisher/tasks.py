@@ -78,6 +78,7 @@ def publish_events(
             max_retries=None,
         ) from deferred
     except (DatabaseError, InterfaceError):
+        progress.ended_cleanly()  # Postgres is away: wait for it as long as it takes, this is no poison
         raise  # retried by autoretry_for, with backoff
     except Exception as exc:
         # Celery acknowledges a task that raised: anything unexpected must come back instead of losing events.

@@ -34,7 +34,7 @@ class ConsumedRecord:
 class KafkaReader:
     """Remembers the end offsets of some topics, then reads only what was written after that."""
 
-    def __init__(self, topics: list[str]) -> None:
+    def __init__(self, topics: list[str], start: dict[Any, int] | None = None) -> None:
         self.consumer = KafkaConsumer(
             bootstrap_servers=settings.KAFKA_BROKERS, enable_auto_commit=False, consumer_timeout_ms=500
         )
@@ -44,7 +44,7 @@ class KafkaReader:
             for p in sorted(self.consumer.partitions_for_topic(topic) or [])
         ]
         self.consumer.assign(self.partitions)
-        self.start = self.consumer.end_offsets(self.partitions)
+        self.start = start if start is not None else self.consumer.end_offsets(self.partitions)
         for tp, offset in self.start.items():
             self.consumer.seek(tp, offset)
 

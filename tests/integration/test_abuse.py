@@ -47,7 +47,7 @@ def _rss_kib(pid: int) -> int:
 
 def _web_rss(server: GunicornServer) -> int:
     children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
-    return sum(_rss_kib(int(pid)) for pid in [server.proc.pid, *children])
+    return sum(_rss_kib(int(pid)) for pid in [str(server.proc.pid), *children])
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c["name"] for c in CORPUS])

@@ -198,7 +198,7 @@ def test_kafka_stopped_for_30_seconds_under_load(stack: Stack, kafka_reader: Any
         services("down", "kafka")
         outage_end = time.monotonic() + 30
         while time.monotonic() < outage_end:
-            state = stack.redis.get("pybreaker:publisher:state")
+            state = stack.redis.get("publisher:pybreaker:state")
             breaker_states.add(state.decode() if state else "closed")
             time.sleep(0.5)
         services("up", "kafka")
