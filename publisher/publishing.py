@@ -210,7 +210,12 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
         with contextlib.suppress(Exception):  # a timeout or failure shows on each future below
             producer.flush(timeout=timeout + ACK_GRACE_SECONDS)
     await_acks(futures, timeout=0.0 if futures else timeout)
-    if kafka_gateway.producer_is_broken():
+    if futures and all(record.error is not None and is_outage(record.error) for record, _ in futures):
+        # Not one acknowledgement. kafka-python's producer does not always recover from a broker restart (its
+        # partitions can stay muted), so the next round starts with a fresh one.
+        logger.warning("no record of the round was acknowledged; replacing the kafka producer")
+        kafka_gateway.reset_producer()
+    elif kafka_gateway.producer_is_broken():
         # Every record in flight failed with the one that broke it; those are not their own errors.
         logger.warning("kafka producer entered a fatal state; replacing it")
         kafka_gateway.reset_producer()
@@ -310,8 +315,12 @@ def publish_events(
             on_delivered(result.deliveries)
         metrics.RETRIED.inc(len(failed_retryable))
         result.retries += len(failed_retryable)
+        first_error = failed_retryable[0].error
         logger.info(
-            "retrying %d deliveries", len(failed_retryable), extra={"event": "publish_retry", "round": round_number}
+            "retrying %d deliveries after %r",
+            len(failed_retryable),
+            first_error,
+            extra={"event": "publish_retry", "round": round_number, "error_class": error_class(first_error)},
         )
         time.sleep(policy.delay_seconds(round_number))
         pending = failed_retryable
