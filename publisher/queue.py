@@ -42,11 +42,9 @@ def release(count: int) -> None:
 def done(count: int) -> None:
     if count <= 0:
         return
-    pipe = get_redis().pipeline()
-    pipe.decrby(QUEUED_EVENTS_KEY, count)
-    pipe.execute()
-    # A counter that drifted below zero (e.g. after a Redis restart lost the last second) is reset, not trusted.
-    if int(get_redis().get(QUEUED_EVENTS_KEY) or 0) < 0:
+    remaining = int(get_redis().decrby(QUEUED_EVENTS_KEY, count))
+    if remaining < 0:
+        # A counter that drifted below zero (e.g. a Redis restart lost its last second) is reset, not trusted.
         get_redis().set(QUEUED_EVENTS_KEY, 0)
 
 
