@@ -320,7 +320,11 @@ def publish_events(
             "retrying %d deliveries after %r",
             len(failed_retryable),
             first_error,
-            extra={"event": "publish_retry", "round": round_number, "error_class": error_class(first_error)},
+            extra={
+                "event": "publish_retry",
+                "round": round_number,
+                "error_class": error_class(first_error) if first_error is not None else "",
+            },
         )
         time.sleep(policy.delay_seconds(round_number))
         pending = failed_retryable
