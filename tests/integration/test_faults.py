@@ -273,3 +273,16 @@ def test_postgres_down_while_dead_letters_are_written(stack: Stack, kafka_reader
     assert row.original_topic == "test.tiny"
     assert row.reason == DeadLetter.Reason.PERMANENT_ERROR
     assert count_in_kafka(reader, {event_id}, timeout=30)[event_id] == 1  # its other destination, once
+
+
+def test_sigterm_lets_the_worker_finish_or_requeue_its_tasks(stack: Stack, kafka_reader: Any) -> None:
+    """A worker stopped with SIGTERM (a deploy) finishes what it runs and flushes its producer; what it had
+    reserved goes back to the queue for the next worker. Nothing accepted is lost."""
+    reader = kafka_reader("user.activities")
+    with Load(stack, batch=50, pause=0.0) as load:
+        time.sleep(2)
+        stack.worker.stop(signal.SIGTERM, timeout=60)
+        time.sleep(1)
+    assert "Warm shutdown" in stack.worker.output() or "worker: Warm shutdown" in stack.worker.output()
+    stack.worker = WorkerProcess(extra_env=FAULT_ENV)
+    assert_all_delivered_once(stack, reader, load.accepted)
