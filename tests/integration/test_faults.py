@@ -56,12 +56,12 @@ def stack(default_routing: None, api_key: str) -> Iterator[Stack]:
     client = redis.Redis.from_url(FAULT_REDIS_URL)
     client.flushdb()
     web = GunicornServer(workers=2, extra_env=FAULT_ENV)
-    worker = WorkerProcess(extra_env=FAULT_ENV)
+    stack = Stack(web, WorkerProcess(extra_env=FAULT_ENV), api_key, client)
     try:
-        yield Stack(web, worker, api_key, client)
+        yield stack
     finally:
-        worker.stop()
-        web.stop()
+        stack.worker.stop()  # the one running now: a test may have replaced it
+        stack.web.stop()
         services("up")  # whatever a test stopped comes back for the next one
 
 
