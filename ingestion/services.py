@@ -30,10 +30,10 @@ REJECTED = "rejected"
 class ServiceUnavailable(Exception):
     """We cannot take work right now (queue full, Redis down); the client should retry after `retry_after`."""
 
-    def __init__(self, message: str, *, retry_after: int) -> None:
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.retry_after = retry_after
+        self.retry_after = settings.INGEST_RETRY_AFTER_SECONDS if retry_after is None else retry_after
 
 
 @dataclass
@@ -49,14 +49,11 @@ def check_backpressure() -> None:
     try:
         depth = publisher_services.queue_depth()
     except Exception as exc:
-        raise ServiceUnavailable(
-            "The queue is unreachable; retry later.", retry_after=settings.INGEST_RETRY_AFTER_SECONDS
-        ) from exc
+        raise ServiceUnavailable("The queue is unreachable; retry later.") from exc
     if depth > settings.INGEST_MAX_QUEUE_DEPTH:
         metrics.EVENTS_REJECTED.labels(reason="backpressure").inc()
         raise ServiceUnavailable(
-            f"The publish queue holds {depth} events (limit {settings.INGEST_MAX_QUEUE_DEPTH}); retry later.",
-            retry_after=settings.INGEST_RETRY_AFTER_SECONDS,
+            f"The publish queue holds {depth} events (limit {settings.INGEST_MAX_QUEUE_DEPTH}); retry later."
         )
 
 
@@ -74,42 +71,7 @@ def accept_events(*, events: Sequence[tuple[int, ValidatedEvent]], source: str) 
     outcome = Outcome()
     if not events:
         return outcome
-    redis = get_redis()
-    ttl = max(1, int(settings.INGEST_DEDUP_TTL))
-    keyed = [(index, ev, DEDUP_PREFIX + str(ev.dedup_key)) for index, ev in events if ev.dedup_key is not None]
-    claimed: list[tuple[str, str]] = []
-    duplicate_ids: dict[int, str] = {}
-    try:
-        if keyed:
-            # SET NX claims a key atomically across processes; GET returns what holds it.
-            pipe = redis.pipeline(transaction=False)
-            for _, ev, key in keyed:
-                pipe.set(key, PENDING_PREFIX + ev.data["event_id"], nx=True, ex=PENDING_TTL)
-                pipe.get(key)
-            replies = pipe.execute()
-            mine = {ev.data["event_id"] for n, (_, ev, _) in enumerate(keyed) if replies[2 * n]}
-            undecided: list[tuple[int, str]] = []
-            for n, (index, ev, key) in enumerate(keyed):
-                if replies[2 * n]:
-                    claimed.append((key, ev.data["event_id"]))
-                    continue
-                holder = _text(replies[2 * n + 1])
-                if holder.startswith(PENDING_PREFIX) and holder[len(PENDING_PREFIX) :] in mine:
-                    duplicate_ids[index] = holder[len(PENDING_PREFIX) :]  # a repeat inside this request
-                elif holder.startswith(PENDING_PREFIX):
-                    undecided.append((index, key))
-                else:
-                    duplicate_ids[index] = holder or str(ev.data["event_id"])
-            if undecided:
-                duplicate_ids.update(_wait_for_confirmation(undecided))
-    except ServiceUnavailable:
-        _release([key for key, _ in claimed])
-        raise
-    except Exception as exc:
-        _release([key for key, _ in claimed])
-        raise ServiceUnavailable(
-            "Deduplication store unreachable; retry later.", retry_after=settings.INGEST_RETRY_AFTER_SECONDS
-        ) from exc
+    claimed, duplicate_ids = _claim_marks(events)
     to_publish: list[dict[str, Any]] = []
     for index, ev in events:
         if index in duplicate_ids:
@@ -121,51 +83,98 @@ def accept_events(*, events: Sequence[tuple[int, ValidatedEvent]], source: str) 
             outcome.accepted += 1
     if to_publish:
         try:
-            admitted = publisher_services.reserve_queue_capacity(
-                count=len(to_publish), limit=settings.INGEST_MAX_QUEUE_DEPTH
-            )
-        except Exception as exc:
+            _hand_off(to_publish, source=source)
+        except ServiceUnavailable:
             _release([key for key, _ in claimed])
-            raise ServiceUnavailable(
-                "The queue is unreachable; retry later.", retry_after=settings.INGEST_RETRY_AFTER_SECONDS
-            ) from exc
-        if not admitted:
-            _release([key for key, _ in claimed])
-            metrics.EVENTS_REJECTED.labels(reason="backpressure").inc()
-            raise ServiceUnavailable(
-                f"The publish queue is full (limit {settings.INGEST_MAX_QUEUE_DEPTH} events); retry later.",
-                retry_after=settings.INGEST_RETRY_AFTER_SECONDS,
-            )
-        try:
-            publisher_services.enqueue_events(
-                events=to_publish, source=source, accepted_at=time.time(), capacity_reserved=True
-            )
-        except Exception as exc:
-            _release([key for key, _ in claimed])
-            try:
-                publisher_services.release_queue_capacity(count=len(to_publish))
-            except Exception:
-                logger.warning("could not release %d reserved queue slots", len(to_publish))
-            logger.warning("enqueue failed, %d events refused: %r", len(to_publish), exc)
-            raise ServiceUnavailable(
-                "The queue is unreachable; nothing was accepted, retry later.",
-                retry_after=settings.INGEST_RETRY_AFTER_SECONDS,
-            ) from exc
-    if claimed:
-        try:
-            pipe = redis.pipeline(transaction=False)
-            for key, event_id in claimed:
-                pipe.set(key, event_id, ex=ttl)
-            pipe.execute()
-        except Exception:
-            # The events are queued: accepted stands. Unconfirmed marks expire in PENDING_TTL seconds.
-            logger.warning("could not confirm %d dedup marks", len(claimed))
+            raise
+    _confirm_marks(claimed)
     for index, ev in events:
         if outcome.statuses[index][1] == ACCEPTED:
             metrics.EVENTS_ACCEPTED.labels(event_type=ev.data["event_type"]).inc()
     if outcome.duplicates:
         metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
     return outcome
+
+
+def _claim_marks(events: Sequence[tuple[int, ValidatedEvent]]) -> tuple[list[tuple[str, str]], dict[int, str]]:
+    """Claim a pending dedup mark for every event that has a dedup key. Returns the marks claimed (key,
+    event id) and, for the duplicates, the id of the event that holds the mark. Leaves nothing claimed when
+    it raises."""
+    keyed = [(index, ev, DEDUP_PREFIX + str(ev.dedup_key)) for index, ev in events if ev.dedup_key is not None]
+    claimed: list[tuple[str, str]] = []
+    duplicate_ids: dict[int, str] = {}
+    if not keyed:
+        return claimed, duplicate_ids
+    try:
+        # SET NX claims a key atomically across processes; GET returns what holds it.
+        pipe = get_redis().pipeline(transaction=False)
+        for _, ev, key in keyed:
+            pipe.set(key, PENDING_PREFIX + ev.data["event_id"], nx=True, ex=PENDING_TTL)
+            pipe.get(key)
+        replies = pipe.execute()
+        mine = {ev.data["event_id"] for n, (_, ev, _) in enumerate(keyed) if replies[2 * n]}
+        undecided: list[tuple[int, str]] = []
+        for n, (index, ev, key) in enumerate(keyed):
+            if replies[2 * n]:
+                claimed.append((key, ev.data["event_id"]))
+                continue
+            holder = _text(replies[2 * n + 1])
+            if holder.startswith(PENDING_PREFIX) and holder[len(PENDING_PREFIX) :] in mine:
+                duplicate_ids[index] = holder[len(PENDING_PREFIX) :]  # a repeat inside this request
+            elif holder.startswith(PENDING_PREFIX):
+                undecided.append((index, key))
+            else:
+                duplicate_ids[index] = holder or str(ev.data["event_id"])
+        if undecided:
+            duplicate_ids.update(_wait_for_confirmation(undecided))
+    except ServiceUnavailable:
+        _release([key for key, _ in claimed])
+        raise
+    except Exception as exc:
+        _release([key for key, _ in claimed])
+        raise ServiceUnavailable("Deduplication store unreachable; retry later.") from exc
+    return claimed, duplicate_ids
+
+
+def _hand_off(to_publish: list[dict[str, Any]], *, source: str) -> None:
+    """Reserve room in the queue, then enqueue one task; raises ServiceUnavailable with nothing reserved."""
+    try:
+        admitted = publisher_services.reserve_queue_capacity(
+            count=len(to_publish), limit=settings.INGEST_MAX_QUEUE_DEPTH
+        )
+    except Exception as exc:
+        raise ServiceUnavailable("The queue is unreachable; retry later.") from exc
+    if not admitted:
+        metrics.EVENTS_REJECTED.labels(reason="backpressure").inc()
+        raise ServiceUnavailable(
+            f"The publish queue is full (limit {settings.INGEST_MAX_QUEUE_DEPTH} events); retry later."
+        )
+    try:
+        publisher_services.enqueue_events(
+            events=to_publish, source=source, accepted_at=time.time(), capacity_reserved=True
+        )
+    except Exception as exc:
+        try:
+            publisher_services.release_queue_capacity(count=len(to_publish))
+        except Exception:
+            logger.warning("could not release %d reserved queue slots", len(to_publish))
+        logger.warning("enqueue failed, %d events refused: %r", len(to_publish), exc)
+        raise ServiceUnavailable("The queue is unreachable; nothing was accepted, retry later.") from exc
+
+
+def _confirm_marks(claimed: list[tuple[str, str]]) -> None:
+    """The task is queued: turn the pending marks into real ones for INGEST_DEDUP_TTL."""
+    if not claimed:
+        return
+    ttl = max(1, int(settings.INGEST_DEDUP_TTL))
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        for key, event_id in claimed:
+            pipe.set(key, event_id, ex=ttl)
+        pipe.execute()
+    except Exception:
+        # The events are queued: accepted stands. Unconfirmed marks expire in PENDING_TTL seconds.
+        logger.warning("could not confirm %d dedup marks", len(claimed))
 
 
 def _text(value: Any) -> str:
@@ -186,18 +195,12 @@ def _wait_for_confirmation(undecided: list[tuple[int, str]]) -> dict[int, str]:
             text = _text(value)
             if text and not text.startswith(PENDING_PREFIX):
                 found[index] = text
-            elif text:
-                still.append((index, key))
-            # a vanished mark means the other request failed and released it: retrying will claim it
-            else:
+            else:  # still pending, or vanished (the other request failed and released it; a retry claims it)
                 still.append((index, key))
         waiting = still
         if not waiting:
             return found
-    raise ServiceUnavailable(
-        "The same event is being accepted by another request; retry shortly.",
-        retry_after=settings.INGEST_RETRY_AFTER_SECONDS,
-    )
+    raise ServiceUnavailable("The same event is being accepted by another request; retry shortly.")
 
 
 def _release(keys: list[str]) -> None:
@@ -206,5 +209,5 @@ def _release(keys: list[str]) -> None:
     try:
         get_redis().delete(*keys)
     except Exception:
-        # Redis is what failed; the marks expire with INGEST_DEDUP_TTL at worst.
+        # Redis is what failed; pending marks expire in PENDING_TTL seconds at worst.
         logger.error("could not release %d dedup marks", len(keys))
