@@ -94,6 +94,27 @@ def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
     return text
 
 
+_RATE_PERIODS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """'100/s' -> (100, 1): a count per period in seconds. Raises ValueError naming the accepted form."""
+    count, _, period = rate.partition("/")
+    if not count.strip().isdigit() or period.strip() not in _RATE_PERIODS:
+        raise ValueError(f"rate {rate!r} must look like 100/s, 6000/min or 100000/hour")
+    return int(count), _RATE_PERIODS[period.strip()]
+
+
+def env_rate(name: str, default: str) -> str:
+    """A rate such as `2000/s` or `6000/min`, checked now, kept as text (DRF-style)."""
+    text = env_str(name, default)
+    try:
+        parse_rate(text)
+    except ValueError:
+        raise EnvError(f"{name}={text!r} is not valid: use requests per period, e.g. 2000/s or 6000/min") from None
+    return text
+
+
 def env_list(name: str, default: str) -> list[str]:
     value = _raw(name, default)
     text = default if value is None else value

@@ -17,6 +17,7 @@ from config.env import (
     env_float,
     env_int,
     env_list,
+    env_rate,
     env_str,
 )
 
@@ -159,12 +160,7 @@ INGEST_MAX_BATCH = env_int("INGEST_MAX_BATCH", 1000, minimum=1, maximum=100_000)
 INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024, minimum=1024)
 INGEST_MAX_QUEUE_DEPTH = env_int("INGEST_MAX_QUEUE_DEPTH", 1_000_000, minimum=1)
 INGEST_DEDUP_TTL = env_duration("INGEST_DEDUP_TTL", "24h")
-INGEST_RATE_LIMIT = env_str("INGEST_RATE_LIMIT", "2000/s")
-_rate_count, _, _rate_period = INGEST_RATE_LIMIT.partition("/")
-if not _rate_count.strip().isdigit() or _rate_period.strip() not in {"s", "sec", "m", "min", "h", "hour", "d", "day"}:
-    raise EnvError(
-        f"INGEST_RATE_LIMIT={INGEST_RATE_LIMIT!r} is not valid: use requests per period, e.g. 2000/s or 6000/min"
-    )
+INGEST_RATE_LIMIT = env_rate("INGEST_RATE_LIMIT", "2000/s")
 INGEST_RETRY_AFTER_SECONDS = env_int("INGEST_RETRY_AFTER_SECONDS", 1, minimum=1)
 
 # ---------------------------------------------------------------- Celery

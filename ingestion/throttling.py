@@ -12,19 +12,11 @@ from django.conf import settings
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from config.env import parse_rate
 from config.redis import get_redis
 from ingestion.auth import Client
 
 logger = logging.getLogger(__name__)
-_PERIODS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
-
-
-def parse_rate(rate: str) -> tuple[int, int]:
-    """'100/s' -> (100, 1). Raises ValueError naming the accepted form."""
-    count, _, period = rate.partition("/")
-    if not count.strip().isdigit() or period.strip() not in _PERIODS:
-        raise ValueError(f"rate {rate!r} must look like 100/s, 6000/min or 100000/hour")
-    return int(count), _PERIODS[period.strip()]
 
 
 class ApiKeyRateThrottle(BaseThrottle):
