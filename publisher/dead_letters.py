@@ -3,7 +3,9 @@ original key, value and headers plus why it failed (best effort: if Kafka is dow
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -14,6 +16,7 @@ from django.db import transaction
 from django.db.models import Q
 
 from config.redis import get_redis
+from config.timefmt import utc_iso_ms
 from publisher import breaker, kafka_gateway, metrics
 from publisher.errors import error_class
 from publisher.models import DeadLetter
@@ -32,7 +35,7 @@ def _dlq_headers(record: Record, *, reason: str, now: datetime, replay_count: in
     return [
         *record.headers,
         ("dlq_reason", reason.encode()),
-        ("dlq_timestamp", now.isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()),
+        ("dlq_timestamp", utc_iso_ms(now).encode()),
         ("original_topic", record.topic.encode()),
         ("dlq_error_class", klass.encode()),
         ("dlq_attempts", str(record.attempts).encode()),
@@ -124,7 +127,7 @@ def _flood_guard(count: int) -> None:
 def _copy_to_kafka(
     events: Sequence[Mapping[str, Any]], failures: Sequence[tuple[Record, str]], *, now: datetime
 ) -> None:
-    copied = Q(pk__in=[])
+    copied: list[Q] = []
     try:
         producer = kafka_gateway.get_producer()
         sent = [
@@ -139,7 +142,8 @@ def _copy_to_kafka(
         deadline = time.monotonic() + float(settings.KAFKA_PRODUCER_TIMEOUT)
         for rec, future in sent:
             future.get(timeout=max(0.1, deadline - time.monotonic()))
-            copied |= Q(event_id=events[rec.index]["event_id"], original_topic=rec.topic)
+            copied.append(Q(event_id=events[rec.index]["event_id"], original_topic=rec.topic))
     except Exception as exc:
         logger.warning("dead letters kept in Postgres only; dlq.events unreachable: %r", exc)
-    DeadLetter.objects.filter(copied).update(in_kafka_dlq=True)
+    if copied:
+        DeadLetter.objects.filter(functools.reduce(operator.or_, copied)).update(in_kafka_dlq=True)

@@ -173,6 +173,15 @@ def admin_client(**overrides: Any) -> KafkaAdminClient:
     return KafkaAdminClient(**(connection_config() | defaults | overrides))
 
 
+def list_topics(**admin_overrides: Any) -> set[str]:
+    """The topic names the cluster has (a short-lived admin client; raises if no broker answers)."""
+    admin = admin_client(**admin_overrides)
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
 @dataclass(frozen=True)
 class EnsureTopicsResult:
     created: list[str]

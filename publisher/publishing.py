@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pybreaker
@@ -21,6 +20,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from kafka.errors import MessageSizeTooLargeError
 
+from config.timefmt import utc_iso_ms
 from publisher import breaker as breaker_module
 from publisher import dead_letters, kafka_gateway, metrics, stats
 from publisher.errors import ProducerReset, error_class, is_outage, is_retryable
@@ -76,10 +76,6 @@ class _RoundFailed(Exception):
         self.failed = failed
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 _policy_cache: tuple[float, RetryPolicy] | None = None
 POLICY_CACHE_SECONDS = 2.0
 
@@ -114,7 +110,7 @@ def build_records(
     events: Sequence[Mapping[str, Any]], routes: Routes, formats: Mapping[str, str], *, source: str, accepted_at: float
 ) -> tuple[list[Record], list[Record]]:
     """Serialize each event once per format it is needed in. Returns (records, unencodable records)."""
-    ingested_at = _iso(accepted_at).encode()
+    ingested_at = utc_iso_ms(accepted_at).encode()
     source_header = source.encode()
     records: list[Record] = []
     broken: list[Record] = []
@@ -170,6 +166,9 @@ def await_acks(sent: Sequence[tuple[Record, Any]], *, timeout: float) -> None:
 def _send_round(records: list[Record], timeout: float) -> list[Record]:
     """Send every record, then wait for every acknowledgement. Returns the records that failed permanently;
     raises _RoundFailed when any failed in a retryable way (so the breaker counts the round as a failure)."""
+    for record in records:
+        record.attempts += 1
+        record.error = None
     try:
         producer = kafka_gateway.get_producer()
     except Exception as exc:
@@ -177,20 +176,18 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
         if not is_retryable(exc):
             raise
         for record in records:
-            record.attempts += 1
             record.error = exc
-            metrics.FAILED.labels(topic=record.topic, error_class=error_class(exc)).inc()
+        _count_failures(records)
         raise _RoundFailed(list(records)) from exc
     limits = kafka_gateway.max_message_bytes({r.topic for r in records})
     futures: list[tuple[Record, Any]] = []
     blocked: BaseException | None = None
     for record in records:
-        record.attempts += 1
-        record.error = None
         limit = limits.get(record.topic)
-        if limit is not None and _record_size(record) > limit:
+        size = _record_size(record)
+        if limit is not None and size > limit:
             record.error = MessageSizeTooLargeError(
-                f"record of about {_record_size(record)} bytes is over max.message.bytes={limit} of {record.topic}"
+                f"record of about {size} bytes is over max.message.bytes={limit} of {record.topic}"
             )
             continue
         if blocked is not None:
@@ -223,15 +220,19 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
         for record, _ in futures:
             if record.error is not None:
                 record.error = ProducerReset(f"producer replaced after: {record.error!r}")
-    for record, _ in futures:
-        if record.error is None:
-            continue
-        metrics.FAILED.labels(topic=record.topic, error_class=error_class(record.error)).inc()
+    _count_failures(records)
     permanent = [r for r in records if r.error is not None and not is_retryable(r.error)]
     retryable = [r for r in records if r.error is not None and is_retryable(r.error)]
     if retryable:
         raise _RoundFailed(retryable + permanent)
     return permanent
+
+
+def _count_failures(records: Sequence[Record]) -> None:
+    """Every failed delivery attempt of a round, whether the client, the broker or our size check refused it."""
+    for record in records:
+        if record.error is not None:
+            metrics.FAILED.labels(topic=record.topic, error_class=error_class(record.error)).inc()
 
 
 def _pending_of(records: Sequence[Record]) -> Routes:
@@ -252,8 +253,8 @@ def publish_events(
 ) -> BatchResult:
     """Deliver a batch. With `routes` (a deferred task coming back), only those deliveries are attempted and
     routing is not evaluated again, so destinations that already succeeded are never sent twice. `skip` lists
-    (index, topic) pairs already delivered by an earlier run of the same task; `on_delivered` is told after
-    every round which pairs Kafka acknowledged."""
+    (index, topic) pairs already delivered by an earlier run of the same task; `on_delivered` is told, before
+    each retry sleep, every pair Kafka acknowledged so far."""
     result = BatchResult()
     if routes is None:
         planned, formats, result.unrouted = plan_routes(events)

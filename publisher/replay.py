@@ -38,6 +38,7 @@ from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from config.timefmt import utc_iso_ms
 from ingestion.schema import FieldError, validate_event
 from publisher import breaker as breaker_module
 from publisher import kafka_gateway, metrics
@@ -346,11 +347,7 @@ def _broker_topics(*, refresh: bool) -> frozenset[str] | None:
             if age < _TOPICS_TTL and not (refresh and age >= _TOPICS_MIN_REFRESH):
                 return cached[1]
         try:
-            admin = kafka_gateway.admin_client()
-            try:
-                names = frozenset(admin.list_topics())
-            finally:
-                admin.close()
+            names = frozenset(kafka_gateway.list_topics())
         except Exception as exc:  # the broker is unwell: let the send itself report it
             logger.warning("replay: cannot list Kafka topics: %r", exc)
             return cached[1] if cached is not None else None
@@ -399,7 +396,7 @@ class _Claimed:
 def _plan(claimed: Sequence[_Claimed], *, reroute: bool) -> None:
     """Choose each row's target topics and serialize its records (errors are kept on the row, not raised)."""
     snapshot = current_routing()
-    now_text = timezone.now().isoformat(timespec="milliseconds").replace("+00:00", "Z").encode()
+    now_text = utc_iso_ms().encode()
     for item in claimed:
         row = item.row
         event: dict[str, Any] = dict(row.payload) if isinstance(row.payload, dict) else {}

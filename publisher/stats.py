@@ -22,13 +22,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
 
 from config.redis import get_redis
+from config.timefmt import utc_iso_ms
 
 logger = logging.getLogger(__name__)
 
@@ -204,9 +204,7 @@ def _rates(published: int, failed: int, dead_lettered: int) -> dict[str, float |
 
 
 def iso_time(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if ts is None else utc_iso_ms(ts)
 
 
 def _read(minutes: Sequence[int]) -> tuple[dict[str, str], list[dict[str, str]]]:
