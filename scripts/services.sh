@@ -120,7 +120,7 @@ kafka_fetch() {
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
   log "kafka: fetching broker jars from Maven Central (kafka/pom.xml)"
   rm -rf "$KAFKA_LIBS"
-  mvn -B -q -Dstyle.color=never -f "$ROOT/kafka/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+  mvn -B -q -f "$ROOT/kafka/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
     -DoutputDirectory="$KAFKA_LIBS" >&2 || die "mvn could not fetch the Kafka jars"
   touch "$KAFKA_LIBS/.complete"
 }
