@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import redis
 from django.conf import settings
+from redis.client import Pipeline
+
+logger = logging.getLogger(__name__)
 
 _client: redis.Redis | None = None
 _pid: int | None = None
@@ -23,3 +30,43 @@ def get_redis() -> redis.Redis:
                 )
                 _pid = os.getpid()
     return _client
+
+
+# Fire-and-forget writes of one unit of work (statistics, counters, cleanup) are collected here and sent in a
+# single round trip at its end; a per-task round trip per write was most of a small task's Redis cost.
+_deferred: ContextVar[Pipeline | None] = ContextVar("deferred_redis_writes", default=None)
+
+
+@contextmanager
+def deferred_writes() -> Iterator[None]:
+    """Inside this block, `writes()` pipelines join one pipeline that is executed when the block ends
+    (also when it raises). A failure is logged, never raised: these writes must not fail the work."""
+    pipe = get_redis().pipeline(transaction=False)
+    token = _deferred.set(pipe)
+    try:
+        yield
+    finally:
+        _deferred.reset(token)
+        _execute_quietly(pipe)
+
+
+@contextmanager
+def writes() -> Iterator[Pipeline]:
+    """A pipeline for writes whose loss is tolerable: the surrounding `deferred_writes()` block's, or one of
+    its own that is executed when this block ends. Errors are logged, never raised."""
+    pending = _deferred.get()
+    if pending is not None:
+        yield pending
+        return
+    pipe = get_redis().pipeline(transaction=False)
+    yield pipe
+    _execute_quietly(pipe)
+
+
+def _execute_quietly(pipe: Pipeline) -> None:
+    if not len(pipe):
+        return
+    try:
+        pipe.execute()
+    except Exception as exc:
+        logger.warning("%d Redis writes lost: %r", len(pipe), exc, extra={"event": "redis_writes_lost"})

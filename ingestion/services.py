@@ -7,12 +7,14 @@ are released, so the client's retry is accepted and nothing is half-accepted.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from redis.commands.core import Script
 
 from config.redis import get_redis
 from ingestion.schema import ValidatedEvent
@@ -63,14 +65,103 @@ PENDING_WAIT = (0.02, 0.05, 0.1)
 
 
 def accept_events(*, events: Sequence[tuple[int, ValidatedEvent]], source: str) -> Outcome:
-    """Dedup, then enqueue the new events as one task. Raises ServiceUnavailable without side effects left.
+    """Dedup, then enqueue the new events. Raises ServiceUnavailable without side effects left.
 
-    A dedup mark is first claimed as pending (short TTL) and confirmed only once the task is queued, so if
-    Redis or the enqueue fails in between, the mark cannot outlive the failure and block the client's retry.
+    Requests from the same source accepted at the same time in this process are admitted together (one
+    round of Redis work, one task): see _GroupCommit. A request's answer still waits for its own events to be
+    queued, and a group is admitted or refused as a whole.
     """
-    outcome = Outcome()
     if not events:
-        return outcome
+        return Outcome()
+    with _combiners_lock:
+        combiner = _combiners.get(source)
+        if combiner is None:
+            combiner = _combiners[source] = _GroupCommit(source)
+    return combiner.submit(events)
+
+
+@dataclass(eq=False)
+class _Pending:
+    events: Sequence[tuple[int, ValidatedEvent]]
+    outcome: Outcome | None = None
+    error: BaseException | None = None
+    finished: bool = False
+
+
+class _GroupCommit:
+    """Group commit for one source. While one thread (the leader) admits a group, requests arriving meanwhile
+    queue up; when it is done, the next leader takes them all at once. Nothing waits on a timer: a lone request
+    goes straight through, and under load the groups grow by themselves, so per-request Redis round trips and
+    per-task worker costs are shared by everyone in the group."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._busy = False
+
+    def submit(self, events: Sequence[tuple[int, ValidatedEvent]]) -> Outcome:
+        mine = _Pending(events)
+        with self._cond:
+            self._queue.append(mine)
+            while self._busy and not mine.finished:
+                self._cond.wait()
+            group: list[_Pending] = []
+            if not mine.finished:
+                self._busy = True
+                group, self._queue = self._queue, []
+        if group:
+            try:
+                _admit_group(group, source=self.source)
+            except BaseException as exc:
+                for pending in group:
+                    pending.error = pending.error or exc
+            finally:
+                for pending in group:
+                    pending.finished = True
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+        if isinstance(mine.error, ServiceUnavailable):
+            # Each request raises its own copy: one exception object must not collect every thread's traceback.
+            raise ServiceUnavailable(mine.error.message, retry_after=mine.error.retry_after) from mine.error
+        if mine.error is not None:
+            raise mine.error
+        assert mine.outcome is not None
+        return mine.outcome
+
+
+_combiners: dict[str, _GroupCommit] = {}
+_combiners_lock = threading.Lock()
+
+
+def _admit_group(group: list[_Pending], *, source: str) -> None:
+    """Admit every request of the group as one: claim all their marks, enqueue one task, confirm the marks.
+    A dedup key repeated across requests of the group is a duplicate of its first occurrence, as inside a batch."""
+    flat: list[tuple[int, ValidatedEvent]] = []
+    owners: list[tuple[_Pending, int]] = []
+    for pending in group:
+        for index, ev in pending.events:
+            owners.append((pending, index))
+            flat.append((len(flat), ev))
+    combined = _accept(flat, source=source)
+    outcomes = {id(pending): Outcome() for pending in group}
+    for position, (event_id, state) in combined.statuses.items():
+        pending, index = owners[position]
+        outcome = outcomes[id(pending)]
+        outcome.statuses[index] = (event_id, state)
+        if state == ACCEPTED:
+            outcome.accepted += 1
+        else:
+            outcome.duplicates += 1
+    for pending in group:
+        pending.outcome = outcomes[id(pending)]
+
+
+def _accept(events: Sequence[tuple[int, ValidatedEvent]], *, source: str) -> Outcome:
+    """Claim marks, hand off one task, confirm the marks (the pending marks are released if the hand-off fails,
+    so nothing is half-accepted)."""
+    outcome = Outcome()
     claimed, duplicate_ids = _claim_marks(events)
     to_publish: list[dict[str, Any]] = []
     for index, ev in events:
@@ -88,12 +179,34 @@ def accept_events(*, events: Sequence[tuple[int, ValidatedEvent]], source: str) 
             _release([key for key, _ in claimed])
             raise
     _confirm_marks(claimed)
-    for index, ev in events:
-        if outcome.statuses[index][1] == ACCEPTED:
-            metrics.EVENTS_ACCEPTED.labels(event_type=ev.data["event_type"]).inc()
+    for event in to_publish:
+        metrics.EVENTS_ACCEPTED.labels(event_type=event["event_type"]).inc()
     if outcome.duplicates:
         metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
     return outcome
+
+
+# Claim a pending dedup mark per key atomically across processes (SET NX), and say who holds the others:
+# 1 where this call claimed the key, else the value that holds it. One round trip per group, however many
+# events, and no per-command client overhead.
+_CLAIM = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('SET', key, ARGV[i + 1], 'NX', 'EX', ARGV[1]) then
+    out[i] = 1
+  else
+    out[i] = redis.call('GET', key) or ''
+  end
+end
+return out
+"""
+
+_CONFIRM = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
+end
+return #KEYS
+"""
 
 
 def _claim_marks(events: Sequence[tuple[int, ValidatedEvent]]) -> tuple[list[tuple[str, str]], dict[int, str]]:
@@ -106,19 +219,17 @@ def _claim_marks(events: Sequence[tuple[int, ValidatedEvent]]) -> tuple[list[tup
     if not keyed:
         return claimed, duplicate_ids
     try:
-        # SET NX claims a key atomically across processes; GET returns what holds it.
-        pipe = get_redis().pipeline(transaction=False)
-        for _, ev, key in keyed:
-            pipe.set(key, PENDING_PREFIX + ev.data["event_id"], nx=True, ex=PENDING_TTL)
-            pipe.get(key)
-        replies = pipe.execute()
-        mine = {ev.data["event_id"] for n, (_, ev, _) in enumerate(keyed) if replies[2 * n]}
+        replies = _script(_CLAIM)(
+            keys=[key for _, _, key in keyed],
+            args=[PENDING_TTL, *(PENDING_PREFIX + ev.data["event_id"] for _, ev, _ in keyed)],
+        )
+        mine = {ev.data["event_id"] for (_, ev, _), reply in zip(keyed, replies, strict=True) if reply == 1}
         undecided: list[tuple[int, str]] = []
-        for n, (index, ev, key) in enumerate(keyed):
-            if replies[2 * n]:
+        for (index, ev, key), reply in zip(keyed, replies, strict=True):
+            if reply == 1:
                 claimed.append((key, ev.data["event_id"]))
                 continue
-            holder = _text(replies[2 * n + 1])
+            holder = _text(reply)
             if holder.startswith(PENDING_PREFIX) and holder[len(PENDING_PREFIX) :] in mine:
                 duplicate_ids[index] = holder[len(PENDING_PREFIX) :]  # a repeat inside this request
             elif holder.startswith(PENDING_PREFIX):
@@ -168,13 +279,21 @@ def _confirm_marks(claimed: list[tuple[str, str]]) -> None:
         return
     ttl = max(1, int(settings.INGEST_DEDUP_TTL))
     try:
-        pipe = get_redis().pipeline(transaction=False)
-        for key, event_id in claimed:
-            pipe.set(key, event_id, ex=ttl)
-        pipe.execute()
+        _script(_CONFIRM)(keys=[key for key, _ in claimed], args=[ttl, *(event_id for _, event_id in claimed)])
     except Exception:
         # The events are queued: accepted stands. Unconfirmed marks expire in PENDING_TTL seconds.
         logger.warning("could not confirm %d dedup marks", len(claimed))
+
+
+_scripts: dict[str, Script] = {}
+
+
+def _script(source: str) -> Script:
+    """The registered script (EVALSHA, loaded again by redis-py if Redis lost it), one per process."""
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = get_redis().register_script(source)
+    return script
 
 
 def _text(value: Any) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from config.redis import get_redis
+from config.redis import get_redis, writes
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,9 @@ class TaskProgress:
             logger.warning("could not record a clean task exit")
 
     def finish(self) -> None:
-        """The task ended (done, or handed its remainder to a retry with new numbering): forget it."""
+        """The task ended (done, or handed its remainder to a retry with new numbering): forget it. Joins the
+        task's deferred writes; if lost, the keys expire with their TTL."""
         if not self.task_id:
             return
-        try:
-            get_redis().delete(self._done_key, self._runs_key)
-        except Exception:
-            logger.warning("could not clear task progress")
+        with writes() as pipe:
+            pipe.delete(self._done_key, self._runs_key)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from config.redis import get_redis
+from config.redis import get_redis, writes
 
 QUEUED_EVENTS_KEY = "publisher:queued-events"
 _CACHE_SECONDS = 0.2
@@ -14,8 +14,14 @@ _cached: tuple[float, int] = (0.0, 0)
 
 
 # Admit `count` events only if the queue stays within `limit`, atomically across every API process.
+# A counter that drifted below zero (a Redis restart lost its last second of increments, then the decrements
+# arrived) is not trusted: it restarts from this reservation.
 _RESERVE = """
 local depth = redis.call('INCRBY', KEYS[1], ARGV[1])
+if depth < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  depth = tonumber(ARGV[1])
+end
 if depth > tonumber(ARGV[2]) then
   redis.call('DECRBY', KEYS[1], ARGV[1])
   return 0
@@ -40,12 +46,12 @@ def release(count: int) -> None:
 
 
 def done(count: int) -> None:
+    """Events left the queue (published, dead-lettered, or handed on). Joins the task's deferred writes;
+    a lost decrement only makes backpressure a little stricter until the counter drains."""
     if count <= 0:
         return
-    remaining = int(get_redis().decrby(QUEUED_EVENTS_KEY, count))
-    if remaining < 0:
-        # A counter that drifted below zero (e.g. a Redis restart lost its last second) is reset, not trusted.
-        get_redis().set(QUEUED_EVENTS_KEY, 0)
+    with writes() as pipe:
+        pipe.decrby(QUEUED_EVENTS_KEY, count)
 
 
 def depth(*, fresh: bool = False) -> int:

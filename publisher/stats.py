@@ -5,8 +5,9 @@ without one: totals since the stats began, an exponential moving average of the 
 publish time, and per-minute buckets for the last hour (throughput per topic, failures, retries, dead letters,
 a latency histogram), shared by every worker process through Redis.
 
-Writes: the publish task calls record_batch() once per batch; that is one pipelined round trip to Redis,
-whatever the batch size. A Redis error is logged and swallowed: statistics never fail a delivery.
+Writes: the publish task calls record_batch() once per batch; its commands join the task's one round trip of
+deferred writes (config.redis.deferred_writes), whatever the batch size. A Redis error is logged and
+swallowed: statistics never fail a delivery.
 
 Definitions (totals and windows alike):
     attempts     = published + failed        (every delivery attempt was acknowledged or failed)
@@ -27,7 +28,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from config.redis import get_redis
+from config.redis import get_redis, writes
 from config.timefmt import utc_iso_ms
 
 logger = logging.getLogger(__name__)
@@ -123,8 +124,7 @@ def record_batch(
     if latencies_ms:
         fields["lat_count"] = len(latencies_ms)
     totals, minute = totals_key(), minute_key(_minute_of(now))
-    try:
-        pipe = get_redis().pipeline(transaction=False)
+    with writes() as pipe:
         for key in (totals, minute):
             for name, count in fields.items():
                 pipe.hincrby(key, name, count)
@@ -135,9 +135,6 @@ def record_batch(
             mean = sum(latencies_ms) / len(latencies_ms) if latencies_ms else 0.0
             alpha = float(getattr(settings, "PUBLISHER_STATS_EMA_ALPHA", DEFAULT_EMA_ALPHA))
             pipe.eval(_EMA_SCRIPT, 1, totals, f"{mean:.6f}", len(latencies_ms), alpha, f"{now if published else 0:.6f}")
-        pipe.execute()
-    except Exception as exc:
-        logger.warning("publisher stats not recorded: %r", exc, extra={"event": "stats_error"})
 
 
 # ----------------------------------------------------------------------------------------------- reading

@@ -10,6 +10,7 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError
 
+from config.redis import deferred_writes
 from publisher import poison, publishing, queue
 from publisher.progress import TaskProgress
 
@@ -44,7 +45,20 @@ def publish_events(
     accepted_at: float,
     routes: dict[str, list[str]] | None = None,
 ) -> None:
-    progress = TaskProgress(self.request.id)
+    # Statistics, the queue counter and progress cleanup go to Redis in one round trip when the task ends.
+    with deferred_writes():
+        _publish_events(self, events=events, source=source, accepted_at=accepted_at, routes=routes)
+
+
+def _publish_events(
+    task: Task,
+    *,
+    events: list[dict[str, Any]],
+    source: str,
+    accepted_at: float,
+    routes: dict[str, list[str]] | None,
+) -> None:
+    progress = TaskProgress(task.request.id)
     runs, already_delivered = progress.start()
     if runs > settings.PUBLISHER_POISON_MAX_DELIVERIES:
         # This task has killed its worker every time it ran: set its events aside for an operator.
@@ -71,7 +85,7 @@ def publish_events(
         logger.warning(
             "publish deferred: %s", deferred.reason, extra={"event": "publish_deferred", "count": len(indexes)}
         )
-        raise self.retry(
+        raise task.retry(
             args=(),
             kwargs={"events": retry_events, "source": source, "accepted_at": accepted_at, "routes": retry_routes},
             countdown=deferred.delay,
@@ -85,7 +99,7 @@ def publish_events(
         # Progress is kept, so acknowledged deliveries are not repeated; a task that keeps failing is
         # dead-lettered as poison after PUBLISHER_POISON_MAX_DELIVERIES runs.
         logger.exception("publish task failed; it will run again", extra={"event": "publish_error"})
-        raise self.retry(exc=exc, countdown=min(60, 2 ** min(self.request.retries, 6)), max_retries=None) from exc
+        raise task.retry(exc=exc, countdown=min(60, 2 ** min(task.request.retries, 6)), max_retries=None) from exc
     progress.finish()
     queue.done(len(events))
     logger.info(

@@ -1,0 +1,127 @@
+"""Requests accepted at the same time share one admission and one publish task (ingestion.services group
+commit), against the real Redis, Celery worker and Kafka: every request still gets its own answer, a repeat
+across requests of one group is a duplicate, and every accepted event reaches Kafka exactly once."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from config.redis import get_redis
+from ingestion import services
+from ingestion.schema import ValidatedEvent, validate_event
+from publisher import queue
+from publisher import services as publisher_services
+from tests import factories
+from tests.conftest import KafkaReader, WorkerProcess
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def validated(event: dict[str, Any]) -> ValidatedEvent:
+    result = validate_event(event)
+    assert isinstance(result, ValidatedEvent), result
+    return result
+
+
+def test_concurrent_requests_share_one_task_and_each_gets_its_answer(
+    default_routing: None, celery_worker: WorkerProcess, kafka_reader: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader: KafkaReader = kafka_reader("user.activities")
+    source = f"group-{uuid.uuid4().hex[:8]}"
+    events = [validated(factories.activity(event_id=str(uuid.uuid4()))) for _ in range(5)]
+    # The sixth request repeats the second one's event: a duplicate inside the group.
+    requests = [[(0, ev)] for ev in events] + [[(0, events[1])]]
+
+    # Hold the first request's admission until every other request is queued behind it, so the groups are
+    # known: {request 0} then {requests 1..5}. Everything else is the real path.
+    real_admit = services._admit_group
+    leading = threading.Event()
+    handed_off: list[int] = []
+    real_enqueue = publisher_services.enqueue_events
+
+    def admit(group: list[Any], *, source: str) -> None:
+        if not leading.is_set():
+            leading.set()
+            combiner = services._combiners[source]
+            deadline = time.monotonic() + 10
+            while len(combiner._queue) < len(requests) - 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+        real_admit(group, source=source)
+
+    def enqueue(**kwargs: Any) -> None:
+        handed_off.append(len(kwargs["events"]))
+        real_enqueue(**kwargs)
+
+    monkeypatch.setattr(services, "_admit_group", admit)
+    monkeypatch.setattr(publisher_services, "enqueue_events", enqueue)
+
+    answers: list[Any] = [None] * len(requests)
+
+    def send(n: int) -> None:
+        try:
+            answers[n] = services.accept_events(events=requests[n], source=source)
+        except Exception as exc:  # shown by the assertion below
+            answers[n] = exc
+
+    first = threading.Thread(target=send, args=(0,))
+    first.start()
+    assert leading.wait(10)
+    others = [threading.Thread(target=send, args=(n,)) for n in range(1, len(requests))]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join(30)
+
+    statuses = [answer.statuses[0] if isinstance(answer, services.Outcome) else answer for answer in answers]
+    expected_ids = [str(ev.data["event_id"]) for ev in events]
+    assert statuses == [(event_id, services.ACCEPTED) for event_id in expected_ids] + [
+        (expected_ids[1], services.DUPLICATE)
+    ]
+    assert handed_off == [1, 4]  # two tasks for six requests; the repeat was not enqueued
+
+    records = [r for r in reader.read(expected=5) if r.headers["source"].decode() == source]
+    assert sorted(r.headers["event_id"].decode() for r in records) == sorted(expected_ids)
+
+
+@override_settings(INGEST_MAX_QUEUE_DEPTH=10)
+def test_a_refused_group_refuses_every_request_in_it_and_keeps_no_mark() -> None:
+    """The queue is full: every request gets its own 503 error, and the dedup marks are released, so each
+    client's retry is accepted later rather than called a duplicate."""
+    source = f"group-{uuid.uuid4().hex[:8]}"
+    events = [validated(factories.activity(event_id=str(uuid.uuid4()))) for _ in range(3)]
+    redis = get_redis()
+    saved = redis.get(queue.QUEUED_EVENTS_KEY)
+    redis.set(queue.QUEUED_EVENTS_KEY, 10)
+    try:
+        errors = _send_concurrently(events, source=source)
+    finally:
+        redis.set(queue.QUEUED_EVENTS_KEY, saved or 0)
+
+    assert all(isinstance(e, services.ServiceUnavailable) for e in errors), errors
+    assert len({id(e) for e in errors}) == len(errors)  # each request raised its own error
+    assert "queue is full" in str(errors[0])
+    keys = [services.DEDUP_PREFIX + str(ev.dedup_key) for ev in events]
+    assert redis.exists(*keys) == 0
+
+
+def _send_concurrently(events: list[ValidatedEvent], *, source: str) -> list[BaseException | None]:
+    errors: list[BaseException | None] = [None] * len(events)
+
+    def send(n: int) -> None:
+        try:
+            services.accept_events(events=[(0, events[n])], source=source)
+        except BaseException as exc:
+            errors[n] = exc
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(len(events))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return errors
