@@ -10,6 +10,9 @@ The three gauges below are not meant to be set by the code that does the work: t
 may have stored in them.
 """
 
+import collections
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_ACCEPTED = Counter("ingestion_events_accepted", "Events accepted by the API", ["event_type"])
@@ -41,3 +44,25 @@ SCRAPE_TIME_GAUGES: dict[str, str] = {
     "publisher_circuit_breaker_state": "Shared circuit breaker: 0 closed, 1 half-open, 2 open",
     "dlq_pending_entries": "Dead letters waiting for an operator (saturates at publisher.stats.DLQ_COUNT_CAP)",
 }
+
+
+# In multiprocess mode each labels().inc() or observe() writes to a memory-mapped file (~1.5-2 us): on the
+# publish path that was ~6 us per record. These count a whole batch with one write per distinct value.
+
+
+def count_each(counter: Counter, label: str, values: Iterable[str]) -> None:
+    """Increment `counter` by how often each label value occurs in `values`."""
+    for value, n in collections.Counter(values).items():
+        counter.labels(**{label: value}).inc(n)
+
+
+def observe_many(histogram: Histogram, amount: float, count: int) -> None:
+    """The same as `count` calls of histogram.observe(amount) (one publish round acknowledges many records at
+    the same moment), in two writes. Relies on prometheus_client's Histogram layout, checked by a unit test."""
+    if count <= 0:
+        return
+    histogram._sum.inc(amount * count)
+    for bucket, bound in zip(histogram._buckets, histogram._upper_bounds, strict=True):
+        if amount <= bound:
+            bucket.inc(count)
+            break

@@ -94,15 +94,16 @@ def plan_routes(events: Sequence[Mapping[str, Any]]) -> tuple[Routes, dict[str, 
     snapshot = current_routing()
     routes: Routes = {}
     unrouted = 0
+    matched: list[str] = []
     for index, event in enumerate(events):
         decision = snapshot.route(event)
-        for rule_name in decision.matched_rules:
-            metrics.RULE_MATCHES.labels(rule=rule_name).inc()
+        matched.extend(decision.matched_rules)
         if decision.topics:
             routes[index] = list(decision.topics)
         else:
             unrouted += 1
             metrics.UNROUTED.labels(event_type=str(event.get("event_type", "unknown"))).inc()
+    metrics.count_each(metrics.RULE_MATCHES, "rule", matched)
     return routes, snapshot.topic_formats, unrouted
 
 
@@ -154,13 +155,15 @@ def await_acks(sent: Sequence[tuple[Record, Any]], *, timeout: float) -> None:
     """Wait for every delivery future within one shared deadline; a failure lands in `record.error` (never
     lost in a callback), a success is counted."""
     deadline = time.monotonic() + timeout + ACK_GRACE_SECONDS
+    acked: list[str] = []
     for record, future in sent:
         try:
             future.get(timeout=max(0.1, deadline - time.monotonic()))
         except Exception as exc:
             record.error = exc
         else:
-            metrics.PUBLISHED.labels(topic=record.topic).inc()
+            acked.append(record.topic)
+    metrics.count_each(metrics.PUBLISHED, "topic", acked)
 
 
 def _send_round(records: list[Record], timeout: float) -> list[Record]:
@@ -293,8 +296,7 @@ def publish_events(
         acked = [(record.index, record.topic) for record in done]
         result.deliveries.extend(acked)
         latency = max(0.0, time.time() - accepted_at)
-        for _ in done:
-            metrics.PUBLISH_LATENCY.observe(latency)
+        metrics.observe_many(metrics.PUBLISH_LATENCY, latency, len(done))
         latencies.extend([latency] * len(done))
         if not failed_retryable:
             break
