@@ -1,6 +1,6 @@
 """Publisher services: the API other code uses (ingestion hands work over through here, never via internals).
 
-enqueue_events(events=..., source=..., accepted_at=...)   one Celery task for a request's events
+enqueue_events(events=..., source=..., accepted_at=...)   one Celery task for a request's (or a group's) events
 publish_batch(events=..., source=...) / publish_event(event=..., source=...)   synchronous, in-process
 queue_depth()                                             events waiting for a worker
 ensure_topics(partitions=..., replication_factor=...)     create configured topics + dlq.events
