@@ -166,6 +166,9 @@ INGEST_RETRY_AFTER_SECONDS = env_int("INGEST_RETRY_AFTER_SECONDS", 1, minimum=1)
 # ---------------------------------------------------------------- Celery
 # Normally the same Redis; a deployment may give Celery its own instance.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+if CELERY_BROKER_URL.startswith("redis://"):
+    # kombu's Redis transport minus two per-publish costs (see the module); other schemes keep kombu's own.
+    CELERY_BROKER_TRANSPORT = "config.kombu_redis:Transport"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]  # never pickle: a task message must not be able to run code

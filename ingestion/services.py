@@ -86,42 +86,32 @@ class _Pending:
     outcome: Outcome | None = None
     error: BaseException | None = None
     finished: bool = False
+    wake: threading.Event = field(default_factory=threading.Event)
 
 
 class _GroupCommit:
     """Group commit for one source. While one thread (the leader) admits a group, requests arriving meanwhile
-    queue up; when it is done, the next leader takes them all at once. Nothing waits on a timer: a lone request
-    goes straight through, and under load the groups grow by themselves, so per-request Redis round trips and
-    per-task worker costs are shared by everyone in the group."""
+    queue up; when it is done, it hands the lead to the first of them, which takes them all at once. Nothing
+    waits on a timer: a lone request goes straight through, and under load the groups grow by themselves, so
+    per-request Redis round trips and per-task worker costs are shared by everyone in the group. Each waiting
+    thread is woken exactly once: when its request is finished, or to lead the next group."""
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: list[_Pending] = []
         self._busy = False
 
     def submit(self, events: Sequence[tuple[int, ValidatedEvent]]) -> Outcome:
         mine = _Pending(events)
-        with self._cond:
+        with self._lock:
             self._queue.append(mine)
-            while self._busy and not mine.finished:
-                self._cond.wait()
-            group: list[_Pending] = []
-            if not mine.finished:
-                self._busy = True
-                group, self._queue = self._queue, []
-        if group:
-            try:
-                _admit_group(group, source=self.source)
-            except BaseException as exc:
-                for pending in group:
-                    pending.error = pending.error or exc
-            finally:
-                for pending in group:
-                    pending.finished = True
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+            leading = not self._busy
+            self._busy = True
+        if not leading:
+            mine.wake.wait()
+        if not mine.finished:
+            self._lead()
         if isinstance(mine.error, ServiceUnavailable):
             # Each request raises its own copy: one exception object must not collect every thread's traceback.
             raise ServiceUnavailable(mine.error.message, retry_after=mine.error.retry_after) from mine.error
@@ -129,6 +119,24 @@ class _GroupCommit:
             raise mine.error
         assert mine.outcome is not None
         return mine.outcome
+
+    def _lead(self) -> None:
+        with self._lock:
+            group, self._queue = self._queue, []
+        try:
+            _admit_group(group, source=self.source)
+        except BaseException as exc:
+            for pending in group:
+                pending.error = pending.error or exc
+        finally:
+            for pending in group:
+                pending.finished = True
+                pending.wake.set()
+            with self._lock:
+                if self._queue:
+                    self._queue[0].wake.set()  # still busy: the next leader takes over
+                else:
+                    self._busy = False
 
 
 _combiners: dict[str, _GroupCommit] = {}
