@@ -121,8 +121,16 @@ class _GroupCommit:
         return mine.outcome
 
     def _lead(self) -> None:
+        # The leader is first in the queue. A group stops at INGEST_MAX_BATCH events (one request may exceed
+        # that alone), so a task is never bigger than one full batch and memory stays bounded under load.
+        limit = settings.INGEST_MAX_BATCH
         with self._lock:
-            group, self._queue = self._queue, []
+            taken = 0
+            cut = 0
+            while cut < len(self._queue) and (cut == 0 or taken + len(self._queue[cut].events) <= limit):
+                taken += len(self._queue[cut].events)
+                cut += 1
+            group, self._queue = self._queue[:cut], self._queue[cut:]
         try:
             _admit_group(group, source=self.source)
         except BaseException as exc:

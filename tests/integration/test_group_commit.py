@@ -29,17 +29,12 @@ def validated(event: dict[str, Any]) -> ValidatedEvent:
     return result
 
 
-def test_concurrent_requests_share_one_task_and_each_gets_its_answer(
-    default_routing: None, celery_worker: WorkerProcess, kafka_reader: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    reader: KafkaReader = kafka_reader("user.activities")
-    source = f"group-{uuid.uuid4().hex[:8]}"
-    events = [validated(factories.activity(event_id=str(uuid.uuid4()))) for _ in range(5)]
-    # The sixth request repeats the second one's event: a duplicate inside the group.
-    requests = [[(0, ev)] for ev in events] + [[(0, events[1])]]
-
-    # Hold the first request's admission until every other request is queued behind it, so the groups are
-    # known: {request 0} then {requests 1..5}. Everything else is the real path.
+def _send_with_first_held(
+    requests: list[list[tuple[int, ValidatedEvent]]], *, source: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Any], list[int]]:
+    """Send every request from its own thread, holding the first request's admission until all the others are
+    queued behind it, so the groups are known. Everything else is the real path. Returns each request's
+    Outcome (or exception) and the size of every task handed to the publisher, in order."""
     real_admit = services._admit_group
     leading = threading.Event()
     handed_off: list[int] = []
@@ -66,7 +61,7 @@ def test_concurrent_requests_share_one_task_and_each_gets_its_answer(
     def send(n: int) -> None:
         try:
             answers[n] = services.accept_events(events=requests[n], source=source)
-        except Exception as exc:  # shown by the assertion below
+        except Exception as exc:  # shown by the callers' assertions
             answers[n] = exc
 
     first = threading.Thread(target=send, args=(0,))
@@ -77,6 +72,19 @@ def test_concurrent_requests_share_one_task_and_each_gets_its_answer(
         thread.start()
     for thread in [first, *others]:
         thread.join(30)
+    return answers, handed_off
+
+
+def test_concurrent_requests_share_one_task_and_each_gets_its_answer(
+    default_routing: None, celery_worker: WorkerProcess, kafka_reader: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader: KafkaReader = kafka_reader("user.activities")
+    source = f"group-{uuid.uuid4().hex[:8]}"
+    events = [validated(factories.activity(event_id=str(uuid.uuid4()))) for _ in range(5)]
+    # The sixth request repeats the second one's event: a duplicate inside the group.
+    requests = [[(0, ev)] for ev in events] + [[(0, events[1])]]
+
+    answers, handed_off = _send_with_first_held(requests, source=source, monkeypatch=monkeypatch)
 
     statuses = [answer.statuses[0] if isinstance(answer, services.Outcome) else answer for answer in answers]
     expected_ids = [str(ev.data["event_id"]) for ev in events]
@@ -87,6 +95,25 @@ def test_concurrent_requests_share_one_task_and_each_gets_its_answer(
 
     records = [r for r in reader.read(expected=5) if r.headers["source"].decode() == source]
     assert sorted(r.headers["event_id"].decode() for r in records) == sorted(expected_ids)
+
+
+@override_settings(INGEST_MAX_BATCH=3)
+def test_a_group_stops_at_the_batch_limit(
+    default_routing: None, celery_worker: WorkerProcess, kafka_reader: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No task is bigger than one full batch: five waiting single events go out as 3 + 1 after the first."""
+    reader: KafkaReader = kafka_reader("user.activities")
+    source = f"group-{uuid.uuid4().hex[:8]}"
+    events = [validated(factories.activity(event_id=str(uuid.uuid4()))) for _ in range(5)]
+
+    answers, handed_off = _send_with_first_held([[(0, ev)] for ev in events], source=source, monkeypatch=monkeypatch)
+
+    assert [answer.statuses[0][1] if isinstance(answer, services.Outcome) else answer for answer in answers] == [
+        services.ACCEPTED
+    ] * 5
+    assert handed_off == [1, 3, 1]
+    records = [r for r in reader.read(expected=5) if r.headers["source"].decode() == source]
+    assert sorted(r.headers["event_id"].decode() for r in records) == sorted(str(ev.data["event_id"]) for ev in events)
 
 
 @override_settings(INGEST_MAX_QUEUE_DEPTH=10)
