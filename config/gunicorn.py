@@ -11,10 +11,25 @@ config/__init__.py) before prometheus_client is loaded.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Any
 
 import config as _project  # not `config`: gunicorn reads every module-level name as a setting
+
+
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that allocates its own malloc arena; with 16 threads per worker the arenas
+    fragment and keep memory (bench, batches: largest web process 147 -> 127 MiB peak RSS with 2 arenas).
+    Set here, in the master, so every forked worker inherits it; elsewhere than glibc this does nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+_limit_malloc_arenas()
 
 worker_class = "gthread"
 threads = int(os.environ.get("WEB_THREADS", "16"))
