@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.conf import settings
@@ -107,6 +108,15 @@ class _IngestView(APIView):
     permission_classes: list[Any] = []
     throttle_classes = [ApiKeyRateThrottle]
     parser_classes = [RawJSONParser]
+    endpoint = ""
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        response = super().dispatch(request, *args, **kwargs)
+        metrics.REQUEST_DURATION.labels(endpoint=self.endpoint, status=str(response.status_code)).observe(
+            time.perf_counter() - started
+        )
+        return response
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, RequestError):
@@ -126,6 +136,8 @@ class _IngestView(APIView):
 
 
 class EventView(_IngestView):
+    endpoint = "event"
+
     @extend_schema(
         operation_id="ingest_event",
         summary="Ingest one event",
@@ -154,6 +166,8 @@ class EventView(_IngestView):
 
 
 class BatchView(_IngestView):
+    endpoint = "batch"
+
     @extend_schema(
         operation_id="ingest_batch",
         summary="Ingest a batch of events",

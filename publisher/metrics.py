@@ -18,6 +18,12 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS_ACCEPTED = Counter("ingestion_events_accepted", "Events accepted by the API", ["event_type"])
 EVENTS_REJECTED = Counter("ingestion_events_rejected", "Events or requests rejected by the API", ["reason"])
 EVENTS_DUPLICATE = Counter("ingestion_events_duplicate", "Events answered as duplicates")
+REQUEST_DURATION = Histogram(
+    "ingestion_request_duration_seconds",
+    "Time to answer a request to the event API (the endpoints django_http_* leave out)",
+    ["endpoint", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 QUEUE_DEPTH = Gauge("ingestion_queue_depth", "Tasks waiting in the Celery publish queue", multiprocess_mode="max")
 
 PUBLISHED = Counter("publisher_events_published", "Records acknowledged by Kafka", ["topic"])

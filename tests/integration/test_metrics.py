@@ -190,6 +190,7 @@ def stack(django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
 class Sent:
     event_ids: set[str]
     by_type: Counter[str]
+    requests: int = 0
 
 
 def _api_key(name: str) -> str:
@@ -240,7 +241,7 @@ def _post_batches(base_url: str, key: str, events: list[dict[str, Any]], *, batc
         assert answer["accepted"] == len(answer["results"]), answer
         ids.update(str(r["event_id"]) for r in answer["results"])
     by_type = Counter(str(e["event_type"]) for e in events)
-    return Sent(event_ids=ids, by_type=by_type)
+    return Sent(event_ids=ids, by_type=by_type, requests=len(batches))
 
 
 def _read_own_records(reader: Any, sent: Sent, expected: Counter[str], timeout: float = 30) -> Counter[str]:
@@ -333,6 +334,17 @@ def test_metrics_count_traffic_through_two_web_and_two_worker_processes(
         before, "publisher_publish_latency_seconds_count"
     )
     assert latency == sum(expected.values())
+    # The event API has its own request histogram; django-prometheus' per-request series leave it out (cost)
+    # but still count the other paths, such as these scrapes.
+    answered = _sum(after, "ingestion_request_duration_seconds_count", endpoint="batch", status="202") - _sum(
+        before, "ingestion_request_duration_seconds_count", endpoint="batch", status="202"
+    )
+    assert answered == sent.requests
+    by_view = "django_http_requests_latency_seconds_by_view_method_count"
+    assert _sum(after, by_view, view="ingest-batch") == _sum(before, by_view, view="ingest-batch")
+    assert _sum(after, by_view, view="prometheus-django-metrics") > _sum(
+        before, by_view, view="prometheus-django-metrics"
+    )
 
     # The totals really are sums over several processes: both web workers accepted, both pool processes published.
     accepted_after = _per_process(stack.multiproc_dir, "ingestion_events_accepted_total")
