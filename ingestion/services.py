@@ -101,6 +101,7 @@ class _GroupCommit:
         self._lock = threading.Lock()
         self._queue: list[_Pending] = []
         self._busy = False
+        self._last_group_end = 0.0
 
     def submit(self, events: Sequence[tuple[int, ValidatedEvent]]) -> Outcome:
         mine = _Pending(events)
@@ -121,6 +122,11 @@ class _GroupCommit:
         return mine.outcome
 
     def _lead(self) -> None:
+        wait = settings.INGEST_GROUP_WAIT
+        if wait > 0 and time.monotonic() - self._last_group_end < GROUP_BUSY_SECONDS:
+            # Requests arrived moments ago: give companions a moment to join, so groups form at moderate load
+            # too. A request arriving after a quiet spell goes straight through.
+            time.sleep(wait)
         # The leader is first in the queue. A group stops at INGEST_MAX_BATCH events (one request may exceed
         # that alone), so a task is never bigger than one full batch and memory stays bounded under load.
         limit = settings.INGEST_MAX_BATCH
@@ -140,6 +146,7 @@ class _GroupCommit:
             for pending in group:
                 pending.finished = True
                 pending.wake.set()
+            self._last_group_end = time.monotonic()
             with self._lock:
                 if self._queue:
                     self._queue[0].wake.set()  # still busy: the next leader takes over
@@ -147,6 +154,7 @@ class _GroupCommit:
                     self._busy = False
 
 
+GROUP_BUSY_SECONDS = 0.05
 _combiners: dict[str, _GroupCommit] = {}
 _combiners_lock = threading.Lock()
 

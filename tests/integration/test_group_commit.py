@@ -152,3 +152,39 @@ def _send_concurrently(events: list[ValidatedEvent], *, source: str) -> list[Bas
     for thread in threads:
         thread.join(30)
     return errors
+
+
+@override_settings(INGEST_GROUP_WAIT=0.3)
+def test_group_wait_lets_a_request_arriving_moments_later_join(
+    default_routing: None, celery_worker: WorkerProcess, kafka_reader: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With INGEST_GROUP_WAIT, a leader that follows recent traffic waits for companions: a request sent 50 ms
+    after it shares its task. After a quiet spell a request goes straight through (no wait)."""
+    reader: KafkaReader = kafka_reader("user.activities")
+    source = f"group-{uuid.uuid4().hex[:8]}"
+    events = [validated(factories.activity(event_id=str(uuid.uuid4()))) for _ in range(3)]
+    handed_off: list[int] = []
+    real_enqueue = publisher_services.enqueue_events
+
+    def enqueue(**kwargs: Any) -> None:
+        handed_off.append(len(kwargs["events"]))
+        real_enqueue(**kwargs)
+
+    monkeypatch.setattr(publisher_services, "enqueue_events", enqueue)
+
+    started = time.monotonic()
+    services.accept_events(events=[(0, events[0])], source=source)  # quiet before it: no wait
+    assert time.monotonic() - started < 0.3
+    threads = [
+        threading.Thread(target=services.accept_events, kwargs={"events": [(0, ev)], "source": source})
+        for ev in events[1:]
+    ]
+    threads[0].start()
+    time.sleep(0.05)
+    threads[1].start()
+    for thread in threads:
+        thread.join(10)
+
+    assert handed_off == [1, 2]
+    records = [r for r in reader.read(expected=3) if r.headers["source"].decode() == source]
+    assert sorted(r.headers["event_id"].decode() for r in records) == sorted(str(ev.data["event_id"]) for ev in events)
