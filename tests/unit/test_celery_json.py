@@ -1,0 +1,39 @@
+"""Celery's "json" serializer is orjson with kombu's encoder as the fallback; kombu's decoder reads both."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+from typing import Any
+
+import pytest
+from kombu import serialization
+from kombu.utils import json as kombu_json
+
+import config.celery  # noqa: F401  (registers the encoder)
+
+
+def roundtrip(obj: Any) -> Any:
+    content_type, encoding, payload = serialization.dumps(obj, serializer="json")
+    assert (content_type, encoding) == ("application/json", "utf-8")
+    assert isinstance(payload, str)
+    return serialization.loads(payload, content_type, encoding, accept={"application/json"})
+
+
+def test_a_task_body_of_events_survives_unchanged() -> None:
+    events = [{"event_id": f"e-{i}", "quality": i % 6, "score": 0.5, "ok": True, "meta": None} for i in range(100)]
+    body = ((), {"events": events, "source": "api-key", "accepted_at": 1764223200.123456}, {"callbacks": None})
+    assert roundtrip(body) == [[], body[1], body[2]]  # JSON has no tuples, as with kombu's encoder
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime.datetime(2026, 11, 27, 6, 0, tzinfo=datetime.UTC),
+        decimal.Decimal("1.10"),
+        {1: "int keys"},
+        2**70,
+    ],
+)
+def test_what_orjson_would_encode_differently_goes_to_kombu(value: Any) -> None:
+    assert roundtrip({"v": value}) == kombu_json.loads(kombu_json.dumps({"v": value}))
