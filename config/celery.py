@@ -11,6 +11,10 @@ from kombu.utils import json as kombu_json
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
+_ORJSON_PASSTHROUGH = (
+    orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
 
 def _json_dumps(obj: Any) -> str:
     """kombu's "json" encoder through orjson: ~13x faster on a task carrying a batch of events (226 -> 17 us
@@ -24,9 +28,6 @@ def _json_dumps(obj: Any) -> str:
         return str(kombu_json.dumps(obj))
 
 
-_ORJSON_PASSTHROUGH = (
-    orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
-)
 # Still JSON, still kombu's decoder: workers and producers with or without this line understand each other.
 serialization.register("json", _json_dumps, kombu_json.loads, content_type="application/json", content_encoding="utf-8")
 

@@ -12,6 +12,7 @@ from contextvars import ContextVar
 import redis
 from django.conf import settings
 from redis.client import Pipeline
+from redis.commands.core import Script
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,21 @@ def get_redis() -> redis.Redis:
                     settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
                 )
                 _pid = os.getpid()
+                _scripts.clear()
     return _client
+
+
+_scripts: dict[str, Script] = {}
+
+
+def script(source: str) -> Script:
+    """A Lua script registered with this process's client: called by EVALSHA, and loaded again by redis-py
+    if Redis lost it (a restart)."""
+    client = get_redis()
+    registered = _scripts.get(source)
+    if registered is None:
+        registered = _scripts[source] = client.register_script(source)
+    return registered
 
 
 # Fire-and-forget writes of one unit of work (statistics, counters, cleanup) are collected here and sent in a

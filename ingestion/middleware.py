@@ -8,6 +8,7 @@ the views) and the `ingestion_events_*` counters; every other path keeps django-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 from django.http import HttpRequest, HttpResponseBase
@@ -20,15 +21,20 @@ def ingest_paths() -> frozenset[str]:
     return frozenset({reverse("ingest-event"), reverse("ingest-batch")})
 
 
-class PrometheusBeforeMiddleware(django_prometheus.PrometheusBeforeMiddleware):
+class _SkipEventEndpoints:
+    """Hands the event endpoints straight to the next layer; everything else goes through django-prometheus."""
+
+    get_response: Callable[[HttpRequest], HttpResponseBase]
+
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         if request.path_info in ingest_paths():
             return self.get_response(request)
-        return super().__call__(request)
+        return super().__call__(request)  # type: ignore[misc]
 
 
-class PrometheusAfterMiddleware(django_prometheus.PrometheusAfterMiddleware):
-    def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        if request.path_info in ingest_paths():
-            return self.get_response(request)
-        return super().__call__(request)
+class PrometheusBeforeMiddleware(_SkipEventEndpoints, django_prometheus.PrometheusBeforeMiddleware):
+    pass
+
+
+class PrometheusAfterMiddleware(_SkipEventEndpoints, django_prometheus.PrometheusAfterMiddleware):
+    pass

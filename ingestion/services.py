@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from redis.commands.core import Script
 
-from config.redis import get_redis
+from config.redis import get_redis, script
 from ingestion.schema import ValidatedEvent
 from publisher import metrics
 from publisher import services as publisher_services
@@ -242,7 +241,7 @@ def _claim_marks(events: Sequence[tuple[int, ValidatedEvent]]) -> tuple[list[tup
     if not keyed:
         return claimed, duplicate_ids
     try:
-        replies = _script(_CLAIM)(
+        replies = script(_CLAIM)(
             keys=[key for _, _, key in keyed],
             args=[PENDING_TTL, *(PENDING_PREFIX + ev.data["event_id"] for _, ev, _ in keyed)],
         )
@@ -288,10 +287,7 @@ def _hand_off(to_publish: list[dict[str, Any]], *, source: str) -> None:
             events=to_publish, source=source, accepted_at=time.time(), capacity_reserved=True
         )
     except Exception as exc:
-        try:
-            publisher_services.release_queue_capacity(count=len(to_publish))
-        except Exception:
-            logger.warning("could not release %d reserved queue slots", len(to_publish))
+        publisher_services.release_queue_capacity(count=len(to_publish))  # never raises; a failure is logged
         logger.warning("enqueue failed, %d events refused: %r", len(to_publish), exc)
         raise ServiceUnavailable("The queue is unreachable; nothing was accepted, retry later.") from exc
 
@@ -302,21 +298,10 @@ def _confirm_marks(claimed: list[tuple[str, str]]) -> None:
         return
     ttl = max(1, int(settings.INGEST_DEDUP_TTL))
     try:
-        _script(_CONFIRM)(keys=[key for key, _ in claimed], args=[ttl, *(event_id for _, event_id in claimed)])
+        script(_CONFIRM)(keys=[key for key, _ in claimed], args=[ttl, *(event_id for _, event_id in claimed)])
     except Exception:
         # The events are queued: accepted stands. Unconfirmed marks expire in PENDING_TTL seconds.
         logger.warning("could not confirm %d dedup marks", len(claimed))
-
-
-_scripts: dict[str, Script] = {}
-
-
-def _script(source: str) -> Script:
-    """The registered script (EVALSHA, loaded again by redis-py if Redis lost it), one per process."""
-    script = _scripts.get(source)
-    if script is None:
-        script = _scripts[source] = get_redis().register_script(source)
-    return script
 
 
 def _text(value: Any) -> str:

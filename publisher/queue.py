@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import time
 
-from redis.commands.core import Script
-
-from config.redis import get_redis, writes
+from config.redis import get_redis, script, writes
 
 QUEUED_EVENTS_KEY = "publisher:queued-events"
 _CACHE_SECONDS = 0.2
@@ -32,9 +30,6 @@ return 1
 """
 
 
-_reserve_script: Script | None = None
-
-
 def add(count: int) -> None:
     get_redis().incrby(QUEUED_EVENTS_KEY, count)
 
@@ -42,14 +37,11 @@ def add(count: int) -> None:
 def reserve(count: int, *, limit: int) -> bool:
     """Count `count` events as queued if that keeps the queue at or under `limit`; False (and nothing
     counted) otherwise. Exact under concurrency: one Lua script, one round trip."""
-    global _reserve_script
-    if _reserve_script is None:
-        _reserve_script = get_redis().register_script(_RESERVE)  # EVALSHA, reloaded by redis-py if Redis lost it
-    return bool(_reserve_script(keys=[QUEUED_EVENTS_KEY], args=[count, limit]))
+    return bool(script(_RESERVE)(keys=[QUEUED_EVENTS_KEY], args=[count, limit]))
 
 
 def release(count: int) -> None:
-    """Undo a reservation whose task could not be enqueued."""
+    """Undo a reservation whose task could not be enqueued. Never raises (see done)."""
     done(count)
 
 
