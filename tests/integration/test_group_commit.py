@@ -29,6 +29,25 @@ def validated(event: dict[str, Any]) -> ValidatedEvent:
     return result
 
 
+def _count_handed_off(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every task handed to the publisher from now on, in order (the real enqueue still runs)."""
+    handed_off: list[int] = []
+    real_enqueue = publisher_services.enqueue_events
+
+    def enqueue(**kwargs: Any) -> None:
+        handed_off.append(len(kwargs["events"]))
+        real_enqueue(**kwargs)
+
+    monkeypatch.setattr(publisher_services, "enqueue_events", enqueue)
+    return handed_off
+
+
+def _event_ids_in_kafka(reader: KafkaReader, source: str, *, expected: int) -> list[str]:
+    """Sorted event ids of the records this source wrote, read until `expected` arrived (then a short settle)."""
+    records = [r for r in reader.read(expected=expected) if r.headers["source"].decode() == source]
+    return sorted(r.headers["event_id"].decode() for r in records)
+
+
 def _send_with_first_held(
     requests: list[list[tuple[int, ValidatedEvent]]], *, source: str, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[list[Any], list[int]]:
@@ -37,8 +56,7 @@ def _send_with_first_held(
     Outcome (or exception) and the size of every task handed to the publisher, in order."""
     real_admit = services._admit_group
     leading = threading.Event()
-    handed_off: list[int] = []
-    real_enqueue = publisher_services.enqueue_events
+    handed_off = _count_handed_off(monkeypatch)
 
     def admit(group: list[Any], *, source: str) -> None:
         if not leading.is_set():
@@ -49,12 +67,7 @@ def _send_with_first_held(
                 time.sleep(0.005)
         real_admit(group, source=source)
 
-    def enqueue(**kwargs: Any) -> None:
-        handed_off.append(len(kwargs["events"]))
-        real_enqueue(**kwargs)
-
     monkeypatch.setattr(services, "_admit_group", admit)
-    monkeypatch.setattr(publisher_services, "enqueue_events", enqueue)
 
     answers: list[Any] = [None] * len(requests)
 
@@ -93,8 +106,7 @@ def test_concurrent_requests_share_one_task_and_each_gets_its_answer(
     ]
     assert handed_off == [1, 4]  # two tasks for six requests; the repeat was not enqueued
 
-    records = [r for r in reader.read(expected=5) if r.headers["source"].decode() == source]
-    assert sorted(r.headers["event_id"].decode() for r in records) == sorted(expected_ids)
+    assert _event_ids_in_kafka(reader, source, expected=5) == sorted(expected_ids)
 
 
 @override_settings(INGEST_MAX_BATCH=3)
@@ -112,8 +124,7 @@ def test_a_group_stops_at_the_batch_limit(
         services.ACCEPTED
     ] * 5
     assert handed_off == [1, 3, 1]
-    records = [r for r in reader.read(expected=5) if r.headers["source"].decode() == source]
-    assert sorted(r.headers["event_id"].decode() for r in records) == sorted(str(ev.data["event_id"]) for ev in events)
+    assert _event_ids_in_kafka(reader, source, expected=5) == sorted(str(ev.data["event_id"]) for ev in events)
 
 
 @override_settings(INGEST_MAX_QUEUE_DEPTH=10)
@@ -163,14 +174,7 @@ def test_group_wait_lets_a_request_arriving_moments_later_join(
     reader: KafkaReader = kafka_reader("user.activities")
     source = f"group-{uuid.uuid4().hex[:8]}"
     events = [validated(factories.activity(event_id=str(uuid.uuid4()))) for _ in range(3)]
-    handed_off: list[int] = []
-    real_enqueue = publisher_services.enqueue_events
-
-    def enqueue(**kwargs: Any) -> None:
-        handed_off.append(len(kwargs["events"]))
-        real_enqueue(**kwargs)
-
-    monkeypatch.setattr(publisher_services, "enqueue_events", enqueue)
+    handed_off = _count_handed_off(monkeypatch)
 
     started = time.monotonic()
     services.accept_events(events=[(0, events[0])], source=source)  # quiet before it: no wait
@@ -186,5 +190,4 @@ def test_group_wait_lets_a_request_arriving_moments_later_join(
         thread.join(10)
 
     assert handed_off == [1, 2]
-    records = [r for r in reader.read(expected=3) if r.headers["source"].decode() == source]
-    assert sorted(r.headers["event_id"].decode() for r in records) == sorted(str(ev.data["event_id"]) for ev in events)
+    assert _event_ids_in_kafka(reader, source, expected=3) == sorted(str(ev.data["event_id"]) for ev in events)
