@@ -7,7 +7,6 @@ are released, so the client's retry is accepted and nothing is half-accepted.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 
+from config.group_commit import GroupCommit, GroupCommits
 from config.redis import get_redis, script
 from ingestion.schema import ValidatedEvent
 from publisher import metrics
@@ -67,118 +67,49 @@ def accept_events(*, events: Sequence[tuple[int, ValidatedEvent]], source: str) 
     """Dedup, then enqueue the new events. Raises ServiceUnavailable without side effects left.
 
     Requests from the same source accepted at the same time in this process are admitted together (one
-    round of Redis work, one task): see _GroupCommit. A request's answer still waits for its own events to be
+    round of Redis work, one task): see config.group_commit. A request's answer still waits for its own events to be
     queued, and a group is admitted or refused as a whole.
     """
     if not events:
         return Outcome()
-    with _combiners_lock:
-        combiner = _combiners.get(source)
-        if combiner is None:
-            combiner = _combiners[source] = _GroupCommit(source)
-    return combiner.submit(events)
+    return _admissions.submit(source, events)
 
 
-@dataclass(eq=False)
-class _Pending:
-    events: Sequence[tuple[int, ValidatedEvent]]
-    outcome: Outcome | None = None
-    error: BaseException | None = None
-    finished: bool = False
-    wake: threading.Event = field(default_factory=threading.Event)
-
-
-class _GroupCommit:
-    """Group commit for one source. While one thread (the leader) admits a group, requests arriving meanwhile
-    queue up; when it is done, it hands the lead to the first of them, which takes them all at once. Nothing
-    waits on a timer: a lone request goes straight through, and under load the groups grow by themselves, so
-    per-request Redis round trips and per-task worker costs are shared by everyone in the group. Each waiting
-    thread is woken exactly once: when its request is finished, or to lead the next group."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self._lock = threading.Lock()
-        self._queue: list[_Pending] = []
-        self._busy = False
-        self._last_group_end = 0.0
-
-    def submit(self, events: Sequence[tuple[int, ValidatedEvent]]) -> Outcome:
-        mine = _Pending(events)
-        with self._lock:
-            self._queue.append(mine)
-            leading = not self._busy
-            self._busy = True
-        if not leading:
-            mine.wake.wait()
-        if not mine.finished:
-            self._lead()
-        if isinstance(mine.error, ServiceUnavailable):
-            # Each request raises its own copy: one exception object must not collect every thread's traceback.
-            raise ServiceUnavailable(mine.error.message, retry_after=mine.error.retry_after) from mine.error
-        if mine.error is not None:
-            raise mine.error
-        assert mine.outcome is not None
-        return mine.outcome
-
-    def _lead(self) -> None:
-        wait = settings.INGEST_GROUP_WAIT
-        if wait > 0 and time.monotonic() - self._last_group_end < GROUP_BUSY_SECONDS:
-            # Requests arrived moments ago: give companions a moment to join, so groups form at moderate load
-            # too. A request arriving after a quiet spell goes straight through.
-            time.sleep(wait)
-        # The leader is first in the queue. A group stops at INGEST_MAX_BATCH events (one request may exceed
-        # that alone), so a task is never bigger than one full batch and memory stays bounded under load.
-        limit = settings.INGEST_MAX_BATCH
-        with self._lock:
-            taken = 0
-            cut = 0
-            while cut < len(self._queue) and (cut == 0 or taken + len(self._queue[cut].events) <= limit):
-                taken += len(self._queue[cut].events)
-                cut += 1
-            group, self._queue = self._queue[:cut], self._queue[cut:]
-        try:
-            _admit_group(group, source=self.source)
-        except BaseException as exc:
-            for pending in group:
-                pending.error = pending.error or exc
-        finally:
-            for pending in group:
-                pending.finished = True
-                pending.wake.set()
-            self._last_group_end = time.monotonic()
-            with self._lock:
-                if self._queue:
-                    self._queue[0].wake.set()  # still busy: the next leader takes over
-                else:
-                    self._busy = False
-
-
-GROUP_BUSY_SECONDS = 0.05
-_combiners: dict[str, _GroupCommit] = {}
-_combiners_lock = threading.Lock()
-
-
-def _admit_group(group: list[_Pending], *, source: str) -> None:
+def _admit_group(group: list[Sequence[tuple[int, ValidatedEvent]]], *, source: str) -> list[Outcome]:
     """Admit every request of the group as one: claim all their marks, enqueue one task, confirm the marks.
     A dedup key repeated across requests of the group is a duplicate of its first occurrence, as inside a batch."""
     flat: list[tuple[int, ValidatedEvent]] = []
-    owners: list[tuple[_Pending, int]] = []
-    for pending in group:
-        for index, ev in pending.events:
-            owners.append((pending, index))
+    owners: list[tuple[int, int]] = []
+    for request, events in enumerate(group):
+        for index, ev in events:
+            owners.append((request, index))
             flat.append((len(flat), ev))
     combined = _accept(flat, source=source)
-    outcomes = {id(pending): Outcome() for pending in group}
+    outcomes = [Outcome() for _ in group]
     for position, (event_id, state) in combined.statuses.items():
-        pending, index = owners[position]
-        outcome = outcomes[id(pending)]
+        request, index = owners[position]
+        outcome = outcomes[request]
         outcome.statuses[index] = (event_id, state)
         if state == ACCEPTED:
             outcome.accepted += 1
         else:
             outcome.duplicates += 1
-    for pending in group:
-        pending.outcome = outcomes[id(pending)]
+    return outcomes
+
+
+def _admission_for(source: str) -> GroupCommit[Sequence[tuple[int, ValidatedEvent]], Outcome]:
+    # A group stops at INGEST_MAX_BATCH events (one request may exceed that alone), so a task is never bigger
+    # than one full batch and memory stays bounded under load. INGEST_GROUP_WAIT lets a leader that follows
+    # recent traffic wait for companions, so groups form at moderate load too.
+    return GroupCommit(
+        lambda group: _admit_group(group, source=source),
+        weight=len,
+        max_weight=lambda: settings.INGEST_MAX_BATCH,
+        linger=lambda: settings.INGEST_GROUP_WAIT,
+    )
+
+
+_admissions: GroupCommits[Sequence[tuple[int, ValidatedEvent]], Outcome] = GroupCommits(_admission_for)
 
 
 def _accept(events: Sequence[tuple[int, ValidatedEvent]], *, source: str) -> Outcome:

@@ -58,14 +58,14 @@ def _send_with_first_held(
     leading = threading.Event()
     handed_off = _count_handed_off(monkeypatch)
 
-    def admit(group: list[Any], *, source: str) -> None:
+    def admit(group: list[Any], *, source: str) -> list[Any]:
         if not leading.is_set():
             leading.set()
-            combiner = services._combiners[source]
+            combiner = services._admissions.by_key[source]
             deadline = time.monotonic() + 10
             while len(combiner._queue) < len(requests) - 1 and time.monotonic() < deadline:
                 time.sleep(0.005)
-        real_admit(group, source=source)
+        return real_admit(group, source=source)
 
     monkeypatch.setattr(services, "_admit_group", admit)
 

@@ -1,0 +1,101 @@
+"""config.group_commit: who runs with whom, and what each caller gets back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from config.group_commit import GroupCommit
+
+release = threading.Event()  # holds the first run until every other caller is queued behind it
+
+
+@pytest.fixture(autouse=True)
+def _reset_release() -> None:
+    release.clear()
+
+
+def _run_held(group_commit: GroupCommit[int, str], items: list[int], runs: list[list[int]]) -> list[object]:
+    """Submit items[0], and while its run is held, submit the rest from their own threads; returns each
+    caller's result (or exception)."""
+    answers: list[object] = [None] * len(items)
+
+    def submit(n: int) -> None:
+        try:
+            answers[n] = group_commit.submit(items[n])
+        except Exception as exc:
+            answers[n] = exc
+
+    first = threading.Thread(target=submit, args=(0,))
+    first.start()
+    deadline = time.monotonic() + 5
+    while not runs and time.monotonic() < deadline:
+        time.sleep(0.001)
+    others = [threading.Thread(target=submit, args=(n,)) for n in range(1, len(items))]
+    for thread in others:
+        thread.start()
+    while len(group_commit._queue) < len(items) - 1 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    release.set()
+    for thread in [first, *others]:
+        thread.join(5)
+    return answers
+
+
+def _recording_run(runs: list[list[int]], *, hold_first: bool = True) -> Callable[[list[int]], list[str]]:
+    def run(group: list[int]) -> list[str]:
+        runs.append(list(group))
+        if hold_first and len(runs) == 1:
+            release.wait(5)
+        return [f"done {item}" for item in group]
+
+    return run
+
+
+def test_a_lone_caller_runs_alone() -> None:
+    runs: list[list[int]] = []
+    group_commit: GroupCommit[int, str] = GroupCommit(_recording_run(runs, hold_first=False))
+    assert group_commit.submit(7) == "done 7"
+    assert runs == [[7]]
+
+
+def test_callers_arriving_during_a_run_go_together_and_each_gets_its_own_result() -> None:
+    runs: list[list[int]] = []
+    group_commit: GroupCommit[int, str] = GroupCommit(_recording_run(runs))
+    answers = _run_held(group_commit, [0, 1, 2, 3, 4], runs)
+    assert answers == ["done 0", "done 1", "done 2", "done 3", "done 4"]
+    assert runs[0] == [0]
+    assert sorted(runs[1]) == [1, 2, 3, 4] and len(runs) == 2
+
+
+def test_a_group_stops_before_its_weight_limit() -> None:
+    runs: list[list[int]] = []
+    group_commit: GroupCommit[int, str] = GroupCommit(_recording_run(runs), weight=lambda item: 2, max_weight=lambda: 5)
+    answers = _run_held(group_commit, [0, 1, 2, 3, 4, 5], runs)
+    assert answers == [f"done {n}" for n in range(6)]
+    assert [len(group) for group in runs] == [1, 2, 2, 1]
+
+
+def test_a_failed_run_fails_every_caller_of_the_group_with_its_own_copy() -> None:
+    runs: list[list[int]] = []
+
+    def run(group: list[int]) -> list[str]:
+        runs.append(list(group))
+        if len(runs) == 1:
+            release.wait(5)
+        if len(runs) != 2:
+            return ["done"]
+        raise ValueError(f"refused {len(group)}")
+
+    group_commit: GroupCommit[int, str] = GroupCommit(run)
+    answers = _run_held(group_commit, [0, 1, 2, 3], runs)
+    assert answers[0] == "done"
+    errors = answers[1:]
+    assert all(isinstance(e, ValueError) and str(e) == "refused 3" for e in errors), errors
+    assert len({id(e) for e in errors}) == 3
+    # the next caller starts a fresh group
+    assert group_commit.submit(9) == "done"
+    assert runs[-1] == [9]
