@@ -16,7 +16,7 @@ _ORJSON_PASSTHROUGH = (
 )
 
 
-def _json_dumps(obj: Any) -> str:
+def json_dumps(obj: Any) -> str:
     """kombu's "json" encoder through orjson: ~13x faster on a task carrying a batch of events (226 -> 17 us
     for 100 events), which the API pays on every enqueue. Whatever orjson would encode differently from kombu
     (datetimes, dataclasses, subclasses of builtins, integers over 64 bits, non-string keys, unknown types)
@@ -29,7 +29,7 @@ def _json_dumps(obj: Any) -> str:
 
 
 # Still JSON, still kombu's decoder: workers and producers with or without this line understand each other.
-serialization.register("json", _json_dumps, kombu_json.loads, content_type="application/json", content_encoding="utf-8")
+serialization.register("json", json_dumps, kombu_json.loads, content_type="application/json", content_encoding="utf-8")
 
 app = Celery("ingestion")
 app.config_from_object("django.conf:settings", namespace="CELERY")

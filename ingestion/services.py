@@ -113,19 +113,92 @@ _admissions: GroupCommits[Sequence[tuple[int, ValidatedEvent]], Outcome] = Group
 
 
 def _accept(events: Sequence[tuple[int, ValidatedEvent]], *, source: str) -> Outcome:
-    """Claim marks, hand off one task, confirm the marks (the pending marks are released if the hand-off fails,
-    so nothing is half-accepted)."""
+    if publisher_services.can_enqueue_guarded():
+        return _accept_atomically(events, source=source)
+    return _accept_in_steps(events, source=source)
+
+
+GUARDED_ROUNDS = 3
+
+
+def _accept_atomically(events: Sequence[tuple[int, ValidatedEvent]], *, source: str) -> Outcome:
+    """One atomic step on Redis: the marks are set, capacity reserved and the task queued together, or nothing
+    is. Marks already held make their events duplicates; the rest are tried again (a second round trip only
+    when a group holds a duplicate)."""
+    duplicate_ids: dict[int, str] = {}
+    repeat_of: dict[int, int] = {}  # a dedup key seen earlier in the group: index -> its first occurrence
+    first_by_key: dict[str, int] = {}
+    for index, ev in events:
+        if ev.dedup_key is not None:
+            key = DEDUP_PREFIX + str(ev.dedup_key)
+            if key in first_by_key:
+                repeat_of[index] = first_by_key[key]
+            else:
+                first_by_key[key] = index
+    ttl = max(1, int(settings.INGEST_DEDUP_TTL))
+    for _ in range(GUARDED_ROUNDS):
+        fresh = [(index, ev) for index, ev in events if index not in duplicate_ids and index not in repeat_of]
+        if not fresh:
+            break
+        guarded = [(index, DEDUP_PREFIX + str(ev.dedup_key)) for index, ev in fresh if ev.dedup_key is not None]
+        data = {index: ev.data for index, ev in fresh}
+        try:
+            result = publisher_services.enqueue_events_guarded(
+                events=list(data.values()),
+                source=source,
+                accepted_at=time.time(),
+                guards=[(key, str(data[index]["event_id"])) for index, key in guarded],
+                guard_ttl=ttl,
+                capacity_limit=settings.INGEST_MAX_QUEUE_DEPTH,
+            )
+        except Exception as exc:
+            logger.warning("enqueue failed, %d events refused: %r", len(fresh), exc)
+            raise ServiceUnavailable("The queue is unreachable; nothing was accepted, retry later.") from exc
+        if result.queue_full:
+            metrics.EVENTS_REJECTED.labels(reason="backpressure").inc()
+            raise ServiceUnavailable(
+                f"The publish queue is full (limit {settings.INGEST_MAX_QUEUE_DEPTH} events); retry later."
+            )
+        if result.enqueued:
+            break
+        undecided: list[tuple[int, str]] = []
+        for position, holder in result.held.items():
+            index, key = guarded[position]
+            if holder.startswith(PENDING_PREFIX):  # a process admitting in steps holds it (see _accept_in_steps)
+                undecided.append((index, key))
+            else:
+                duplicate_ids[index] = holder or str(data[index]["event_id"])
+        if undecided:
+            duplicate_ids.update(_wait_for_confirmation(undecided))
+    else:
+        raise ServiceUnavailable("The same events are being accepted by other requests; retry shortly.")
+    for index, first in repeat_of.items():
+        duplicate_ids[index] = duplicate_ids.get(first, str(dict(events)[first].data["event_id"]))
+    return _record_outcome(events, duplicate_ids)
+
+
+def _record_outcome(events: Sequence[tuple[int, ValidatedEvent]], duplicate_ids: dict[int, str]) -> Outcome:
     outcome = Outcome()
-    claimed, duplicate_ids = _claim_marks(events)
-    to_publish: list[dict[str, Any]] = []
+    accepted_types: list[str] = []
     for index, ev in events:
         if index in duplicate_ids:
             outcome.statuses[index] = (duplicate_ids[index], DUPLICATE)
             outcome.duplicates += 1
         else:
-            to_publish.append(ev.data)
             outcome.statuses[index] = (str(ev.data["event_id"]), ACCEPTED)
             outcome.accepted += 1
+            accepted_types.append(ev.data["event_type"])
+    metrics.count_each(metrics.EVENTS_ACCEPTED, "event_type", accepted_types)
+    if outcome.duplicates:
+        metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
+    return outcome
+
+
+def _accept_in_steps(events: Sequence[tuple[int, ValidatedEvent]], *, source: str) -> Outcome:
+    """When Celery's broker is not the project's Redis: claim pending marks, hand off one task, confirm the
+    marks (the pending marks are released if the hand-off fails, so nothing is half-accepted)."""
+    claimed, duplicate_ids = _claim_marks(events)
+    to_publish = [ev.data for index, ev in events if index not in duplicate_ids]
     if to_publish:
         try:
             _hand_off(to_publish, source=source)
@@ -133,10 +206,7 @@ def _accept(events: Sequence[tuple[int, ValidatedEvent]], *, source: str) -> Out
             _release([key for key, _ in claimed])
             raise
     _confirm_marks(claimed)
-    metrics.count_each(metrics.EVENTS_ACCEPTED, "event_type", (event["event_type"] for event in to_publish))
-    if outcome.duplicates:
-        metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
-    return outcome
+    return _record_outcome(events, duplicate_ids)
 
 
 # Claim a pending dedup mark per key atomically across processes (SET NX), and say who holds the others:

@@ -1,6 +1,7 @@
 """Publisher services: the API other code uses (ingestion hands work over through here, never via internals).
 
 enqueue_events(events=..., source=..., accepted_at=...)   one Celery task for a request's (or a group's) events
+enqueue_events_guarded(..., guards=..., capacity_limit=...)   the same, atomically with guard keys and capacity
 publish_batch(events=..., source=...) / publish_event(event=..., source=...)   synchronous, in-process
 queue_depth()                                             events waiting for a worker
 ensure_topics(partitions=..., replication_factor=...)     create configured topics + dlq.events
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from django.db import DatabaseError
 
-from publisher import kafka_gateway, publishing, queue
+from publisher import handoff, kafka_gateway, publishing, queue
+from publisher.handoff import GuardedResult
 from publisher.publishing import BatchResult, PublishDeferred
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,48 @@ def reserve_queue_capacity(*, count: int, limit: int) -> bool:
 
 def release_queue_capacity(*, count: int) -> None:
     queue.release(count)
+
+
+def can_enqueue_guarded() -> bool:
+    """Whether enqueue_events_guarded can be used: Celery's broker is REDIS_URL's own Redis database."""
+    from publisher.tasks import publish_events
+
+    return handoff.queue_for(publish_events.name) is not None
+
+
+def enqueue_events_guarded(
+    *,
+    events: list[dict[str, Any]],
+    source: str,
+    accepted_at: float,
+    guards: Sequence[tuple[str, str]],
+    guard_ttl: int,
+    capacity_limit: int,
+) -> GuardedResult:
+    """One atomic step: if none of the `guards` keys exists and the queue stays within `capacity_limit` events,
+    enqueue one publish task for `events`, count them as queued and set every guard (key, value) for
+    `guard_ttl` seconds. Otherwise nothing is done and the result says why: which guards are already held
+    (by what value), or that the queue is full. Raises if Redis cannot be reached (then nothing was done, or
+    everything was)."""
+    from publisher.tasks import publish_events
+
+    queue_name = handoff.queue_for(publish_events.name)
+    if queue_name is None:
+        raise RuntimeError("enqueue_events_guarded needs Celery's broker to be REDIS_URL (see can_enqueue_guarded)")
+    message = handoff.task_message(
+        task_name=publish_events.name,
+        queue_name=queue_name,
+        kwargs={"events": events, "source": source, "accepted_at": accepted_at},
+        kwargsrepr=f"<{len(events)} events>",
+    )
+    return handoff.enqueue_guarded(
+        message=message,
+        queue_name=queue_name,
+        count=len(events),
+        limit=capacity_limit,
+        guards=guards,
+        guard_ttl=guard_ttl,
+    )
 
 
 def enqueue_events(
@@ -86,8 +131,11 @@ def publish_event(*, event: dict[str, Any], source: str = "internal") -> BatchRe
 
 __all__ = [
     "BatchResult",
+    "GuardedResult",
     "PublishDeferred",
+    "can_enqueue_guarded",
     "enqueue_events",
+    "enqueue_events_guarded",
     "ensure_topics",
     "publish_batch",
     "publish_event",

@@ -29,16 +29,34 @@ def validated(event: dict[str, Any]) -> ValidatedEvent:
     return result
 
 
+@pytest.fixture(autouse=True, params=["atomic", "in_steps"])
+def admission(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs both ways of admitting: one atomic script (Celery's broker is REDIS_URL's Redis, the
+    default) and claim / enqueue / confirm in steps (any other broker)."""
+    if request.param == "in_steps":
+        monkeypatch.setattr(publisher_services, "can_enqueue_guarded", lambda: False)
+    assert publisher_services.can_enqueue_guarded() == (request.param == "atomic")
+    return str(request.param)
+
+
 def _count_handed_off(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The size of every task handed to the publisher from now on, in order (the real enqueue still runs)."""
     handed_off: list[int] = []
     real_enqueue = publisher_services.enqueue_events
+    real_enqueue_guarded = publisher_services.enqueue_events_guarded
 
     def enqueue(**kwargs: Any) -> None:
         handed_off.append(len(kwargs["events"]))
         real_enqueue(**kwargs)
 
+    def enqueue_guarded(**kwargs: Any) -> publisher_services.GuardedResult:
+        result = real_enqueue_guarded(**kwargs)
+        if result.enqueued:
+            handed_off.append(len(kwargs["events"]))
+        return result
+
     monkeypatch.setattr(publisher_services, "enqueue_events", enqueue)
+    monkeypatch.setattr(publisher_services, "enqueue_events_guarded", enqueue_guarded)
     return handed_off
 
 

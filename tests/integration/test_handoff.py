@@ -1,0 +1,125 @@
+"""publisher.handoff against the real Redis: the hand-built task message is the one apply_async writes, and the
+guarded enqueue does everything or nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from config.redis import get_redis
+from publisher import handoff, queue
+from publisher import services as publisher_services
+from publisher.tasks import publish_events
+
+SCRATCH_QUEUE = "handoff-check"  # no worker listens here
+
+
+SCRATCH_COUNTER = "test:handoff:queued-events"  # so a worker draining other tests' tasks cannot move it
+
+
+@pytest.fixture
+def scratch_queue(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(queue, "QUEUED_EVENTS_KEY", SCRATCH_COUNTER)
+    redis = get_redis()
+    redis.delete(SCRATCH_QUEUE, SCRATCH_COUNTER)
+    yield redis
+    redis.delete(SCRATCH_QUEUE, SCRATCH_COUNTER)
+
+
+def _decoded(raw: bytes) -> dict[str, Any]:
+    message = json.loads(raw)
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    return message
+
+
+def test_the_hand_built_message_is_the_one_apply_async_writes(scratch_queue: Any) -> None:
+    kwargs = {
+        "events": [{"event_id": str(uuid.uuid4()), "event_type": "activity", "n": 1.5}],
+        "source": "s",
+        "accepted_at": 1.25,
+    }
+    publish_events.apply_async(
+        kwargs=kwargs, argsrepr="", kwargsrepr="<1 events>", retry=False, queue=SCRATCH_QUEUE, routing_key=SCRATCH_QUEUE
+    )
+    [celery_raw] = scratch_queue.lrange(SCRATCH_QUEUE, 0, -1)
+    ours_raw = handoff.task_message(
+        task_name=publish_events.name, queue_name=SCRATCH_QUEUE, kwargs=kwargs, kwargsrepr="<1 events>"
+    )
+    celery, ours = _decoded(celery_raw), _decoded(ours_raw)
+
+    # Fresh per message: the task id (also root id and correlation id) and the delivery tag.
+    for message in (celery, ours):
+        task_id = message["headers"]["id"]
+        assert message["headers"]["root_id"] == message["properties"]["correlation_id"] == task_id
+        uuid.UUID(task_id)
+        uuid.UUID(message["properties"].pop("delivery_tag"))
+        for place in (message["headers"], message["properties"]):
+            for name in ("id", "root_id", "correlation_id"):
+                place.pop(name, None)
+    assert ours == celery
+    assert ours["body"][1] == kwargs
+
+
+def _guarded(*, guards: list[tuple[str, str]], limit: int = 1_000_000) -> handoff.GuardedResult:
+    message = handoff.task_message(
+        task_name=publish_events.name, queue_name=SCRATCH_QUEUE, kwargs={"events": []}, kwargsrepr="<2 events>"
+    )
+    return handoff.enqueue_guarded(
+        message=message, queue_name=SCRATCH_QUEUE, count=2, limit=limit, guards=guards, guard_ttl=60
+    )
+
+
+def test_guarded_enqueue_sets_every_guard_counts_and_pushes(scratch_queue: Any) -> None:
+    keys = [f"test:guard:{uuid.uuid4()}" for _ in range(2)]
+    scratch_queue.set(SCRATCH_COUNTER, 5)
+    try:
+        result = _guarded(guards=[(keys[0], "a"), (keys[1], "b")])
+        assert result == handoff.GuardedResult(enqueued=True)
+        assert scratch_queue.mget(keys) == [b"a", b"b"]
+        assert 0 < scratch_queue.ttl(keys[0]) <= 60
+        assert scratch_queue.llen(SCRATCH_QUEUE) == 1
+        assert scratch_queue.get(SCRATCH_COUNTER) == b"7"
+    finally:
+        scratch_queue.delete(*keys)
+
+
+def test_a_held_guard_means_nothing_is_done(scratch_queue: Any) -> None:
+    keys = [f"test:guard:{uuid.uuid4()}" for _ in range(3)]
+    scratch_queue.set(keys[1], "earlier")
+    scratch_queue.set(SCRATCH_COUNTER, 5)
+    try:
+        result = _guarded(guards=[(keys[0], "a"), (keys[1], "b"), (keys[2], "c")])
+        assert result == handoff.GuardedResult(held={1: "earlier"})
+        assert scratch_queue.exists(keys[0], keys[2]) == 0
+        assert scratch_queue.get(keys[1]) == b"earlier"
+        assert scratch_queue.llen(SCRATCH_QUEUE) == 0
+        assert scratch_queue.get(SCRATCH_COUNTER) == b"5"
+    finally:
+        scratch_queue.delete(*keys)
+
+
+def test_a_full_queue_means_nothing_is_done(scratch_queue: Any) -> None:
+    key = f"test:guard:{uuid.uuid4()}"
+    scratch_queue.set(SCRATCH_COUNTER, 9)
+    result = _guarded(guards=[(key, "a")], limit=10)  # two more events do not fit
+    assert result == handoff.GuardedResult(queue_full=True)
+    assert scratch_queue.exists(key) == 0
+    assert scratch_queue.llen(SCRATCH_QUEUE) == 0
+    assert scratch_queue.get(SCRATCH_COUNTER) == b"9"
+
+
+def test_only_the_projects_own_redis_database_as_broker_allows_it() -> None:
+    available = handoff.same_redis
+    assert available("redis://127.0.0.1:6380/2", "redis://127.0.0.1:6380/2")
+    assert available("redis://127.0.0.1:6380", "redis://127.0.0.1:6380/0")
+    assert not available("redis://127.0.0.1:6380/3", "redis://127.0.0.1:6380/2")
+    assert not available("redis://127.0.0.1:6381/2", "redis://127.0.0.1:6380/2")
+    assert not available("amqp://guest@127.0.0.1//", "redis://127.0.0.1:6380/2")
+    assert not available("rediss://127.0.0.1:6380/2", "rediss://127.0.0.1:6380/2")
+    assert publisher_services.can_enqueue_guarded()  # the test settings: one Redis for both
+    # Routed as apply_async routes it (test_metrics.py runs a stack whose CELERY_TASK_ROUTES name another queue).
+    assert handoff.queue_for(publish_events.name) == "publish"
