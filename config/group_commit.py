@@ -19,9 +19,6 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-# A group that ended less than this long ago means traffic is flowing: worth waiting for companions.
-BUSY_SECONDS = 0.05
-
 
 @dataclass(eq=False)
 class _Waiter(Generic[T, R]):
@@ -36,7 +33,7 @@ class GroupCommit(Generic[T, R]):
     """`run(items)` returns one result per item, in order; if it raises, every caller of the group raises (its
     own copy of) that error. A group stops before `max_weight` (summed `weight` of its items; the first item
     is always taken, however heavy). `linger()` gives seconds the leader waits for companions when the last
-    group ended moments ago (0: never)."""
+    group ended less than two such waits ago (0: never)."""
 
     def __init__(
         self,
@@ -74,7 +71,9 @@ class GroupCommit(Generic[T, R]):
 
     def _lead(self) -> None:
         wait = self._linger()
-        if wait > 0 and time.monotonic() - self._last_group_end < BUSY_SECONDS:
+        if wait > 0 and time.monotonic() - self._last_group_end < 2 * wait:
+            # The previous group ended moments ago: requests are arriving faster than one per two waits, so
+            # companions are likely. After a quieter spell a caller goes straight through.
             time.sleep(wait)
         limit = self._max_weight() if self._max_weight is not None else None
         with self._lock:

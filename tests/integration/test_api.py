@@ -48,6 +48,12 @@ def test_single_event_is_accepted_and_published(
     response = post(web_server, "/api/v1/events", event, api_key)
 
     assert response.status_code == 202, response.text
+    # Served outside the full middleware stack (config.wsgi), the answer still has its length and the
+    # security headers, and no session cookie.
+    assert response.headers["Content-Length"] == str(len(response.content))
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Set-Cookie" not in response.headers
     body = response.json()
     assert body["status"] == "accepted"
     event_id = body["event_id"]
