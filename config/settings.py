@@ -161,7 +161,7 @@ INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024, minimu
 INGEST_MAX_QUEUE_DEPTH = env_int("INGEST_MAX_QUEUE_DEPTH", 1_000_000, minimum=1)
 INGEST_DEDUP_TTL = env_duration("INGEST_DEDUP_TTL", "24h")
 INGEST_RATE_LIMIT = env_rate("INGEST_RATE_LIMIT", "2000/s")
-INGEST_GROUP_WAIT = env_duration("INGEST_GROUP_WAIT", "0ms")
+INGEST_GROUP_WAIT = env_duration("INGEST_GROUP_WAIT", "10ms")
 INGEST_RETRY_AFTER_SECONDS = env_int("INGEST_RETRY_AFTER_SECONDS", 1, minimum=1)
 
 # ---------------------------------------------------------------- Celery
