@@ -1,8 +1,11 @@
 """Group commit for threads of one process: concurrent callers hand their items to whichever of them leads, and
 the leader does one round of work (one Redis round trip, one task) for every item queued meanwhile.
 
-Nothing waits on a timer: a lone caller goes straight through, and under load the groups grow by themselves.
-Each waiting thread is woken exactly once: when its item is done, or to lead the next group. On a 2-core
+A lone caller goes straight through, and under load the groups grow by themselves. A leader also waits up to
+`linger()` for companions: for callers that announced themselves (`expecting()`, e.g. while their request is
+still being parsed) until they join, and the whole time when the last group was shared by several callers and
+ended moments ago (concurrent traffic). A sequential client, alone in each of its groups, never waits. Each
+waiting thread is woken exactly once: when its item is done, or to lead the next group. On a 2-core
 machine a blocking round trip per request costs far more than the command itself (GIL hand-offs, context
 switches), so sharing one among a group is where the web tier's CPU goes down.
 """
@@ -12,12 +15,23 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+@dataclass(eq=False)
+class _Announcement:
+    group: Any
+    joined: bool = False
+
+
+_announced: ContextVar[_Announcement | None] = ContextVar("group_commit_announced", default=None)
 
 
 @dataclass(eq=False)
@@ -32,8 +46,7 @@ class _Waiter(Generic[T, R]):
 class GroupCommit(Generic[T, R]):
     """`run(items)` returns one result per item, in order; if it raises, every caller of the group raises (its
     own copy of) that error. A group stops before `max_weight` (summed `weight` of its items; the first item
-    is always taken, however heavy). `linger()` gives seconds the leader waits for companions when the last
-    group ended less than two such waits ago (0: never)."""
+    is always taken, however heavy). `linger()` gives the most seconds a leader waits for companions (0: never)."""
 
     def __init__(
         self,
@@ -48,13 +61,37 @@ class GroupCommit(Generic[T, R]):
         self._max_weight = max_weight
         self._linger = linger
         self._lock = threading.Lock()
+        self._joined = threading.Condition(self._lock)
         self._queue: list[_Waiter[T, R]] = []
         self._busy = False
+        self._expected = 0  # announced callers that have not submitted yet
+        self._last_group_size = 0
         self._last_group_end = 0.0
+
+    @contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Announce that this thread will submit shortly; a leader lingering for companions waits for it."""
+        announcement = _Announcement(self)
+        with self._lock:
+            self._expected += 1
+        token = _announced.set(announcement)
+        try:
+            yield
+        finally:
+            _announced.reset(token)
+            if not announcement.joined:  # it will not submit after all (a refused request)
+                with self._lock:
+                    self._expected -= 1
+                    self._joined.notify_all()
 
     def submit(self, item: T) -> R:
         mine: _Waiter[T, R] = _Waiter(item)
+        announcement = _announced.get()
         with self._lock:
+            if announcement is not None and announcement.group is self and not announcement.joined:
+                announcement.joined = True
+                self._expected -= 1
+                self._joined.notify_all()
             self._queue.append(mine)
             leading = not self._busy
             self._busy = True
@@ -69,14 +106,24 @@ class GroupCommit(Generic[T, R]):
             raise own from mine.error
         return mine.result  # type: ignore[return-value]  # set for every finished waiter without an error
 
+    def _full(self, limit: int | None) -> bool:
+        return limit is not None and sum(self._weight(waiter.item) for waiter in self._queue) >= limit
+
     def _lead(self) -> None:
         wait = self._linger()
-        if wait > 0 and time.monotonic() - self._last_group_end < 2 * wait:
-            # The previous group ended moments ago: requests are arriving faster than one per two waits, so
-            # companions are likely. After a quieter spell a caller goes straight through.
-            time.sleep(wait)
         limit = self._max_weight() if self._max_weight is not None else None
         with self._lock:
+            now = time.monotonic()
+            deadline = now + wait
+            # Traffic from several callers at once (the last group was shared and ended moments ago): more are
+            # on their way, wait the whole time. Otherwise wait only for callers that announced themselves.
+            concurrent = self._last_group_size > 1 and now - self._last_group_end < 2 * wait
+            while (
+                (concurrent or self._expected > 0)
+                and not self._full(limit)
+                and (remaining := deadline - time.monotonic()) > 0
+            ):
+                self._joined.wait(remaining)
             taken = cut = 0
             while cut < len(self._queue):
                 weight = self._weight(self._queue[cut].item)
@@ -96,8 +143,9 @@ class GroupCommit(Generic[T, R]):
             for waiter in group:
                 waiter.finished = True
                 waiter.wake.set()
-            self._last_group_end = time.monotonic()
             with self._lock:
+                self._last_group_size = len(group)
+                self._last_group_end = time.monotonic()
                 if self._queue:
                     self._queue[0].wake.set()  # still busy: the next leader takes over
                 else:
@@ -120,11 +168,14 @@ class GroupCommits(Generic[T, R]):
         self._lock = threading.Lock()
         self.by_key: dict[str, GroupCommit[T, R]] = {}
 
-    def submit(self, key: str, item: T) -> R:
+    def get(self, key: str) -> GroupCommit[T, R]:
         group = self.by_key.get(key)
         if group is None:
             with self._lock:
                 group = self.by_key.get(key)
                 if group is None:
                     group = self.by_key[key] = self._make(key)
-        return group.submit(item)
+        return group
+
+    def submit(self, key: str, item: T) -> R:
+        return self.get(key).submit(item)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,15 @@ def accept_events(*, events: Sequence[tuple[int, ValidatedEvent]], source: str) 
     return _admissions.submit(source, events)
 
 
+@contextmanager
+def admission_expected(*, source: str) -> Iterator[None]:
+    """This thread will ask to accept events of `source` shortly (its request is being read and validated): a
+    group of that source being formed meanwhile waits for it, up to INGEST_GROUP_WAIT. Requests that are not
+    announced (a sequential client's next one) never make anyone wait."""
+    with _admissions.get(source).expecting():
+        yield
+
+
 def _admit_group(group: list[Sequence[tuple[int, ValidatedEvent]]], *, source: str) -> list[Outcome]:
     """Admit every request of the group as one: claim all their marks, enqueue one task, confirm the marks.
     A dedup key repeated across requests of the group is a duplicate of its first occurrence, as inside a batch."""
@@ -99,8 +109,8 @@ def _admit_group(group: list[Sequence[tuple[int, ValidatedEvent]]], *, source: s
 
 def _admission_for(source: str) -> GroupCommit[Sequence[tuple[int, ValidatedEvent]], Outcome]:
     # A group stops at INGEST_MAX_BATCH events (one request may exceed that alone), so a task is never bigger
-    # than one full batch and memory stays bounded under load. INGEST_GROUP_WAIT lets a leader that follows
-    # recent traffic wait for companions, so groups form at moderate load too.
+    # than one full batch and memory stays bounded under load. INGEST_GROUP_WAIT lets a leader wait for the
+    # requests of its source this process is already reading (admission_expected), so groups grow.
     return GroupCommit(
         lambda group: _admit_group(group, source=source),
         weight=len,

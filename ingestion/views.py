@@ -188,6 +188,10 @@ class EventView(_IngestView):
         examples=EVENT_EXAMPLES,
     )
     def post(self, request: Request) -> Response:
+        with services.admission_expected(source=client_of(request).name):
+            return self._accept(request)
+
+    def _accept(self, request: Request) -> Response:
         raw = _read_json(request._request)
         services.check_backpressure()
         result = validate_event(raw)
@@ -218,6 +222,10 @@ class BatchView(_IngestView):
         examples=[OpenApiExample("mixed batch", value=BATCH_EXAMPLE, request_only=True)],
     )
     def post(self, request: Request) -> Response:
+        with services.admission_expected(source=client_of(request).name):
+            return self._accept(request)
+
+    def _accept(self, request: Request) -> Response:
         raw = _read_json(request._request)
         services.check_backpressure()
         checked = validate_batch(raw, max_batch=settings.INGEST_MAX_BATCH)

@@ -184,28 +184,37 @@ def _send_concurrently(events: list[ValidatedEvent], *, source: str) -> list[Bas
 
 
 @override_settings(INGEST_GROUP_WAIT=0.3)
-def test_group_wait_lets_a_request_arriving_moments_later_join(
+def test_group_wait_waits_for_requests_being_read_and_never_for_a_sequential_client(
     default_routing: None, celery_worker: WorkerProcess, kafka_reader: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With INGEST_GROUP_WAIT, a leader that follows recent traffic waits for companions: a request sent 50 ms
-    after it shares its task. After a quiet spell a request goes straight through (no wait)."""
+    """INGEST_GROUP_WAIT: a leader waits for a request of its source that is still being read (announced by
+    admission_expected), and only until it joins; requests sent one after another never wait."""
     reader: KafkaReader = kafka_reader("user.activities")
     source = f"group-{uuid.uuid4().hex[:8]}"
-    events = [validated(factories.activity(event_id=str(uuid.uuid4()))) for _ in range(3)]
+    events = [validated(factories.activity(event_id=str(uuid.uuid4()))) for _ in range(4)]
     handed_off = _count_handed_off(monkeypatch)
 
     started = time.monotonic()
-    services.accept_events(events=[(0, events[0])], source=source)  # quiet before it: no wait
+    for ev in events[:2]:  # a sequential client
+        services.accept_events(events=[(0, ev)], source=source)
     assert time.monotonic() - started < 0.3
-    threads = [
-        threading.Thread(target=services.accept_events, kwargs={"events": [(0, ev)], "source": source})
-        for ev in events[1:]
-    ]
-    threads[0].start()
-    time.sleep(0.05)
-    threads[1].start()
-    for thread in threads:
-        thread.join(10)
 
-    assert handed_off == [1, 2]
-    assert _event_ids_in_kafka(reader, source, expected=3) == sorted(str(ev.data["event_id"]) for ev in events)
+    announced = threading.Event()
+
+    def still_reading() -> None:
+        with services.admission_expected(source=source):
+            announced.set()
+            time.sleep(0.05)  # its body is still being read and validated
+            services.accept_events(events=[(0, events[3])], source=source)
+
+    late = threading.Thread(target=still_reading)
+    late.start()
+    assert announced.wait(5)
+    started = time.monotonic()
+    services.accept_events(events=[(0, events[2])], source=source)
+    waited = time.monotonic() - started
+    late.join(10)
+
+    assert handed_off == [1, 1, 2]
+    assert 0.04 < waited < 0.3  # it waited for the announced request, and only until it joined
+    assert _event_ids_in_kafka(reader, source, expected=4) == sorted(str(ev.data["event_id"]) for ev in events)

@@ -99,3 +99,15 @@ def test_a_failed_run_fails_every_caller_of_the_group_with_its_own_copy() -> Non
     # the next caller starts a fresh group
     assert group_commit.submit(9) == "done"
     assert runs[-1] == [9]
+
+
+def test_after_a_shared_group_a_leader_waits_for_companions_and_after_a_lone_one_it_does_not() -> None:
+    runs: list[list[int]] = []
+    group_commit: GroupCommit[int, str] = GroupCommit(_recording_run(runs), linger=lambda: 0.2)
+    _run_held(group_commit, [0, 1, 2], runs)  # runs [0], then [1, 2]: concurrent traffic
+    started = time.monotonic()
+    assert group_commit.submit(3) == "done 3"
+    assert time.monotonic() - started >= 0.19  # concurrent traffic: more are likely on their way
+    started = time.monotonic()
+    assert group_commit.submit(4) == "done 4"
+    assert time.monotonic() - started < 0.1  # the last group was this caller alone: a sequential client
