@@ -86,7 +86,7 @@ def admission_expected(*, source: str) -> Iterator[None]:
 
 
 def _admit_group(group: list[Sequence[tuple[int, ValidatedEvent]]], *, source: str) -> list[Outcome]:
-    """Admit every request of the group as one: claim all their marks, enqueue one task, confirm the marks.
+    """Admit every request of the group as one: one dedup check, one reservation, one task (see _accept).
     A dedup key repeated across requests of the group is a duplicate of its first occurrence, as inside a batch."""
     flat: list[tuple[int, ValidatedEvent]] = []
     owners: list[tuple[int, int]] = []
@@ -182,8 +182,9 @@ def _accept_atomically(events: Sequence[tuple[int, ValidatedEvent]], *, source: 
             duplicate_ids.update(_wait_for_confirmation(undecided))
     else:
         raise ServiceUnavailable("The same events are being accepted by other requests; retry shortly.")
+    event_ids = {index: str(ev.data["event_id"]) for index, ev in events}
     for index, first in repeat_of.items():
-        duplicate_ids[index] = duplicate_ids.get(first, str(dict(events)[first].data["event_id"]))
+        duplicate_ids[index] = duplicate_ids.get(first, event_ids[first])
     return _record_outcome(events, duplicate_ids)
 
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from django.conf import settings
+from redis.connection import parse_url
 
 from config.redis import script
 from publisher import queue
@@ -35,7 +36,9 @@ _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 # KEYS: queued-events counter, Celery queue list, guard keys...   ARGV: count, limit, guard ttl, message,
 # guard values... Returns {0} when enqueued, {1, i, value, ...} for guards already held (nothing done),
 # {2} when the queue has no room (nothing done).
-_ENQUEUE_GUARDED = """
+_ENQUEUE_GUARDED = (
+    queue.RESERVE_LUA
+    + """
 local held = {1}
 for i = 3, #KEYS do
   local value = redis.call('GET', KEYS[i])
@@ -47,14 +50,7 @@ end
 if #held > 1 then
   return held
 end
-local count = tonumber(ARGV[1])
-local depth = redis.call('INCRBY', KEYS[1], count)
-if depth < count then
-  redis.call('SET', KEYS[1], count)
-  depth = count
-end
-if depth > tonumber(ARGV[2]) then
-  redis.call('DECRBY', KEYS[1], count)
+if not reserve(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) then
   return {2}
 end
 for i = 3, #KEYS do
@@ -63,6 +59,7 @@ end
 redis.call('LPUSH', KEYS[2], ARGV[4])
 return {0}
 """
+)
 
 
 @dataclass
@@ -72,13 +69,11 @@ class GuardedResult:
     held: dict[int, str] = field(default_factory=dict)  # position in `guards` -> value that already holds it
 
 
-def _redis_target(url: str) -> tuple[str, int, int, str | None, str | None] | None:
-    parts = urlsplit(url)
-    if parts.scheme != "redis":
+def _redis_target(url: str) -> dict[str, Any] | None:
+    """Where a redis:// URL points (host, port, database, credentials), as redis-py reads it."""
+    if urlsplit(url).scheme != "redis":
         return None
-    db = parts.path.strip("/") or "0"
-    return (parts.hostname or "localhost", parts.port or 6379, int(db) if db.isdigit() else -1,
-            parts.username, parts.password)  # fmt: skip
+    return {"host": "localhost", "port": 6379, "db": 0} | parse_url(url)
 
 
 def queue_for(task_name: str) -> str | None:

@@ -15,19 +15,29 @@ _cached: tuple[float, int] = (0.0, 0)
 
 # Admit `count` events only if the queue stays within `limit`, atomically across every API process.
 # A counter that drifted below zero (a Redis restart lost its last second of increments, then the decrements
-# arrived) is not trusted: it restarts from this reservation.
-_RESERVE = """
-local depth = redis.call('INCRBY', KEYS[1], ARGV[1])
-if depth < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[1])
-  depth = tonumber(ARGV[1])
+# arrived) is not trusted: it restarts from this reservation. A Lua function, so every script that admits
+# events (this one, publisher.handoff's) reserves the same way.
+RESERVE_LUA = """
+local function reserve(key, count, limit)
+  local depth = redis.call('INCRBY', key, count)
+  if depth < count then
+    redis.call('SET', key, count)
+    depth = count
+  end
+  if depth > limit then
+    redis.call('DECRBY', key, count)
+    return false
+  end
+  return true
 end
-if depth > tonumber(ARGV[2]) then
-  redis.call('DECRBY', KEYS[1], ARGV[1])
-  return 0
-end
-return 1
 """
+
+_RESERVE = (
+    RESERVE_LUA
+    + """
+return reserve(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) and 1 or 0
+"""
+)
 
 
 def add(count: int) -> None:
