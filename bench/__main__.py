@@ -55,10 +55,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--client-processes", type=int, default=1, help="processes running the bare producer loop (default 1)"
     )
-    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn workers (default 2)")
-    parser.add_argument(
-        "--web-args", default="", help="extra gunicorn arguments, e.g. '--worker-class gthread --threads 4'"
-    )
+    parser.add_argument("--web-workers", type=int, default=2, help="web worker processes (default 2)")
+    parser.add_argument("--web-args", default="", help="extra `python -m config.serve` arguments, e.g. '--threads 4'")
     parser.add_argument("--worker-args", default="", help="extra celery worker arguments, e.g. '--pool threads'")
     parser.add_argument("--worker-concurrency", type=int, default=2, help="celery pool processes (default 2)")
     parser.add_argument("--sample-every", type=int, default=10, help="POST->Kafka latency of every Nth event")
@@ -295,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
             if name not in only:
                 continue
             single = name == "single"
-            _log(f"{name}: HTTP -> gunicorn -> Celery -> Kafka")
+            _log(f"{name}: HTTP -> granian -> Celery -> Kafka")
             phase_settings = pipeline.Settings(
                 duration=args.duration,
                 warmup=args.warmup,

@@ -3,7 +3,7 @@
 Raw HTTP/1.1 over non-blocking sockets and one epoll loop (no HTTP library, no asyncio: both cost several times
 more CPU per request, and on a 2-core machine the generator's CPU is taken from the service it measures).
 `concurrency` requests are in flight at once (closed loop); a connection is kept alive when the server allows
-it, and opened anew when the server answers `Connection: close` (gunicorn's sync workers do, every time).
+it, and opened anew when the server answers `Connection: close`.
 Bodies are pre-built templates; per request the only work is one bytes.replace of the request number. No
 Django import, so the process stays small.
 

@@ -1,4 +1,5 @@
-"""The full pipeline under load: gunicorn (web) -> Redis/Celery -> Celery worker -> Kafka, counted in Kafka.
+"""The full pipeline under load: web (`python -m config.serve`) -> Redis/Celery -> Celery worker -> Kafka,
+counted in Kafka.
 
 Per phase (batch or single) the bench starts its own web and worker tiers on the bench's Redis database, then:
 
@@ -76,7 +77,7 @@ class Settings:
     memory_events: int
     workdir: Path
     own_redis_db: bool = True  # the bench's Redis database is not the application's: task keys may go too
-    web_args: list[str] = field(default_factory=list)  # extra gunicorn arguments, e.g. a worker class to try
+    web_args: list[str] = field(default_factory=list)  # extra `config.serve` arguments, e.g. --threads
     worker_args: list[str] = field(default_factory=list)  # extra celery worker arguments
     rate: float | None = None  # events/s offered (open loop); None: closed loop at `concurrency`
     watch_mode: str = "deferred"
@@ -86,7 +87,7 @@ class Settings:
 
 
 class Tiers:
-    """The web tier (gunicorn) and the worker tier (celery), as `make run` starts them, on the bench's Redis."""
+    """The web tier (config.serve) and the worker tier (celery), as `make run` starts them, on the bench's Redis."""
 
     def __init__(self, settings: Settings, name: str) -> None:
         self.s = settings
@@ -116,9 +117,8 @@ class Tiers:
 
     def start_web(self) -> None:
         cmd = [
-            sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi:application",
-            "--workers", str(self.s.web_workers), "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "5",
-            *self.s.web_args,
+            sys.executable, "-m", "config.serve", "--workers", str(self.s.web_workers),
+            "--bind", f"127.0.0.1:{self.port}", "--shutdown-timeout", "5", *self.s.web_args,
         ]  # fmt: skip
         self.web = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env, stdout=self._log("web"), stderr=subprocess.STDOUT, start_new_session=True
@@ -126,7 +126,7 @@ class Tiers:
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.web.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early, see {self.s.workdir}/{self.name}-web.log")
+                raise RuntimeError(f"the web server exited early, see {self.s.workdir}/{self.name}-web.log")
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/events", timeout=2)
             except urllib.error.HTTPError:
@@ -136,7 +136,7 @@ class Tiers:
             except OSError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError("gunicorn not ready after 60 s")
+        raise RuntimeError("the web server not ready after 60 s")
 
     def start_worker(self) -> None:
         cmd = [

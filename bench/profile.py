@@ -1,7 +1,7 @@
 """`python -m bench.profile` (`make profile`): where the CPU goes per event, in the real processes.
 
 Starts the web and worker tiers as `python -m bench` does, runs a short load (batches by default, `--single`
-for one event per request), and samples one gunicorn worker and one Celery pool process with py-spy
+for one event per request), and samples one web worker process and one Celery pool process with py-spy
 (`py-spy record --nonblocking`, on-CPU samples only). Writes under bench/results/:
 
     profile-<ts>-<load>-web.svg / -worker.svg   flame graphs (self-contained SVG; the project's code in blue)
@@ -131,7 +131,7 @@ def profile_processes(args: argparse.Namespace, py_spy: str, stamp: str) -> list
         published = count1 - count0
         report = [
             f"bench.profile {stamp}: {load} load ({per_request} events/request, concurrency {args.concurrency}), "
-            f"py-spy {args.rate} Hz for {args.duration:.0f} s on one gunicorn worker (pid {web_pid}) and one "
+            f"py-spy {args.rate} Hz for {args.duration:.0f} s on one web worker (pid {web_pid}) and one "
             f"Celery pool process (pid {worker_pid}).",
             f"In that window: {accepted} events accepted over HTTP ({accepted / (t1 - t0):,.0f}/s), "
             f"{published} records written to {settings.KAFKA_TOPIC_ATTEMPTS} ({published / (t1 - t0):,.0f}/s; "

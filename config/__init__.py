@@ -1,10 +1,10 @@
 """The Django project package.
 
 Every entry point imports this package before anything else (manage.py and config.wsgi through
-DJANGO_SETTINGS_MODULE, `celery -A config`, gunicorn's `-c config/gunicorn.py`), so this is where
+DJANGO_SETTINGS_MODULE, `celery -A config`, the web server's `python -m config.serve`), so this is where
 prometheus_client is switched to multiprocess mode: each process writes its series to its own files in
 PROMETHEUS_MULTIPROC_DIR and /metrics adds them up, so one scrape of any web process shows the whole pipeline
-(every gunicorn worker and every Celery pool process). This must happen before prometheus_client is first
+(every web worker and every Celery pool process). This must happen before prometheus_client is first
 imported, which is why it lives here and not in settings.
 
 PROMETHEUS_MULTIPROC_DIR: default `<repo>/.data/prometheus` (created when missing); an empty value turns
@@ -38,7 +38,7 @@ def _refresh_process_id() -> None:
 
 
 # prometheus_client asks for the process id on every increment: a C-level lookup of a value refreshed after
-# each fork (gunicorn and Celery's pool fork with os.fork) costs less than its own default, os.getpid().
+# each fork (granian's workers and Celery's pool fork with os.fork) costs less than its own default, os.getpid().
 os.register_at_fork(after_in_child=_refresh_process_id)
 
 

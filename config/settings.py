@@ -118,7 +118,7 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / ".data" / "static"
 # Serve static files straight from the apps when collectstatic has not run (tests, a fresh checkout).
 WHITENOISE_USE_FINDERS = True
-# The admin and the API docs are served by gunicorn itself (no CDN, no separate web server needed).
+# The admin and the API docs are served by the web server itself (no CDN, no separate web server needed).
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},

@@ -21,7 +21,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 
 def _with_content_length(get_response: Callable[[HttpRequest], Any]) -> Any:
-    """What CommonMiddleware does for these answers: without Content-Length, gunicorn would chunk them."""
+    """What CommonMiddleware does for these answers: without Content-Length, a server may chunk them."""
 
     def handle(request: HttpRequest) -> HttpResponseBase:
         response = get_response(request)

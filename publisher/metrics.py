@@ -1,7 +1,7 @@
 """The pipeline's Prometheus series (names are documented in README, "Metrics"). Label values are bounded:
 topics, event types, error classes and rule names, never event ids.
 
-Every process (gunicorn workers, Celery pool processes) counts into its own files in PROMETHEUS_MULTIPROC_DIR
+Every process (web workers, Celery pool processes) counts into its own files in PROMETHEUS_MULTIPROC_DIR
 (config/__init__.py) and /metrics (publisher.views.prometheus_metrics) adds them up. Counters are exported
 with the `_total` suffix (e.g. publisher_events_published_total).
 

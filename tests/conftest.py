@@ -186,8 +186,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class GunicornServer(ServiceProcess):
-    """The real web tier (gunicorn, several workers) on the test database."""
+class WebServer(ServiceProcess):
+    """The real web tier (`python -m config.serve`: granian, several workers) on the test database."""
 
     kind = "web"
 
@@ -196,9 +196,8 @@ class GunicornServer(ServiceProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             [
-                sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi:application",
-                "--bind", f"127.0.0.1:{self.port}",
-                "--workers", str(workers), "--access-logfile", "-", "--graceful-timeout", "5",
+                sys.executable, "-m", "config.serve", "--bind", f"127.0.0.1:{self.port}",
+                "--workers", str(workers), "--access-log", "--shutdown-timeout", "5",
             ],
             extra_env=extra_env,
         )  # fmt: skip
@@ -221,8 +220,8 @@ class GunicornServer(ServiceProcess):
 
 
 @pytest.fixture(scope="session")
-def web_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[GunicornServer]:
-    server = GunicornServer()
+def web_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[WebServer]:
+    server = WebServer()
     yield server
     server.stop()
 

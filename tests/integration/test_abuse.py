@@ -16,7 +16,7 @@ import requests
 
 from config.redis import get_redis
 from tests import factories
-from tests.conftest import GunicornServer, KafkaReader, WorkerProcess
+from tests.conftest import KafkaReader, WebServer, WorkerProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CORPUS = [
@@ -45,14 +45,14 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _web_rss(server: GunicornServer) -> int:
+def _web_rss(server: WebServer) -> int:
     children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
     return sum(_rss_kib(int(pid)) for pid in [str(server.proc.pid), *children])
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c["name"] for c in CORPUS])
 def test_bad_input_gets_a_clear_4xx_and_enqueues_nothing(
-    web_server: GunicornServer, api_key: str, case: dict[str, Any]
+    web_server: WebServer, api_key: str, case: dict[str, Any]
 ) -> None:
     path, body = _body(case)
     headers = {"Authorization": f"Api-Key {api_key}"}
@@ -68,7 +68,7 @@ def test_bad_input_gets_a_clear_4xx_and_enqueues_nothing(
     assert get_redis().llen("publish") == queued_before
 
 
-def test_the_corpus_leaves_the_service_up_with_bounded_memory(web_server: GunicornServer, api_key: str) -> None:
+def test_the_corpus_leaves_the_service_up_with_bounded_memory(web_server: WebServer, api_key: str) -> None:
     headers = {"Authorization": f"Api-Key {api_key}"}
     for _ in range(2):  # warm up every code path first
         for case in CORPUS:
@@ -118,7 +118,7 @@ def _burst(url: str, key: str, bodies: list[bytes], path: str = "/api/v1/events"
 
 
 def test_rate_limit_holds_under_a_concurrent_burst(api_key: str) -> None:
-    server = GunicornServer(workers=2, extra_env={"INGEST_RATE_LIMIT": "10/min"})
+    server = WebServer(workers=2, extra_env={"INGEST_RATE_LIMIT": "10/min"})
     try:
         responses = _burst(server.url, api_key, [orjson.dumps(factories.activity()) for _ in range(50)])
     finally:
@@ -133,7 +133,7 @@ def test_rate_limit_holds_under_a_concurrent_burst(api_key: str) -> None:
 def test_rate_limit_leases_never_overshoot_across_processes(api_key: str) -> None:
     """500/hour: each web process leases 5 at a time from Redis and grants them without a round trip. Over 600
     requests to two processes: never more than the limit, at most 4 fewer per process (an unused lease)."""
-    server = GunicornServer(workers=2, extra_env={"INGEST_RATE_LIMIT": "500/hour"})
+    server = WebServer(workers=2, extra_env={"INGEST_RATE_LIMIT": "500/hour"})
     try:
         responses = []
         for _ in range(6):
@@ -147,7 +147,7 @@ def test_rate_limit_leases_never_overshoot_across_processes(api_key: str) -> Non
 
 
 def test_fifty_concurrent_resends_publish_once(
-    default_routing: None, celery_worker: WorkerProcess, web_server: GunicornServer, api_key: str, kafka_reader: Any
+    default_routing: None, celery_worker: WorkerProcess, web_server: WebServer, api_key: str, kafka_reader: Any
 ) -> None:
     reader: KafkaReader = kafka_reader("user.attempts")
     event = orjson.dumps(factories.attempt(quality=1))
@@ -167,7 +167,7 @@ def test_overload_gets_503_with_retry_after_and_the_queue_stays_bounded(api_key:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     limit = 2000
-    server = GunicornServer(
+    server = WebServer(
         workers=2,
         extra_env={"REDIS_URL": redis_url, "INGEST_MAX_QUEUE_DEPTH": str(limit), "INGEST_RATE_LIMIT": "100000/s"},
     )

@@ -1,4 +1,4 @@
-"""The event API, from real HTTP requests (gunicorn, Redis, a real Celery worker and Kafka)."""
+"""The event API, from real HTTP requests (the web server `make run` starts, Redis, a real Celery worker, Kafka)."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from config.redis import get_redis
 from ingestion.services import DEDUP_PREFIX
 from publisher import queue
 from tests import factories
-from tests.conftest import GunicornServer, KafkaReader, WorkerProcess
+from tests.conftest import KafkaReader, WebServer, WorkerProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def post(server: GunicornServer, path: str, body: Any, key: str | None, **headers: str) -> requests.Response:
+def post(server: WebServer, path: str, body: Any, key: str | None, **headers: str) -> requests.Response:
     data = body if isinstance(body, bytes) else orjson.dumps(body)
     all_headers = {"Content-Type": "application/json"} | headers
     if key is not None:
@@ -40,7 +40,7 @@ def event_ids_in(records: list[Any]) -> list[str]:
 
 
 def test_single_event_is_accepted_and_published(
-    default_routing: None, celery_worker: WorkerProcess, web_server: GunicornServer, api_key: str, kafka_reader: Any
+    default_routing: None, celery_worker: WorkerProcess, web_server: WebServer, api_key: str, kafka_reader: Any
 ) -> None:
     reader: KafkaReader = kafka_reader("user.activities")
     event = factories.activity(occurred_at="2026-01-01T10:00:00+02:00")
@@ -67,7 +67,7 @@ def test_single_event_is_accepted_and_published(
 
 
 def test_batch_reports_each_event_by_index_and_publishes_the_valid_ones(
-    default_routing: None, celery_worker: WorkerProcess, web_server: GunicornServer, api_key: str, kafka_reader: Any
+    default_routing: None, celery_worker: WorkerProcess, web_server: WebServer, api_key: str, kafka_reader: Any
 ) -> None:
     reader = kafka_reader("user.attempts", "user.sessions", "user.placements", "user.activities", "ml.training_events")
     events = [
@@ -105,7 +105,7 @@ def test_batch_reports_each_event_by_index_and_publishes_the_valid_ones(
     }
 
 
-def test_batch_with_nothing_valid_is_400(web_server: GunicornServer, api_key: str) -> None:
+def test_batch_with_nothing_valid_is_400(web_server: WebServer, api_key: str) -> None:
     response = post(web_server, "/api/v1/events/batch", {"events": [factories.attempt(quality=-1)]}, api_key)
     assert response.status_code == 400
     body = response.json()
@@ -113,7 +113,7 @@ def test_batch_with_nothing_valid_is_400(web_server: GunicornServer, api_key: st
     assert body["results"][0]["errors"][0]["path"] == "events[0].quality"
 
 
-def test_batch_over_the_limit_is_rejected_whole(web_server: GunicornServer, api_key: str) -> None:
+def test_batch_over_the_limit_is_rejected_whole(web_server: WebServer, api_key: str) -> None:
     response = post(web_server, "/api/v1/events/batch", {"events": [factories.activity()] * 1001}, api_key)
     assert response.status_code == 400
     assert response.json()["errors"][0]["path"] == "events"
@@ -123,7 +123,7 @@ def test_batch_over_the_limit_is_rejected_whole(web_server: GunicornServer, api_
 
 
 def test_duplicate_attempt_is_answered_duplicate_and_published_once(
-    default_routing: None, celery_worker: WorkerProcess, web_server: GunicornServer, api_key: str, kafka_reader: Any
+    default_routing: None, celery_worker: WorkerProcess, web_server: WebServer, api_key: str, kafka_reader: Any
 ) -> None:
     reader = kafka_reader("user.attempts")
     event = factories.attempt(quality=1)
@@ -136,7 +136,7 @@ def test_duplicate_attempt_is_answered_duplicate_and_published_once(
     assert len(records) == 1
 
 
-def test_duplicates_inside_one_batch_are_caught(web_server: GunicornServer, api_key: str) -> None:
+def test_duplicates_inside_one_batch_are_caught(web_server: WebServer, api_key: str) -> None:
     event_id = str(uuid.uuid4())
     events = [factories.activity(event_id=event_id), factories.activity(event_id=event_id)]
     body = post(web_server, "/api/v1/events/batch", {"events": events}, api_key).json()
@@ -144,9 +144,7 @@ def test_duplicates_inside_one_batch_are_caught(web_server: GunicornServer, api_
     assert body["results"][1]["event_id"] == event_id
 
 
-def test_twenty_concurrent_requests_with_the_same_event_accept_exactly_one(
-    web_server: GunicornServer, api_key: str
-) -> None:
+def test_twenty_concurrent_requests_with_the_same_event_accept_exactly_one(web_server: WebServer, api_key: str) -> None:
     event = factories.attempt()
     statuses: list[str] = []
     barrier = threading.Barrier(20)
@@ -166,7 +164,7 @@ def test_twenty_concurrent_requests_with_the_same_event_accept_exactly_one(
 # ---------------------------------------------------------------- auth
 
 
-def test_missing_malformed_unknown_revoked_and_expired_keys_are_401(web_server: GunicornServer) -> None:
+def test_missing_malformed_unknown_revoked_and_expired_keys_are_401(web_server: WebServer) -> None:
     from datetime import UTC, datetime, timedelta
 
     revoked_obj, revoked = APIKey.objects.create_key(name="revoked")
@@ -189,7 +187,7 @@ def test_missing_malformed_unknown_revoked_and_expired_keys_are_401(web_server: 
         assert response.headers.get("WWW-Authenticate") == "Api-Key", name
 
 
-def test_a_key_revoked_while_in_use_stops_working(web_server: GunicornServer) -> None:
+def test_a_key_revoked_while_in_use_stops_working(web_server: WebServer) -> None:
     key_obj, key = APIKey.objects.create_key(name="soon-revoked")
     assert post(web_server, "/api/v1/events", factories.activity(), key).status_code == 202
     key_obj.revoked = True
@@ -217,7 +215,7 @@ def test_a_key_revoked_while_in_use_stops_working(web_server: GunicornServer) ->
     ],
 )
 def test_bad_bodies_get_a_clear_4xx_and_enqueue_nothing(
-    web_server: GunicornServer, api_key: str, body: bytes, content_type: str, status: int, fragment: str
+    web_server: WebServer, api_key: str, body: bytes, content_type: str, status: int, fragment: str
 ) -> None:
     before = queue.depth(fresh=True)
     response = post(web_server, "/api/v1/events", body, api_key, **{"Content-Type": content_type})
@@ -226,7 +224,7 @@ def test_bad_bodies_get_a_clear_4xx_and_enqueue_nothing(
     assert queue.depth(fresh=True) == before
 
 
-def test_invalid_event_names_each_field(web_server: GunicornServer, api_key: str) -> None:
+def test_invalid_event_names_each_field(web_server: WebServer, api_key: str) -> None:
     event = factories.session(items_attempted=1, items_correct=2, unknown="x")
     response = post(web_server, "/api/v1/events", event, api_key)
     assert response.status_code == 400
@@ -234,14 +232,14 @@ def test_invalid_event_names_each_field(web_server: GunicornServer, api_key: str
     assert {"items_correct", "unknown"} <= paths
 
 
-def test_body_over_the_limit_is_413_before_parsing(web_server: GunicornServer, api_key: str) -> None:
+def test_body_over_the_limit_is_413_before_parsing(web_server: WebServer, api_key: str) -> None:
     body = b'{"events": [' + b" " * (5 * 1024 * 1024) + b"]}"
     response = post(web_server, "/api/v1/events/batch", body, api_key)
     assert response.status_code == 413
     assert "limit" in response.json()["error"]
 
 
-def test_chunked_body_over_the_limit_is_413(web_server: GunicornServer, api_key: str) -> None:
+def test_chunked_body_over_the_limit_is_413(web_server: WebServer, api_key: str) -> None:
     def chunks() -> Any:
         yield b'{"events": ['
         for _ in range(6 * 16):
@@ -257,7 +255,7 @@ def test_chunked_body_over_the_limit_is_413(web_server: GunicornServer, api_key:
     assert response.status_code == 413
 
 
-def test_small_chunked_body_is_read(web_server: GunicornServer, api_key: str) -> None:
+def test_small_chunked_body_is_read(web_server: WebServer, api_key: str) -> None:
     payload = orjson.dumps(factories.activity())
     response = requests.post(
         f"{web_server.url}/api/v1/events",
@@ -268,7 +266,7 @@ def test_small_chunked_body_is_read(web_server: GunicornServer, api_key: str) ->
     assert response.status_code == 202, response.text
 
 
-def test_service_stays_up_after_garbage_on_the_socket(web_server: GunicornServer, api_key: str) -> None:
+def test_service_stays_up_after_garbage_on_the_socket(web_server: WebServer, api_key: str) -> None:
     with socket.create_connection(("127.0.0.1", web_server.port), timeout=5) as sock:
         sock.sendall(b"POST /api/v1/events HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n\x00\xff" * 10)
     assert post(web_server, "/api/v1/events", factories.activity(), api_key).status_code == 202
@@ -313,7 +311,7 @@ def test_enqueue_failure_is_503_and_releases_the_dedup_marks(api_key: str) -> No
     """Celery's broker unreachable (its own Redis down) while the dedup store works."""
     from tests.conftest import free_port
 
-    server = GunicornServer(workers=1, extra_env={"CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    server = WebServer(workers=1, extra_env={"CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"})
     try:
         event = factories.attempt()
         response = post(server, "/api/v1/events", event, api_key)
@@ -327,7 +325,7 @@ def test_enqueue_failure_is_503_and_releases_the_dedup_marks(api_key: str) -> No
 # ---------------------------------------------------------------- OpenAPI
 
 
-def test_openapi_schema_and_local_docs(web_server: GunicornServer) -> None:
+def test_openapi_schema_and_local_docs(web_server: WebServer) -> None:
     schema = requests.get(f"{web_server.url}/api/schema/?format=json", timeout=10)
     assert schema.status_code == 200
     spec = schema.json()

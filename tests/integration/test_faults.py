@@ -22,7 +22,7 @@ import requests
 from publisher.models import DeadLetter
 from routing.models import RoutingRule, Topic
 from tests import factories
-from tests.conftest import GunicornServer, KafkaReader, WorkerProcess
+from tests.conftest import KafkaReader, WebServer, WorkerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def services(*args: str) -> None:
 
 @dataclass
 class Stack:
-    web: GunicornServer
+    web: WebServer
     worker: WorkerProcess
     key: str
     redis: redis.Redis
@@ -55,7 +55,7 @@ class Stack:
 def stack(default_routing: None, api_key: str) -> Iterator[Stack]:
     client = redis.Redis.from_url(FAULT_REDIS_URL)
     client.flushdb()
-    web = GunicornServer(workers=2, extra_env=FAULT_ENV)
+    web = WebServer(workers=2, extra_env=FAULT_ENV)
     stack = Stack(web, WorkerProcess(extra_env=FAULT_ENV), api_key, client)
     try:
         yield stack

@@ -1,6 +1,6 @@
 """Metrics and health across processes, against the real services.
 
-A small production-shaped stack (gunicorn with two workers, a Celery worker with two pool processes, one
+A small production-shaped stack (the web server with two workers, a Celery worker with two pool processes, one
 private prometheus multiprocess directory) takes real HTTP traffic; /metrics of any web worker must then count
 exactly what went through all four processes, pass `promtool check metrics`, and be scraped by a real
 Prometheus server. The stack consumes its own Celery queue and keeps its statistics under its own Redis prefix
@@ -162,16 +162,16 @@ def stack(django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
         )  # fmt: skip
         result.procs.append(worker)
         web = _spawn(
-            "gunicorn",
+            "web",
             [
-                sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi:application",
-                "--bind", f"127.0.0.1:{port}", "--workers", "2", "--graceful-timeout", "5",
+                sys.executable, "-m", "config.serve", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+                "--shutdown-timeout", "5",
             ],
             env, tmp,
         )  # fmt: skip
         result.procs.append(web)
         _wait(lambda: " ready." in worker.output(), timeout=60, what="the celery worker", proc=worker)
-        _wait(lambda: result.get("/metrics").status_code == 200, timeout=60, what="gunicorn", proc=web)
+        _wait(lambda: result.get("/metrics").status_code == 200, timeout=60, what="the web server", proc=web)
         yield result
     finally:
         for proc in reversed(result.procs):
@@ -234,7 +234,7 @@ def _post_batches(base_url: str, key: str, events: list[dict[str, Any]], *, batc
         assert response.status_code == 202, response.text
         return dict(response.json())
 
-    with ThreadPoolExecutor(max_workers=8) as pool:  # concurrent requests reach both gunicorn workers
+    with ThreadPoolExecutor(max_workers=8) as pool:  # concurrent requests reach both web workers
         answers = list(pool.map(post, batches))
     ids: set[str] = set()
     for answer in answers:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GunicornServer
+from tests.conftest import WebServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ST = Path(sys.executable).with_name("st")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_schemathesis_finds_no_failing_check(web_server: GunicornServer, api_key: str, default_routing: None) -> None:
+def test_schemathesis_finds_no_failing_check(web_server: WebServer, api_key: str, default_routing: None) -> None:
     result = subprocess.run(
         [
             str(ST), "run", f"{web_server.url}/api/schema/?format=json",
