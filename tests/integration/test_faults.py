@@ -151,6 +151,47 @@ def test_worker_children_killed_mid_batch_lose_nothing(stack: Stack, kafka_reade
     assert stack.queue_length() == 0
 
 
+def web_workers(web: WebServer) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(web.proc.pid)], capture_output=True, text=True)
+    return [int(pid) for pid in out.stdout.split()]
+
+
+def _answered_within(load: Load, seconds: float) -> bool:
+    """Whether a request is answered 202 within `seconds` from now."""
+    answered = load.statuses[202]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if load.statuses[202] > answered:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_killed_web_workers_are_replaced_and_lose_nothing(stack: Stack, kafka_reader: Any) -> None:
+    reader = kafka_reader("user.activities")
+    with Load(stack, batch=20, pause=0.0) as load:
+        assert _answered_within(load, 10)
+        first, second = web_workers(stack.web)
+        os.kill(first, signal.SIGKILL)
+        # The other worker keeps answering while the first is replaced.
+        assert _answered_within(load, 1), load.statuses
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(set(web_workers(stack.web)) - {first, second}) < 1:
+            time.sleep(0.1)
+        workers = web_workers(stack.web)
+        assert len(workers) == 2 and first not in workers, workers
+        # A worker dying again within 5.5 s of its restart is a crash loop to granian: the server exits.
+        time.sleep(6)
+        # Every worker at once: connections are refused until a new one has loaded the app, then it serves.
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        assert _answered_within(load, 30), load.statuses
+        assert len(set(web_workers(stack.web)) - set(workers)) == 2
+    assert stack.web.proc.poll() is None, "the web server stopped when its workers died"
+    assert load.statuses[500] == 0, load.statuses
+    assert_all_delivered_once(stack, reader, load.accepted)
+
+
 def test_a_task_that_kills_its_worker_every_time_is_dead_lettered(stack: Stack, kafka_reader: Any) -> None:
     # A destination that is not on the broker makes the task slow (it waits for metadata), so it is reliably
     # running when we kill its process — standing in for a task that crashes its worker.
