@@ -59,11 +59,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        host, port = split_bind(args.bind or env_str("INGEST_BIND", "127.0.0.1:8083"), name="INGEST_BIND")
-        workers = args.workers or env_int("WEB_CONCURRENCY", 2, minimum=1, maximum=64)
-        threads = args.threads or env_int("WEB_THREADS", 32, minimum=1, maximum=256)
+        if args.bind is not None:
+            host, port = split_bind(args.bind, name="--bind")
+        else:
+            host, port = split_bind(env_str("INGEST_BIND", "127.0.0.1:8083"), name="INGEST_BIND")
+        workers = args.workers if args.workers is not None else env_int("WEB_CONCURRENCY", 2, minimum=1, maximum=64)
+        threads = args.threads if args.threads is not None else env_int("WEB_THREADS", 32, minimum=1, maximum=256)
     except EnvError as exc:
         sys.exit(f"config.serve: {exc}")
+    if workers < 1 or threads < 1:
+        sys.exit("config.serve: --workers and --threads must be at least 1")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     limit_malloc_arenas()
 

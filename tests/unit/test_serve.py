@@ -44,3 +44,17 @@ def test_the_server_refuses_to_start_on_a_bad_variable(
     with pytest.raises(SystemExit) as exited:
         main([])
     assert message in str(exited.value.code)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bind", "localhost"], "--bind='localhost' is not host:port"),
+        (["--workers", "0"], "--workers and --threads must be at least 1"),
+        (["--threads", "-1"], "--workers and --threads must be at least 1"),
+    ],
+)
+def test_the_server_refuses_to_start_on_a_bad_option(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert message in str(exited.value.code)
