@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import django
 import orjson
@@ -86,11 +86,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))} (choose from {', '.join(ALL)})")
     return args
-
-
-def _bench_redis_url(configured: str) -> str:
-    parts = urlsplit(configured)
-    return urlunsplit((parts.scheme, parts.netloc, "/7", parts.query, parts.fragment))
 
 
 def _log(message: str) -> None:
@@ -229,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     output = args.output or RESULTS / f"{stamp}.json"
     tag = pipeline.new_tag()
-    redis_url = args.redis_url or _bench_redis_url(settings.REDIS_URL)
+    redis_url = args.redis_url or pipeline.bench_redis_url(settings.REDIS_URL)
     redis_port = urlsplit(redis_url).port or 6379
     broker_pid = procfs.find_pid("kafka.Kafka")
     redis_pid = procfs.find_pid("redis-server", f":{redis_port}")

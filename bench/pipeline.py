@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis
@@ -558,6 +559,12 @@ def analyse(
         "watcher_cpu_seconds": seen["cpu_seconds"],
         "removed_dedup_marks": removed_dedup_marks,
     }
+
+
+def bench_redis_url(configured: str) -> str:
+    """The bench's own Redis database (7) on the configured server, so runs never touch the application's data."""
+    parts = urlsplit(configured)
+    return urlunsplit((parts.scheme, parts.netloc, "/7", parts.query, parts.fragment))
 
 
 def new_tag() -> str:

@@ -27,7 +27,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import django
 
@@ -40,11 +39,6 @@ def find_py_spy() -> str | None:
         if candidate and Path(candidate).exists():
             return candidate
     return None
-
-
-def _bench_redis_url(configured: str) -> str:
-    parts = urlsplit(configured)
-    return urlunsplit((parts.scheme, parts.netloc, "/7", parts.query, parts.fragment))
 
 
 def _log(message: str) -> None:
@@ -64,7 +58,7 @@ def profile_processes(args: argparse.Namespace, py_spy: str, stamp: str) -> list
     workdir.mkdir(parents=True, exist_ok=True)
     source = f"bench-profile-{stamp}"
     key_obj, api_key = APIKey.objects.create_key(name=source)
-    redis_url = args.redis_url or _bench_redis_url(settings.REDIS_URL)
+    redis_url = args.redis_url or pipeline.bench_redis_url(settings.REDIS_URL)
     s = pipeline.Settings(
         duration=args.duration,
         warmup=args.warmup,
@@ -246,8 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.mode == "cprofile":
+        from bench.pipeline import bench_redis_url
+
         # The in-process run enqueues through this process's settings: point them at the bench's database.
-        os.environ["REDIS_URL"] = args.redis_url or _bench_redis_url(
+        os.environ["REDIS_URL"] = args.redis_url or bench_redis_url(
             os.environ.get("REDIS_URL", "redis://127.0.0.1:6380/0")
         )
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import time
 from pathlib import Path
 
 import django
-import orjson
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,11 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker-args", default="", help="extra celery worker arguments, e.g. '--pool solo'")
     args = parser.parse_args(argv)
 
-    from bench.profile import _bench_redis_url
+    from bench.pipeline import bench_redis_url
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     # This process queues the tasks: point it at the bench's database before settings are read.
-    os.environ["REDIS_URL"] = os.environ["CELERY_BROKER_URL"] = _bench_redis_url(
+    os.environ["REDIS_URL"] = os.environ["CELERY_BROKER_URL"] = bench_redis_url(
         os.environ.get("REDIS_URL", "redis://127.0.0.1:6380/0")
     )
     django.setup()
@@ -60,18 +58,13 @@ def main(argv: list[str] | None = None) -> None:
         source="bench-task-cost", tag=tag, sample_every=0, drain_timeout=0, memory_events=0, workdir=Path(workdir),
         worker_args=args.worker_args.split(),
     )  # fmt: skip
-    rng = random.Random(7)
-    when = bench_events.occurred_at()
-    phase = bench_events.PHASES["profile"]
+    templates = bench_events.body_templates(
+        tag=tag, phase=bench_events.PHASES["profile"], batch_size=args.events, variants=16
+    )
     batches = []
     for n in range(args.tasks):
-        body = {
-            "events": [
-                bench_events.attempt(rng, tag=tag, phase=phase, index=i, request=f"{n:012x}", when=when)
-                for i in range(args.events)
-            ]
-        }
-        checked = validate_batch(parse_json_body(orjson.dumps(body)), max_batch=max(args.events, 1))
+        body = bench_events.render(templates[n % len(templates)], n)
+        checked = validate_batch(parse_json_body(body), max_batch=max(args.events, 1))
         batches.append([event.data for _, event in checked.valid])
 
     consumer = KafkaConsumer(bootstrap_servers=settings.KAFKA_BROKERS)

@@ -121,8 +121,9 @@ def count_in_kafka(reader: KafkaReader, wanted: set[str], *, timeout: float) -> 
     return seen
 
 
-def pool_children(worker: WorkerProcess) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(worker.proc.pid)], capture_output=True, text=True)
+def children(service: WorkerProcess | WebServer) -> list[int]:
+    """The pool processes of a Celery worker, the worker processes of the web server."""
+    out = subprocess.run(["pgrep", "-P", str(service.proc.pid)], capture_output=True, text=True)
     return [int(pid) for pid in out.stdout.split()]
 
 
@@ -140,7 +141,7 @@ def test_worker_children_killed_mid_batch_lose_nothing(stack: Stack, kafka_reade
     with Load(stack, batch=50, pause=0.0) as load:
         for _ in range(3):
             time.sleep(2)
-            for pid in pool_children(stack.worker):
+            for pid in children(stack.worker):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(2)
     assert load.statuses[500] == 0
@@ -149,11 +150,6 @@ def test_worker_children_killed_mid_batch_lose_nothing(stack: Stack, kafka_reade
     while stack.queue_length() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert stack.queue_length() == 0
-
-
-def web_workers(web: WebServer) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(web.proc.pid)], capture_output=True, text=True)
-    return [int(pid) for pid in out.stdout.split()]
 
 
 def _answered_within(load: Load, seconds: float) -> bool:
@@ -171,14 +167,14 @@ def test_killed_web_workers_are_replaced_and_lose_nothing(stack: Stack, kafka_re
     reader = kafka_reader("user.activities")
     with Load(stack, batch=20, pause=0.0) as load:
         assert _answered_within(load, 10)
-        first, second = web_workers(stack.web)
+        first, second = children(stack.web)
         os.kill(first, signal.SIGKILL)
         # The other worker keeps answering while the first is replaced.
         assert _answered_within(load, 1), load.statuses
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(set(web_workers(stack.web)) - {first, second}) < 1:
+        while time.monotonic() < deadline and len(set(children(stack.web)) - {first, second}) < 1:
             time.sleep(0.1)
-        workers = web_workers(stack.web)
+        workers = children(stack.web)
         assert len(workers) == 2 and first not in workers, workers
         # A worker dying again within 5.5 s of its restart is a crash loop to granian: the server exits.
         time.sleep(6)
@@ -186,7 +182,7 @@ def test_killed_web_workers_are_replaced_and_lose_nothing(stack: Stack, kafka_re
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
         assert _answered_within(load, 30), load.statuses
-        assert len(set(web_workers(stack.web)) - set(workers)) == 2
+        assert len(set(children(stack.web)) - set(workers)) == 2
     assert stack.web.proc.poll() is None, "the web server stopped when its workers died"
     assert load.statuses[500] == 0, load.statuses
     assert_all_delivered_once(stack, reader, load.accepted)
@@ -211,7 +207,7 @@ def test_a_task_that_kills_its_worker_every_time_is_dead_lettered(stack: Stack, 
         runs = [int(stack.redis.get(k) or 0) for k in stack.redis.scan_iter("publisher:task-runs:*")]
         if runs and max(runs) > kills:
             time.sleep(0.3)
-            for pid in pool_children(stack.worker):
+            for pid in children(stack.worker):
                 os.kill(pid, signal.SIGKILL)
             kills += 1
         time.sleep(0.05)
