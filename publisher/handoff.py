@@ -3,7 +3,8 @@
 `apply_async` costs ~300 µs of CPU and the admission around it three more round trips (claim dedup marks,
 reserve queue capacity, confirm the marks); with single events that was most of the web tier's work per group.
 Here the task message is built directly — the same JSON kombu's Redis transport writes for `apply_async`
-(protocol 2, base64 body; tests/integration/test_handoff.py compares the two field by field) — and one Lua
+(protocol 2, body compressed as CELERY_TASK_COMPRESSION says, base64; tests/integration/test_handoff.py
+compares the two field by field) — and one Lua
 script checks the guard keys, reserves capacity, sets the guards and pushes the message, or does none of it.
 Atomic, so there is no pending state to confirm or release: if the script ran, the events are queued and
 their marks set; if it did not, nothing was.
@@ -26,6 +27,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from django.conf import settings
+from kombu import compression
 from redis.connection import parse_url
 
 from config.redis import script
@@ -111,6 +113,9 @@ def task_message(*, task_name: str, queue_name: str, kwargs: dict[str, Any], kwa
 
     task_id = str(uuid.uuid4())
     body = json_dumps([[], kwargs, _EMBED]).encode()
+    extra_headers: dict[str, Any] = {}
+    if app.conf.task_compression:
+        body, extra_headers["compression"] = compression.compress(body, app.conf.task_compression)
     message = {
         "body": base64.b64encode(body).decode(),
         "content-encoding": "utf-8",
@@ -135,7 +140,8 @@ def task_message(*, task_name: str, queue_name: str, kwargs: dict[str, Any], kwa
             "replaced_task_nesting": 0,
             "stamped_headers": None,
             "stamps": {},
-        },
+        }
+        | extra_headers,
         "properties": {
             "correlation_id": task_id,
             "reply_to": app.thread_oid,

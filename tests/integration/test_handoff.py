@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
+from kombu import compression
 
 from config.redis import get_redis
 from publisher import handoff, queue
@@ -32,7 +33,9 @@ def scratch_queue(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def _decoded(raw: bytes) -> dict[str, Any]:
     message = json.loads(raw)
-    message["body"] = json.loads(base64.b64decode(message["body"]))
+    message["body"] = json.loads(
+        compression.decompress(base64.b64decode(message["body"]), message["headers"]["compression"])
+    )
     return message
 
 
@@ -62,6 +65,7 @@ def test_the_hand_built_message_is_the_one_apply_async_writes(scratch_queue: Any
                 place.pop(name, None)
     assert ours == celery
     assert ours["body"][1] == kwargs
+    assert ours["headers"]["compression"] == "application/zstd"  # CELERY_TASK_COMPRESSION, as apply_async does
 
 
 def _guarded(*, guards: list[tuple[str, str]], limit: int = 1_000_000) -> handoff.GuardedResult:

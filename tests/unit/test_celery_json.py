@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from kombu import serialization
+from kombu.exceptions import DecodeError
 from kombu.utils import json as kombu_json
 
 import config.celery  # noqa: F401  (registers the encoder)
@@ -37,3 +38,25 @@ def test_a_task_body_of_events_survives_unchanged() -> None:
 )
 def test_what_orjson_would_encode_differently_goes_to_kombu(value: Any) -> None:
     assert roundtrip({"v": value}) == kombu_json.loads(kombu_json.dumps({"v": value}))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"v": 123456789012345678901234567890}',  # beyond 64 bits: exact, as the standard library keeps it
+        '{"v": -18446744073709551617, "w": 0.1, "s": "caf\\u00e9 \\ud83d\\ude00"}',
+        '{"v": NaN}',  # msgspec refuses it; kombu's decoder reads it
+        '{"v": "\\ud800"}',  # a lone surrogate, likewise
+        '{"v": {"__type__": "datetime", "__value__": "2026-11-27T06:00:00+00:00"}}',  # kombu's typed value
+    ],
+)
+def test_the_decoder_gives_what_kombus_gives(text: str) -> None:
+    expected = kombu_json.loads(text)
+    for data in (text, text.encode(), memoryview(text.encode()), bytearray(text.encode())):
+        decoded = serialization.loads(data, "application/json", "utf-8", accept={"application/json"})
+        assert repr(decoded) == repr(expected)  # repr: NaN != NaN, and int vs float must not pass as equal
+
+
+def test_the_decoder_refuses_what_is_not_json() -> None:
+    with pytest.raises(DecodeError, match="Expecting value"):  # kombu's error, as before
+        serialization.loads('{"v": ', "application/json", "utf-8", accept={"application/json"})
