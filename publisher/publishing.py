@@ -113,12 +113,17 @@ def build_records(
     """Serialize each event once per format it is needed in. Returns (records, unencodable records)."""
     ingested_at = utc_iso_ms(accepted_at).encode()
     source_header = source.encode()
+    # The headers that depend only on (event_type, schema_version, format), encoded once per batch.
+    typed_headers: dict[tuple[str, str, str], tuple[tuple[str, bytes], ...]] = {}
     records: list[Record] = []
     broken: list[Record] = []
     for index, topics in routes.items():
         event = events[index]
         encoded: dict[str, bytes | SerializationError] = {}
         key = str(event["user_id"]).encode()
+        event_type = str(event["event_type"])
+        event_id = str(event["event_id"]).encode()
+        schema_version = str(event.get("schema_version", 1))
         for topic in topics:
             fmt = formats.get(topic, "json")
             if fmt not in encoded:
@@ -127,12 +132,17 @@ def build_records(
                 except SerializationError as exc:
                     encoded[fmt] = exc
             value = encoded[fmt]
+            typed = typed_headers.get((event_type, schema_version, fmt))
+            if typed is None:
+                typed = typed_headers[(event_type, schema_version, fmt)] = (
+                    ("schema_version", schema_version.encode()),
+                    ("content-type", CONTENT_TYPES[fmt].encode()),
+                    ("schema", schema_name(event_type, fmt).encode()),
+                )
             headers = [
-                ("event_type", str(event["event_type"]).encode()),
-                ("event_id", str(event["event_id"]).encode()),
-                ("schema_version", str(event.get("schema_version", 1)).encode()),
-                ("content-type", CONTENT_TYPES[fmt].encode()),
-                ("schema", schema_name(str(event["event_type"]), fmt).encode()),
+                ("event_type", event_type.encode()),
+                ("event_id", event_id),
+                *typed,
                 ("ingested_at", ingested_at),
                 ("source", source_header),
             ]
