@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
+from celery.worker.request import Request
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError
 
@@ -19,11 +20,24 @@ logger = logging.getLogger(__name__)
 PUBLISH_QUEUE = "publish"
 
 
+class LeanRequest(Request):
+    """What the worker's main process hands a pool process for a task: Celery pickles the request headers with
+    the task's arguments already decoded in them, next to the message body, and the pool process decodes the
+    body again and replaces them. For a batch of events that pickling was ~300 us per task of the main
+    process's CPU (and the unpickling more in the pool's): the arguments now travel once, in the body."""
+
+    @property
+    def request_dict(self) -> dict[str, Any]:
+        headers: dict[str, Any] = self._request_dict
+        return {key: value for key, value in headers.items() if key not in ("args", "kwargs")}
+
+
 def publisher_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:
     """The one way tasks are declared here: explicit name and queue, results ignored, late acks, and
     database errors retried (with backoff, forever) instead of losing the work."""
     defaults: dict[str, Any] = {
         "name": name,
+        "Request": LeanRequest,
         "bind": True,
         "ignore_result": True,
         "acks_late": True,
