@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "redis_url": redis_url,
         "kafka": {"bootstrap": bootstrap, "compression": settings.KAFKA_COMPRESSION_TYPE},
-        "producer_config": {k: v for k, v in produce.items() if "password" not in k},
+        "producer_config": pipeline.recorded_producer_config(produce),
         "workdir": str(workdir),
         "rows": {},
     }

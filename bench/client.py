@@ -31,6 +31,7 @@ def main() -> None:
     django.setup()
     from kafka import KafkaProducer
 
+    from bench.pipeline import recorded_producer_config
     from publisher.kafka_gateway import producer_config
 
     topic = config["topic"]
@@ -115,7 +116,7 @@ def main() -> None:
         "failed": failed,
         "latencies": latencies,
         "cpu_seconds": cpu_in_window,
-        "producer_config": {k: v for k, v in settings.items() if "password" not in k},
+        "producer_config": recorded_producer_config(settings),
     }
     Path(out_path).write_bytes(orjson.dumps(out, default=str))
 

@@ -567,5 +567,15 @@ def bench_redis_url(configured: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/7", parts.query, parts.fragment))
 
 
+def recorded_producer_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Producer settings as the results record them: no secrets, objects (the partitioner) by class name."""
+    plain = (str, int, float, bool, type(None), list, tuple)
+    return {
+        key: value if isinstance(value, plain) else type(value).__name__
+        for key, value in config.items()
+        if "password" not in key
+    }
+
+
 def new_tag() -> str:
     return uuid.uuid4().hex[:8]
