@@ -6,7 +6,7 @@ from typing import Any
 import msgspec
 import orjson
 from celery import Celery
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 from kombu import serialization
 from kombu.utils import json as kombu_json
 
@@ -55,6 +55,15 @@ serialization.register("json", json_dumps, json_loads, content_type="application
 app = Celery("ingestion")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_ready.connect
+@worker_process_init.connect
+def _settle_heap(**_: Any) -> None:
+    """The main process once the worker is up, and each pool process once forked (config.heap)."""
+    from config.heap import settle_after_startup
+
+    settle_after_startup()
 
 
 @worker_process_shutdown.connect

@@ -17,6 +17,8 @@ from django.core.wsgi import get_wsgi_application
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.middleware.security import SecurityMiddleware
 
+from config.heap import settle_after_startup
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 
@@ -65,3 +67,4 @@ def _application() -> Dispatcher:
 
 
 application = _application()
+settle_after_startup()  # config.heap: the web worker's start-up heap is done

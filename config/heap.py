@@ -1,0 +1,23 @@
+"""The garbage collector in long-running processes (web workers, Celery's processes), set once start-up is done.
+
+Start-up leaves a large heap that lives as long as the process (Django, DRF, Celery, kombu, kafka-python, the
+URL and routing tables). Python's collector would keep scanning it in every full collection; `gc.freeze()`
+moves it out of the collector's sight. And a publish task or a batch request allocates thousands of short-lived
+containers that reference counting frees anyway, which at the default threshold (700) triggers a young
+collection every few dozen events: `publish_events` of 100-event batches in-process spent ~5 % of its CPU in
+collections (163-195 ms over 800 batches), ~0 with the threshold below. Cyclic garbage is still collected,
+just after 20,000 net allocations instead of 700 (a few MB at most).
+"""
+
+from __future__ import annotations
+
+import gc
+
+YOUNG_GENERATION_THRESHOLD = 20_000
+
+
+def settle_after_startup() -> None:
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, middle, old)
