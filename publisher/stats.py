@@ -48,23 +48,37 @@ DLQ_COUNT_CAP = 100_000
 DLQ_COUNT_CACHE_SECONDS = 5.0
 DLQ_COUNT_TIMEOUT_MS = 500
 
-_EMA_SCRIPT = """
-local key = KEYS[1]
-local n = tonumber(ARGV[2])
+# One call per publish task: add its counts to the totals and to its minute's bucket, and move the latency
+# average (EMA) and the last publish time. KEYS: totals, minute bucket. ARGV: bucket TTL, latency sum in ms
+# ('' when none), mean latency, records in the mean, EMA alpha, publish time (0: none), then field, count pairs.
+# (One script instead of ~20 pipelined commands: ~100 us less client CPU per task.)
+_RECORD_SCRIPT = """
+local totals, minute = KEYS[1], KEYS[2]
+for i = 7, #ARGV, 2 do
+  local count = tonumber(ARGV[i + 1])
+  redis.call('HINCRBY', totals, ARGV[i], count)
+  redis.call('HINCRBY', minute, ARGV[i], count)
+end
+if ARGV[2] ~= '' then
+  redis.call('HINCRBYFLOAT', totals, 'lat_sum_ms', ARGV[2])
+  redis.call('HINCRBYFLOAT', minute, 'lat_sum_ms', ARGV[2])
+end
+redis.call('EXPIRE', minute, ARGV[1])
+local n = tonumber(ARGV[4])
 if n > 0 then
-  local x = tonumber(ARGV[1])
-  local current = redis.call('HGET', key, 'ema_ms')
+  local x = tonumber(ARGV[3])
+  local current = redis.call('HGET', totals, 'ema_ms')
   local value = x
   if current then
-    local keep = (1 - tonumber(ARGV[3])) ^ n
+    local keep = (1 - tonumber(ARGV[5])) ^ n
     value = tonumber(current) * keep + x * (1 - keep)
   end
-  redis.call('HSET', key, 'ema_ms', string.format('%.6f', value))
+  redis.call('HSET', totals, 'ema_ms', string.format('%.6f', value))
 end
-local at = tonumber(ARGV[4])
+local at = tonumber(ARGV[6])
 if at > 0 then
-  local last = tonumber(redis.call('HGET', key, 'last_publish_at') or '0')
-  if at > last then redis.call('HSET', key, 'last_publish_at', string.format('%.6f', at)) end
+  local last = tonumber(redis.call('HGET', totals, 'last_publish_at') or '0')
+  if at > last then redis.call('HSET', totals, 'last_publish_at', string.format('%.6f', at)) end
 end
 return 0
 """
@@ -123,18 +137,21 @@ def record_batch(
         fields[f"lb:{index}"] = count
     if latencies_ms:
         fields["lat_count"] = len(latencies_ms)
-    totals, minute = totals_key(), minute_key(_minute_of(now))
+    mean = sum(latencies_ms) / len(latencies_ms) if latencies_ms else 0.0
+    alpha = float(getattr(settings, "PUBLISHER_STATS_EMA_ALPHA", DEFAULT_EMA_ALPHA))
+    args: list[Any] = [
+        BUCKET_TTL_SECONDS,
+        repr(sum(latencies_ms)) if latencies_ms else "",
+        f"{mean:.6f}",
+        len(latencies_ms),
+        alpha,
+        f"{now if published else 0:.6f}",
+    ]
+    for name, count in fields.items():
+        args += (name, count)
     with writes() as pipe:
-        for key in (totals, minute):
-            for name, count in fields.items():
-                pipe.hincrby(key, name, count)
-            if latencies_ms:
-                pipe.hincrbyfloat(key, "lat_sum_ms", sum(latencies_ms))
-        pipe.expire(minute, BUCKET_TTL_SECONDS)
-        if latencies_ms or published:
-            mean = sum(latencies_ms) / len(latencies_ms) if latencies_ms else 0.0
-            alpha = float(getattr(settings, "PUBLISHER_STATS_EMA_ALPHA", DEFAULT_EMA_ALPHA))
-            pipe.eval(_EMA_SCRIPT, 1, totals, f"{mean:.6f}", len(latencies_ms), alpha, f"{now if published else 0:.6f}")
+        # EVAL, not EVALSHA: redis-py would add a SCRIPT EXISTS round trip to the pipeline for a registered script.
+        pipe.eval(_RECORD_SCRIPT, 2, totals_key(), minute_key(_minute_of(now)), *args)
 
 
 # ----------------------------------------------------------------------------------------------- reading
