@@ -16,8 +16,10 @@ import gc
 YOUNG_GENERATION_THRESHOLD = 20_000
 
 
-def settle_after_startup() -> None:
+def settle_after_startup(*, young_threshold: int | None = YOUNG_GENERATION_THRESHOLD) -> None:
+    """Freeze what exists now; with `young_threshold`, collect the youngest generation that much less often."""
     gc.collect()
     gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, middle, old)
+    if young_threshold is not None:
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(young_threshold, middle, old)

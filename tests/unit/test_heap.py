@@ -43,3 +43,10 @@ def test_cyclic_garbage_is_still_collected(restored_gc: None) -> None:
     finally:
         gc.callbacks.pop()
     assert "stop" in collected
+
+
+def test_the_web_tier_keeps_the_default_young_threshold(restored_gc: None) -> None:
+    before = gc.get_threshold()
+    settle_after_startup(young_threshold=None)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() > 0
