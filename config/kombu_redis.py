@@ -41,15 +41,15 @@ class QoS(kombu_redis.QoS):
         from config.celery import json_dumps
 
         delivery = message.delivery_info
-        entry = json_dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        taken = (message._raw, delivery["exchange"], delivery["routing_key"])
         try:
             with self.pipe_or_acquire() as pipe:
                 pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()}).hset(
-                    self.unacked_key, delivery_tag, entry
+                    self.unacked_key, delivery_tag, json_dumps(list(taken))
                 ).execute()
         except Exception:
             with _orphans_lock:
-                _orphans.append((message._raw, delivery["exchange"], delivery["routing_key"]))
+                _orphans.append(taken)
             logger.warning("a message taken off the queue could not be recorded; it will be put back", exc_info=True)
             raise
         # kombu's own bookkeeping of delivered messages (virtual.QoS), skipping the Redis QoS we replace

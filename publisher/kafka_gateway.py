@@ -74,8 +74,8 @@ class KeyHashCachingPartitioner(DefaultPartitioner):
     def partition(
         self, topic: str, key: Any, serialized_key: bytes | None, value: Any, serialized_value: Any, cluster: Any
     ) -> int:
-        partitions = cluster.partitions_for_topic(topic) if serialized_key is not None else None
-        if serialized_key is None or not partitions:
+        if serialized_key is None or not (partitions := cluster.partitions_for_topic(topic)):
+            # No key, or a topic without metadata yet: the default decides (and reports).
             return int(super().partition(topic, key, serialized_key, value, serialized_value, cluster))
         hashed = self._hashes.get(serialized_key)
         if hashed is None:

@@ -15,17 +15,17 @@ from kombu import Connection
 from config import kombu_redis
 
 
+def _connection() -> Connection:
+    return Connection(settings.CELERY_BROKER_URL, transport=kombu_redis.Transport)
+
+
 @pytest.fixture
 def scratch_queue() -> Iterator[str]:
     name = f"test-orphans-{uuid.uuid4().hex[:8]}"
     yield name
-    with Connection(settings.CELERY_BROKER_URL, transport=kombu_redis.Transport) as conn:
+    with _connection() as conn:
         conn.default_channel.queue_delete(name)
     kombu_redis._orphans.clear()
-
-
-def _connection() -> Connection:
-    return Connection(settings.CELERY_BROKER_URL, transport=kombu_redis.Transport)
 
 
 def test_a_message_whose_bookkeeping_failed_goes_back_on_the_queue(
