@@ -1,6 +1,7 @@
 """`python -m bench` (`make bench`): the broker's limit, the client's limit and the full pipeline, in one run.
 
-    python -m bench [--duration 30] [--warmup 5] [--concurrency 32] [--only broker,client,batch,single]
+    python -m bench [--duration 30] [--warmup 5] [--concurrency 32]
+                    [--only broker,client,batch,single,peer-batch,peer-single]
                     [--batch-size 100] [--single-concurrency N] [--redis-url URL] ...
 
 Needs the services up, migrated, and the topics created (`make bench` sees to that). Prints one table and
@@ -28,7 +29,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PERF_TOPIC = "bench.perf"
-ALL = ("broker", "client", "batch", "single")
+ALL = ("broker", "client", "batch", "single", "peer-batch", "peer-single")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     from rest_framework_api_key.models import APIKey
 
     from bench import broker as broker_bench
-    from bench import pipeline, procfs, report
+    from bench import peer, pipeline, procfs, report
     from publisher.kafka_gateway import producer_config
 
     only = [name for name in ALL if name in args.only.split(",")]
@@ -284,11 +285,17 @@ def main(argv: list[str] | None = None) -> None:
             results["rows"]["client"] = _client_limit(args, records, workdir, broker_pid)
             _log(f"  {results['rows']['client']['records_per_s']:,.0f} records/s")
 
-        for name in ("batch", "single"):
+        topics = [
+            settings.KAFKA_TOPIC_ATTEMPTS,
+            settings.KAFKA_TOPIC_SESSIONS,
+            settings.KAFKA_TOPIC_PLACEMENTS,
+            settings.KAFKA_TOPIC_ACTIVITIES,
+            settings.KAFKA_TOPIC_ML_TRAINING,
+        ]
+        for name in ("batch", "single", "peer-batch", "peer-single"):
             if name not in only:
                 continue
-            single = name == "single"
-            _log(f"{name}: HTTP -> granian -> Celery -> Kafka")
+            single = name.endswith("single")
             phase_settings = pipeline.Settings(
                 duration=args.duration,
                 warmup=args.warmup,
@@ -298,13 +305,7 @@ def main(argv: list[str] | None = None) -> None:
                 worker_concurrency=args.worker_concurrency,
                 redis_url=redis_url,
                 bootstrap=bootstrap,
-                topics=[
-                    settings.KAFKA_TOPIC_ATTEMPTS,
-                    settings.KAFKA_TOPIC_SESSIONS,
-                    settings.KAFKA_TOPIC_PLACEMENTS,
-                    settings.KAFKA_TOPIC_ACTIVITIES,
-                    settings.KAFKA_TOPIC_ML_TRAINING,
-                ],
+                topics=topics,
                 api_key=api_key,
                 source=source,
                 tag=tag,
@@ -320,7 +321,21 @@ def main(argv: list[str] | None = None) -> None:
                 offsets_interval=args.offsets_interval,
                 log=_log,
             )
-            row = pipeline.run_phase(phase_settings, single=single, broker_pid=broker_pid, redis_pid=redis_pid)
+            tiers = None
+            if name.startswith("peer"):
+                _log(f"{name}: HTTP -> Apache Camel bridge (Java Kafka client) -> Kafka")
+                try:
+                    peer.ensure_libs(_log)
+                except peer.PeerUnavailable as exc:
+                    _log(f"  skipped: {exc}")
+                    results["rows"][name] = {"skipped": str(exc)}
+                    continue
+                tiers = peer.PeerTiers(phase_settings, name, topic=settings.KAFKA_TOPIC_ATTEMPTS, producer=produce)
+            else:
+                _log(f"{name}: HTTP -> granian -> Celery -> Kafka")
+            row = pipeline.run_phase(
+                phase_settings, single=single, name=name, tiers=tiers, broker_pid=broker_pid, redis_pid=redis_pid
+            )
             results["rows"][name] = row
             _log(f"  {row['events_per_s']:,.0f} events/s accepted, {row['records_per_s']:,.0f} records/s in Kafka")
     finally:

@@ -20,7 +20,10 @@ from typing import Any
 import orjson
 
 PLACEHOLDER = b"RRRRRRRRRRRR"  # 12 characters, not hex: a template is never a valid request by accident
-PHASES = {"batch": 1, "single": 2, "memory-batch": 3, "memory-single": 4, "client": 5, "profile": 6, "probe": 7}
+PHASES = {
+    "batch": 1, "single": 2, "memory-batch": 3, "memory-single": 4, "client": 5, "profile": 6, "probe": 7,
+    "peer-batch": 8, "peer-single": 9,
+}  # fmt: skip
 PHASE_NAMES = {v: k for k, v in PHASES.items()}
 
 

@@ -46,7 +46,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _stop_group(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
     if proc.poll() is not None:
         return
     try:
@@ -89,6 +89,8 @@ class Settings:
 
 class Tiers:
     """The web tier (config.serve) and the worker tier (celery), as `make run` starts them, on the bench's Redis."""
+
+    has_queue = True  # accepted events wait in Redis: the phase measures the bytes each one takes there
 
     def __init__(self, settings: Settings, name: str) -> None:
         self.s = settings
@@ -161,12 +163,12 @@ class Tiers:
 
     def stop_worker(self) -> None:
         if self.worker is not None:
-            _stop_group(self.worker)
+            stop_group(self.worker)
 
     def stop(self) -> None:
         self.stop_worker()
         if self.web is not None:
-            _stop_group(self.web)
+            stop_group(self.web)
 
 
 class Watcher:
@@ -252,7 +254,7 @@ class Watcher:
         try:
             self.proc.wait(60)
         except subprocess.TimeoutExpired:
-            _stop_group(self.proc, 5)
+            stop_group(self.proc, 5)
         if not self.out.exists():
             raise RuntimeError(f"kafka watcher wrote no result, see {self.dir}/{self.name}-watch.log")
         result: dict[str, Any] = orjson.loads(self.out.read_bytes())
@@ -360,19 +362,33 @@ def measure_queue_memory(settings: Settings, tiers: Tiers, client: redis.Redis, 
     }
 
 
-def run_phase(settings: Settings, *, single: bool, broker_pid: int | None, redis_pid: int | None) -> dict[str, Any]:
-    name = "single" if single else "batch"
+def run_phase(
+    settings: Settings,
+    *,
+    single: bool,
+    broker_pid: int | None,
+    redis_pid: int | None,
+    name: str | None = None,
+    tiers: Any = None,
+) -> dict[str, Any]:
+    """One row. `tiers` defaults to the project's web and worker tiers; the peer rows pass the bridge's
+    (bench.peer.PeerTiers), with `name` peer-batch or peer-single."""
+    name = name or ("single" if single else "batch")
     phase = bench_events.PHASES[name]
     per_request = 1 if single else settings.batch_size
     log = settings.log
     client = redis.Redis.from_url(settings.redis_url)
-    tiers = Tiers(settings, name)
+    tiers = tiers or Tiers(settings, name)
     watcher: Watcher | None = None
     loadgen: subprocess.Popen[bytes] | None = None
     try:
         tiers.start_web()
-        log(f"  web up on :{tiers.port}; measuring Redis memory per queued event (no worker)")
-        memory = measure_queue_memory(settings, tiers, client, single)
+        if tiers.has_queue:
+            log(f"  web up on :{tiers.port}; measuring Redis memory per queued event (no worker)")
+            memory = measure_queue_memory(settings, tiers, client, single)
+        else:
+            log(f"  up on :{tiers.port}")
+            memory = {"note": "no queue: the bridge answers once Kafka acknowledged the records"}
         tiers.start_worker()
         probe_phase = bench_events.PHASES["probe"]
         watcher = Watcher(settings, name, {phase: per_request, probe_phase: per_request})
@@ -393,10 +409,9 @@ def run_phase(settings: Settings, *, single: bool, broker_pid: int | None, redis
         log(f"  probe reached Kafka; load: concurrency {settings.concurrency}, {settings.warmup:.0f}+"
             f"{settings.duration:.0f} s")  # fmt: skip
 
-        meters = {
-            "web": procfs.TreeMeter(tiers.web.pid),  # type: ignore[union-attr]
-            "worker": procfs.TreeMeter(tiers.worker.pid),  # type: ignore[union-attr]
-        }
+        meters = {"web": procfs.TreeMeter(tiers.web.pid)}
+        if tiers.worker is not None:
+            meters["worker"] = procfs.TreeMeter(tiers.worker.pid)
         if broker_pid:
             meters["kafka_broker"] = procfs.TreeMeter(broker_pid)
         if redis_pid:
@@ -436,10 +451,7 @@ def run_phase(settings: Settings, *, single: bool, broker_pid: int | None, redis
             phase, accepted_total, timeout=settings.drain_timeout, cap=settings.drain_timeout + 10 * settings.duration
         )
         drain_seconds = time.time() - drain_start
-        rss = {
-            "web": meters["web"].peak_rss_mib(),
-            "worker": meters["worker"].peak_rss_mib(),
-        }
+        rss = {tier: meters[tier].peak_rss_mib() for tier in ("web", "worker") if tier in meters}
         seen = watcher.finish()
         watcher = None
         tiers.stop()
@@ -463,9 +475,9 @@ def run_phase(settings: Settings, *, single: bool, broker_pid: int | None, redis
         )
     finally:
         if loadgen is not None and loadgen.poll() is None:
-            _stop_group(loadgen, 5)
+            stop_group(loadgen, 5)
         if watcher is not None:
-            _stop_group(watcher.proc, 5)
+            stop_group(watcher.proc, 5)
         tiers.stop()
         purge(client, settings.tag, task_keys=settings.own_redis_db)
 
@@ -545,7 +557,9 @@ def analyse(
         "cpu_seconds": cpu,
         "cpu_cores": {k: v / duration for k, v in cpu.items()},
         "web_cpu_us_per_event": cpu.get("web", 0) / events_accepted * 1e6 if events_accepted else None,
-        "worker_cpu_us_per_record": cpu.get("worker", 0) / records_in_window * 1e6 if records_in_window else None,
+        "worker_cpu_us_per_record": (
+            cpu["worker"] / records_in_window * 1e6 if "worker" in cpu and records_in_window else None
+        ),
         "loadgen_cpu_share": loadgen_cpu / duration,
         "peak_rss_mib": {k: {"sum": v[0], "largest_process": v[1]} for k, v in rss.items()},
         "queue_memory": memory,

@@ -1,20 +1,26 @@
-"""The printed table of a bench run (one row per measurement) and the pipeline/broker, pipeline/client ratios."""
+"""The printed table of a bench run (one row per measurement) and the pipeline/broker, pipeline/client and
+pipeline/peer ratios."""
 
 from __future__ import annotations
 
 from typing import Any
+
+HTTP_ROWS = ("batch", "single", "peer-batch", "peer-single")
 
 
 def add_ratios(results: dict[str, Any]) -> None:
     rows = results.get("rows", {})
     broker = rows.get("broker", {}).get("records_per_s")
     client = rows.get("client", {}).get("records_per_s")
-    for name in ("batch", "single"):
+    for name in HTTP_ROWS:
         row = rows.get(name)
-        if not row:
+        if not row or "skipped" in row:
             continue
         row["ratio_to_broker"] = row["records_per_s"] / broker if broker else None
         row["ratio_to_client"] = row["records_per_s"] / client if client else None
+        peer = rows.get(f"peer-{name}", {}).get("records_per_s")
+        if not name.startswith("peer"):
+            row["ratio_to_peer"] = row["records_per_s"] / peer if peer else None
 
 
 def _n(value: Any, fmt: str = ",.0f") -> str:
@@ -31,7 +37,7 @@ def table(results: dict[str, Any]) -> str:
     rows = results.get("rows", {})
     record = results.get("record", {})
     head = (
-        f"{'row':<8} {'events/s':>9} {'records/s':>10} {'HTTP ms p50/95/99':>18} {'->Kafka ms p50/95/99':>21} "
+        f"{'row':<11} {'events/s':>9} {'records/s':>10} {'HTTP ms p50/95/99':>18} {'->Kafka ms p50/95/99':>21} "
         f"{'web cores':>9} {'wrk cores':>9} {'web MiB':>8} {'wrk MiB':>8} {'B/queued':>9} {'/broker':>7} {'/client':>7}"
     )
     lines = [
@@ -44,40 +50,49 @@ def table(results: dict[str, Any]) -> str:
         b = rows["broker"]
         lat = {"p50": b["p50_ms"], "p95": b["p95_ms"], "p99": b["p99_ms"]}
         lines.append(
-            f"{'broker':<8} {'-':>9} {_n(b['records_per_s']):>10} {'-':>18} {_pct(lat):>21} "
+            f"{'broker':<11} {'-':>9} {_n(b['records_per_s']):>10} {'-':>18} {_pct(lat):>21} "
             f"{'-':>9} {'-':>9} {'-':>8} {'-':>8} {'-':>9} {'-':>7} {'-':>7}"
         )
     if "client" in rows:
         c = rows["client"]
         lines.append(
-            f"{'client':<8} {'-':>9} {_n(c['records_per_s']):>10} {'-':>18} {_pct(c['ack_latency_ms']):>21} "
+            f"{'client':<11} {'-':>9} {_n(c['records_per_s']):>10} {'-':>18} {_pct(c['ack_latency_ms']):>21} "
             f"{'-':>9} {_n(c['cpu_cores'], '.2f'):>9} {'-':>8} {'-':>8} {'-':>9} "
             f"{_n(c['records_per_s'] / rows['broker']['records_per_s'] if 'broker' in rows else None, '.2f'):>7} "
             f"{'-':>7}"
         )
-    for name in ("batch", "single"):
+    for name in HTTP_ROWS:
         if name not in rows:
             continue
         r = rows[name]
+        if "skipped" in r:
+            lines.append(f"{name:<11} skipped: {r['skipped']}")
+            continue
         cores = r["cpu_cores"]
         rss = r["peak_rss_mib"]
         lines.append(
-            f"{name:<8} {_n(r['events_per_s']):>9} {_n(r['records_per_s']):>10} {_pct(r['http_latency_ms']):>18} "
+            f"{name:<11} {_n(r['events_per_s']):>9} {_n(r['records_per_s']):>10} {_pct(r['http_latency_ms']):>18} "
             f"{_pct(r['e2e_latency_ms']):>21} {_n(cores.get('web'), '.2f'):>9} {_n(cores.get('worker'), '.2f'):>9} "
-            f"{_n(rss['web']['sum']):>8} {_n(rss['worker']['sum']):>8} "
+            f"{_n(rss['web']['sum']):>8} {_n(rss.get('worker', {}).get('sum')):>8} "
             f"{_n(r['queue_memory'].get('bytes_per_event')):>9} "
             f"{_n(r.get('ratio_to_broker'), '.3f'):>7} {_n(r.get('ratio_to_client'), '.3f'):>7}"
         )
     details = []
-    for name in ("batch", "single"):
-        if name not in rows:
+    for name in HTTP_ROWS:
+        if name not in rows or "skipped" in rows[name]:
             continue
         r = rows[name]
         cores = r["cpu_cores"]
         q = r["queue_memory"]
+        if name.startswith("peer"):
+            tiers = f"bridge {_n(r['web_cpu_us_per_event'])} us CPU/event (the Java process)"
+        else:
+            tiers = (
+                f"web {_n(r['web_cpu_us_per_event'])} us CPU/event, worker {_n(r['worker_cpu_us_per_record'])} us "
+                f"CPU/record, {_n(r.get('ratio_to_peer'), '.2f')} x the peer's records/s"
+            )
         details.append(
-            f"{name}: web {_n(r['web_cpu_us_per_event'])} us CPU/event, worker {_n(r['worker_cpu_us_per_record'])} "
-            f"us CPU/record; kafka broker {_n(cores.get('kafka_broker'), '.2f')} cores, redis "
+            f"{name}: {tiers}; kafka broker {_n(cores.get('kafka_broker'), '.2f')} cores, redis "
             f"{_n(cores.get('redis'), '.2f')}, load generator {_n(cores.get('loadgen'), '.2f')}, kafka watcher "
             f"{_n(cores.get('kafka_watcher'), '.2f')}; queue left at end {r['queued_events_at_end']:,} events, "
             f"drained {'yes' if r['drained'] else 'NO'} in {r['drain_seconds']:.1f} s, accepted but not in Kafka "
