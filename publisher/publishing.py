@@ -208,9 +208,10 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
             record.error = blocked
             continue
         try:
-            futures.append(
-                (record, producer.send(record.topic, key=record.key, value=record.value, headers=record.headers))
+            future = kafka_gateway.send_checked(
+                producer, record.topic, key=record.key, value=record.value, headers=record.headers, size_estimate=size
             )
+            futures.append((record, future))
         except Exception as exc:
             record.error = exc
             if is_retryable(exc):
