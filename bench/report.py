@@ -89,8 +89,10 @@ def table(results: dict[str, Any]) -> str:
         else:
             tiers = (
                 f"web {_n(r['web_cpu_us_per_event'])} us CPU/event, worker {_n(r['worker_cpu_us_per_record'])} us "
-                f"CPU/record, {_n(r.get('ratio_to_peer'), '.2f')} x the peer's records/s"
+                "CPU/record"
             )
+            if r.get("ratio_to_peer") is not None:
+                tiers += f", {r['ratio_to_peer']:.2f} x the peer's records/s"
         details.append(
             f"{name}: {tiers}; kafka broker {_n(cores.get('kafka_broker'), '.2f')} cores, redis "
             f"{_n(cores.get('redis'), '.2f')}, load generator {_n(cores.get('loadgen'), '.2f')}, kafka watcher "

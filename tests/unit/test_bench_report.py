@@ -57,7 +57,8 @@ def test_pipeline_rows_are_compared_with_the_peer_and_the_peer_with_the_limits()
     peer_line = next(line for line in printed.splitlines() if line.startswith("peer-batch "))
     assert "60,000" in peer_line and "3.000" in peer_line
     assert "peer-batch: bridge 25 us CPU/event" in printed
-    assert "batch: web 25 us CPU/event, worker 60 us CPU/record, 0.25 x the peer's records/s" in printed
+    assert "batch: web 25 us CPU/event, worker 60 us CPU/record, 0.25 x the peer's records/s;" in printed
+    assert "single: web 25 us CPU/event, worker 60 us CPU/record; kafka broker" in printed  # no peer figure
 
 
 def test_peer_rows_have_event_ids_of_their_own() -> None:
