@@ -87,34 +87,46 @@ class KeyHashCachingPartitioner(DefaultPartitioner):
         return int(ordered[hashed % len(ordered)])
 
 
-def send_checked(producer: KafkaProducer, topic: str, *, key: bytes, value: bytes, headers: list[tuple[str, bytes]],
-                 size_estimate: int) -> Any:  # fmt: skip
+class CheckedSender:
     """`producer.send()` for records the publisher built itself: bytes key and value, (str, bytes) headers, and a
-    size already estimated (`size_estimate`, generous). It returns the same delivery future.
+    size already estimated (`size_estimate`, generous). `send()` returns the same delivery future.
 
-    Why: kafka-python's `send()` spends ~15 µs per record re-checking what is known here (header types, a size
-    estimate walking every header, serializers, a debug-log string) — about 40 % of the client's CPU per record
-    (`bench.task_cost`, README Performance). Past the checks, this does what `send()` does for a keyed record to
-    an idempotent, non-transactional producer: partition with the configured partitioner, append to the record
-    accumulator, wake the sender when a batch fills or starts. Anything else takes `send()` itself: a producer
-    without those parts (another kafka-python version), a transactional one, a record without a key, a topic
-    whose partitions are not known yet (send() waits for the metadata), or a record near `max_request_size`
-    (send() refuses it with its own error)."""
-    parts = _fast_path_parts(producer)
-    if (
-        parts is None
-        or not key
-        or size_estimate >= producer.config["max_request_size"]
-        or not parts.metadata.partitions_for_topic(topic)
-    ):
-        return producer.send(topic, key=key, value=value, headers=headers)
-    partition = parts.partitioner.partition(topic, key, key, value, value, parts.metadata)
-    future, batch_is_full, new_batch_created, _ = parts.accumulator.append(
-        TopicPartition(topic, partition), None, key, value, headers
-    )
-    if batch_is_full or new_batch_created:
-        parts.sender.wakeup()
-    return future
+    Why: kafka-python's `send()` spends several µs per record re-checking what is known here (header types, a
+    size estimate walking every header, serializers, a debug-log string): `bench.task_cost`, 100-event tasks,
+    59-62 -> 51-59 µs of worker CPU per record. Past the checks, this does what `send()` does for a keyed record
+    to an idempotent, non-transactional producer: partition with the configured partitioner, append to the
+    record accumulator, wake the sender when a batch fills or starts. Anything else takes `send()` itself: a
+    producer without those parts (another kafka-python version), a transactional one, a record without a key, a
+    topic whose partitions are not known yet (send() waits for the metadata), or a record near
+    `max_request_size` (send() refuses it with its own error). Made once per round of sends."""
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self._producer = producer
+        self._parts = _fast_path_parts(producer)
+        self._max_size = int(producer.config["max_request_size"])
+        self._known_topics: set[str] = set()
+
+    def send(
+        self, topic: str, *, key: bytes, value: bytes, headers: list[tuple[str, bytes]], size_estimate: int
+    ) -> Any:
+        parts = self._parts
+        if parts is None or not key or size_estimate >= self._max_size or not self._partitions_known(topic):
+            return self._producer.send(topic, key=key, value=value, headers=headers)
+        partition = parts.partitioner.partition(topic, key, key, value, value, parts.metadata)
+        future, batch_is_full, new_batch_created, _ = parts.accumulator.append(
+            TopicPartition(topic, partition), None, key, value, headers
+        )
+        if batch_is_full or new_batch_created:
+            parts.sender.wakeup()
+        return future
+
+    def _partitions_known(self, topic: str) -> bool:
+        if topic in self._known_topics:
+            return True
+        if self._parts is not None and self._parts.metadata.partitions_for_topic(topic):
+            self._known_topics.add(topic)
+            return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -126,7 +138,7 @@ class _FastPathParts:
 
 
 def _fast_path_parts(producer: KafkaProducer) -> _FastPathParts | None:
-    """The producer's internals `send_checked` needs (kafka-python 3.0's names, checked rather than assumed), or
+    """The producer's internals `CheckedSender` needs (kafka-python 3.0's names, checked rather than assumed), or
     None when it must use `send()`."""
     config = producer.config
     manager = getattr(producer, "_transaction_manager", None)

@@ -167,6 +167,12 @@ def await_acks(sent: Sequence[tuple[Record, Any]], *, timeout: float) -> None:
     deadline = time.monotonic() + timeout + ACK_GRACE_SECONDS
     acked: list[str] = []
     for record, future in sent:
+        if future.is_done:  # the usual case after flush(): read the outcome without get()'s timer per record
+            if future.failed():
+                record.error = future.exception
+            else:
+                acked.append(record.topic)
+            continue
         try:
             future.get(timeout=max(0.1, deadline - time.monotonic()))
         except Exception as exc:
@@ -193,6 +199,7 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
         _count_failures(records)
         raise _RoundFailed(list(records)) from exc
     limits = kafka_gateway.max_message_bytes({r.topic for r in records})
+    sender = kafka_gateway.CheckedSender(producer)
     futures: list[tuple[Record, Any]] = []
     blocked: BaseException | None = None
     for record in records:
@@ -208,8 +215,8 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
             record.error = blocked
             continue
         try:
-            future = kafka_gateway.send_checked(
-                producer, record.topic, key=record.key, value=record.value, headers=record.headers, size_estimate=size
+            future = sender.send(
+                record.topic, key=record.key, value=record.value, headers=record.headers, size_estimate=size
             )
             futures.append((record, future))
         except Exception as exc:

@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
 
 from publisher import kafka_gateway
-from publisher.kafka_gateway import send_checked
+from publisher.kafka_gateway import CheckedSender
 
 pytestmark = pytest.mark.django_db
 
@@ -34,8 +34,9 @@ def test_records_land_as_send_would_write_them(producer: Any, kafka_reader: Any)
     reader = kafka_reader(topic)
     run = uuid.uuid4().hex[:8]
     keys = [f"user-{run}-{n}".encode() for n in range(60)]
+    sender = CheckedSender(producer)
     shortcut = [
-        send_checked(producer, topic, key=k, value=b'{"n":%d}' % n, headers=_headers(n), size_estimate=300)
+        sender.send(topic, key=k, value=b'{"n":%d}' % n, headers=_headers(n), size_estimate=300)
         for n, k in enumerate(keys)
     ]
     reference = [producer.send(topic, key=k, value=b'{"n":%d}' % n, headers=_headers(n)) for n, k in enumerate(keys)]
@@ -64,9 +65,10 @@ def test_send_is_used_where_the_shortcut_does_not_apply(producer: Any, kafka_rea
     assert not producer._metadata.partitions_for_topic(topic)
     reader = kafka_reader(topic)
     key = f"user-{uuid.uuid4().hex[:8]}".encode()
-    first = send_checked(producer, topic, key=key, value=b"{}", headers=_headers(0), size_estimate=200)
+    sender = CheckedSender(producer)
+    first = sender.send(topic, key=key, value=b"{}", headers=_headers(0), size_estimate=200)
     # A record without a key: the partitioner's sticky choice is send()'s business.
-    keyless = send_checked(producer, topic, key=b"", value=b'{"k":0}', headers=_headers(1), size_estimate=200)
+    keyless = sender.send(topic, key=b"", value=b'{"k":0}', headers=_headers(1), size_estimate=200)
     producer.flush(10)
     assert first.get(10).offset >= 0
     assert keyless.get(10).offset >= 0
@@ -75,8 +77,7 @@ def test_send_is_used_where_the_shortcut_does_not_apply(producer: Any, kafka_rea
 
     # A record at the client's request limit gets send()'s own refusal, not a broken batch.
     with pytest.raises(MessageSizeTooLargeError):
-        send_checked(
-            producer,
+        sender.send(
             topic,
             key=key,
             value=b"x" * producer.config["max_request_size"],
