@@ -42,12 +42,18 @@ _ENQUEUE_GUARDED = (
     queue.RESERVE_LUA
     + """
 local held = {1}
-for i = 3, #KEYS do
-  local value = redis.call('GET', KEYS[i])
-  if value then
-    held[#held + 1] = i - 2
-    held[#held + 1] = value
+-- MGET in slices (one command instead of one per guard; slices stay under Lua's unpack limit).
+local first = 3
+while first <= #KEYS do
+  local last = math.min(first + 999, #KEYS)
+  local values = redis.call('MGET', unpack(KEYS, first, last))
+  for j = 1, #values do
+    if values[j] then
+      held[#held + 1] = first + j - 3
+      held[#held + 1] = values[j]
+    end
   end
+  first = last + 1
 end
 if #held > 1 then
   return held

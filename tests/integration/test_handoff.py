@@ -106,6 +106,28 @@ def test_a_held_guard_means_nothing_is_done(scratch_queue: Any) -> None:
         scratch_queue.delete(*keys)
 
 
+def test_held_guards_are_found_in_a_group_of_thousands(scratch_queue: Any) -> None:
+    """The script reads guards in slices of 1,000: holders at both edges of a slice are reported at their
+    own positions, and with none held a group this large is enqueued whole."""
+    run = uuid.uuid4()
+    keys = [f"test:guard:{run}:{n}" for n in range(2500)]
+    held_at = [0, 999, 1000, 1999, 2499]
+    for position in held_at:
+        scratch_queue.set(keys[position], f"holder-{position}")
+    scratch_queue.set(SCRATCH_COUNTER, 0)
+    try:
+        result = _guarded(guards=[(key, f"new-{n}") for n, key in enumerate(keys)])
+        assert result == handoff.GuardedResult(held={p: f"holder-{p}" for p in held_at})
+        assert scratch_queue.exists(*keys) == len(held_at)  # nothing set
+        assert scratch_queue.llen(SCRATCH_QUEUE) == 0
+        scratch_queue.delete(*(keys[p] for p in held_at))
+        assert _guarded(guards=[(key, f"new-{n}") for n, key in enumerate(keys)]).enqueued
+        assert scratch_queue.mget(keys[998:1002]) == [b"new-998", b"new-999", b"new-1000", b"new-1001"]
+        assert scratch_queue.llen(SCRATCH_QUEUE) == 1
+    finally:
+        scratch_queue.delete(*keys)
+
+
 def test_a_full_queue_means_nothing_is_done(scratch_queue: Any) -> None:
     key = f"test:guard:{uuid.uuid4()}"
     scratch_queue.set(SCRATCH_COUNTER, 9)
