@@ -18,13 +18,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from typing import Any
 
-from bench import procfs
-from bench.pipeline import ROOT, Settings, free_port, stop_group
+from bench.pipeline import ROOT, Settings, free_port, stop_group, wait_until_serving
 
 POM = ROOT / "bench" / "peer" / "pom.xml"
 ROUTES = ROOT / "bench" / "peer" / "routes.yaml"
@@ -92,19 +88,14 @@ class PeerTiers:
             self.cmd, cwd=ROOT, env=os.environ.copy(), stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            if self.web.poll() is not None:
-                raise RuntimeError(f"the peer bridge exited early, see {self.s.workdir}/{self.name}-bridge.log")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/events", timeout=2)
-            except urllib.error.HTTPError as exc:
-                if exc.code == 405 and procfs.tree(self.web.pid):  # the POST-only route is up
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("the peer bridge was not ready after 90 s")
+        wait_until_serving(
+            self.web,
+            self.port,
+            ready=lambda answer: answer.code == 405,  # Camel's POST-only route
+            timeout=90,
+            what="the peer bridge",
+            log_path=self.s.workdir / f"{self.name}-bridge.log",
+        )
 
     def start_worker(self) -> None:
         """Nothing to start: the bridge publishes before it answers."""

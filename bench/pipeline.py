@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,32 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
         proc.wait(10)
     except ProcessLookupError:
         pass
+
+
+def wait_until_serving(
+    proc: subprocess.Popen[bytes],
+    port: int,
+    *,
+    ready: Callable[[urllib.error.HTTPError], bool],
+    timeout: float,
+    what: str,
+    log_path: Path,
+) -> None:
+    """Until `GET /api/v1/events` on `port` gets an HTTP error answer (the POST-only route is up) that `ready`
+    accepts; raises if `proc` exits first or `timeout` seconds pass."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited early, see {log_path}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/events", timeout=2)
+        except urllib.error.HTTPError as exc:
+            if ready(exc):
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} was not ready after {timeout:.0f} s")
 
 
 @dataclass
@@ -126,20 +153,15 @@ class Tiers:
         self.web = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env, stdout=self._log("web"), stderr=subprocess.STDOUT, start_new_session=True
         )
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.web.poll() is not None:
-                raise RuntimeError(f"the web server exited early, see {self.s.workdir}/{self.name}-web.log")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/events", timeout=2)
-            except urllib.error.HTTPError:
-                workers = len(procfs.tree(self.web.pid)) - 1
-                if workers >= self.s.web_workers:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("the web server not ready after 60 s")
+        web = self.web
+        wait_until_serving(
+            web,
+            self.port,
+            ready=lambda _: len(procfs.tree(web.pid)) - 1 >= self.s.web_workers,  # every worker forked
+            timeout=60,
+            what="the web server",
+            log_path=self.s.workdir / f"{self.name}-web.log",
+        )
 
     def start_worker(self) -> None:
         cmd = [
