@@ -333,9 +333,7 @@ def main(argv: list[str] | None = None) -> None:
                 tiers = peer.PeerTiers(phase_settings, name, topic=settings.KAFKA_TOPIC_ATTEMPTS, producer=produce)
             else:
                 _log(f"{name}: HTTP -> granian -> Celery -> Kafka")
-            row = pipeline.run_phase(
-                phase_settings, single=single, name=name, tiers=tiers, broker_pid=broker_pid, redis_pid=redis_pid
-            )
+            row = pipeline.run_phase(phase_settings, name=name, tiers=tiers, broker_pid=broker_pid, redis_pid=redis_pid)
             results["rows"][name] = row
             _log(f"  {row['events_per_s']:,.0f} events/s accepted, {row['records_per_s']:,.0f} records/s in Kafka")
     finally:

@@ -385,17 +385,11 @@ def measure_queue_memory(settings: Settings, tiers: Tiers, client: redis.Redis, 
 
 
 def run_phase(
-    settings: Settings,
-    *,
-    single: bool,
-    broker_pid: int | None,
-    redis_pid: int | None,
-    name: str | None = None,
-    tiers: Any = None,
+    settings: Settings, *, name: str, broker_pid: int | None, redis_pid: int | None, tiers: Any = None
 ) -> dict[str, Any]:
-    """One row. `tiers` defaults to the project's web and worker tiers; the peer rows pass the bridge's
-    (bench.peer.PeerTiers), with `name` peer-batch or peer-single."""
-    name = name or ("single" if single else "batch")
+    """One row: `name` is batch, single, peer-batch or peer-single. `tiers` defaults to the project's web and
+    worker tiers; the peer rows pass the bridge's (bench.peer.PeerTiers)."""
+    single = name.endswith("single")
     phase = bench_events.PHASES[name]
     per_request = 1 if single else settings.batch_size
     log = settings.log

@@ -18,8 +18,8 @@ def add_ratios(results: dict[str, Any]) -> None:
             continue
         row["ratio_to_broker"] = row["records_per_s"] / broker if broker else None
         row["ratio_to_client"] = row["records_per_s"] / client if client else None
-        peer = rows.get(f"peer-{name}", {}).get("records_per_s")
         if not name.startswith("peer"):
+            peer = rows.get(f"peer-{name}", {}).get("records_per_s")
             row["ratio_to_peer"] = row["records_per_s"] / peer if peer else None
 
 

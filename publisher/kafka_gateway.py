@@ -104,13 +104,17 @@ class CheckedSender:
         self._producer = producer
         self._parts = _fast_path_parts(producer)
         self._max_size = int(producer.config["max_request_size"])
-        self._known_topics: set[str] = set()
 
     def send(
         self, topic: str, *, key: bytes, value: bytes, headers: list[tuple[str, bytes]], size_estimate: int
     ) -> Any:
         parts = self._parts
-        if parts is None or not key or size_estimate >= self._max_size or not self._partitions_known(topic):
+        if (
+            parts is None
+            or not key
+            or size_estimate >= self._max_size
+            or not parts.metadata.partitions_for_topic(topic)
+        ):
             return self._producer.send(topic, key=key, value=value, headers=headers)
         partition = parts.partitioner.partition(topic, key, key, value, value, parts.metadata)
         future, batch_is_full, new_batch_created, _ = parts.accumulator.append(
@@ -119,14 +123,6 @@ class CheckedSender:
         if batch_is_full or new_batch_created:
             parts.sender.wakeup()
         return future
-
-    def _partitions_known(self, topic: str) -> bool:
-        if topic in self._known_topics:
-            return True
-        if self._parts is not None and self._parts.metadata.partitions_for_topic(topic):
-            self._known_topics.add(topic)
-            return True
-        return False
 
 
 @dataclass(frozen=True)

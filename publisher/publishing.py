@@ -167,14 +167,11 @@ def await_acks(sent: Sequence[tuple[Record, Any]], *, timeout: float) -> None:
     deadline = time.monotonic() + timeout + ACK_GRACE_SECONDS
     acked: list[str] = []
     for record, future in sent:
-        if future.is_done:  # the usual case after flush(): read the outcome without get()'s timer per record
-            if future.failed():
-                record.error = future.exception
-            else:
-                acked.append(record.topic)
-            continue
         try:
-            future.get(timeout=max(0.1, deadline - time.monotonic()))
+            if not future.is_done:  # after flush() nearly all are done: no get() and its timer per record
+                future.get(timeout=max(0.1, deadline - time.monotonic()))
+            elif future.failed():
+                raise future.exception
         except Exception as exc:
             record.error = exc
         else:
