@@ -60,6 +60,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--web-args", default="", help="extra `python -m config.serve` arguments, e.g. '--threads 4'")
     parser.add_argument("--worker-args", default="", help="extra celery worker arguments, e.g. '--pool threads'")
     parser.add_argument("--worker-concurrency", type=int, default=2, help="celery pool processes (default 2)")
+    parser.add_argument(
+        "--worker-instances",
+        type=int,
+        default=1,
+        help="celery workers side by side (default 1), e.g. 2 with --worker-concurrency 1 --worker-args '--pool solo'",
+    )
     parser.add_argument("--sample-every", type=int, default=10, help="POST->Kafka latency of every Nth event")
     parser.add_argument(
         "--drain-timeout",
@@ -317,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
                 rate=args.single_rate if single else args.rate,
                 web_args=shlex.split(args.web_args),
                 worker_args=shlex.split(args.worker_args),
+                worker_instances=args.worker_instances,
                 watch_mode=args.watch,
                 offsets_interval=args.offsets_interval,
                 log=_log,

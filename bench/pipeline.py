@@ -16,6 +16,7 @@ Per phase (batch or single) the bench starts its own web and worker tiers on the
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -107,6 +108,7 @@ class Settings:
     own_redis_db: bool = True  # the bench's Redis database is not the application's: task keys may go too
     web_args: list[str] = field(default_factory=list)  # extra `config.serve` arguments, e.g. --threads
     worker_args: list[str] = field(default_factory=list)  # extra celery worker arguments
+    worker_instances: int = 1  # celery workers side by side, e.g. two `--pool solo` workers instead of prefork
     rate: float | None = None  # events/s offered (open loop); None: closed loop at `concurrency`
     watch_mode: str = "deferred"
     offsets_interval: float = 0.05
@@ -169,6 +171,10 @@ class Tiers:
             "--concurrency", str(self.s.worker_concurrency), "--without-gossip", "--without-mingle",
             "--without-heartbeat", "--hostname", f"bench-{self.s.tag}-{self.name}@%h", *self.s.worker_args,
         ]  # fmt: skip
+        if self.s.worker_instances > 1:
+            # One process group under a shell, so CPU, RSS and stopping take them all like one prefork tree.
+            commands = [shlex.join([a.replace("@%h", f"-{n}@%h") for a in cmd]) for n in range(self.s.worker_instances)]
+            cmd = ["bash", "-c", " & ".join(commands) + " & wait"]
         self.worker = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env, stdout=self._log("worker"), stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -178,7 +184,8 @@ class Tiers:
                 raise RuntimeError(f"celery worker exited early, see {self.s.workdir}/{self.name}-worker.log")
             # Other pools have no child processes; the probe request then shows when the worker consumes.
             prefork = not any(a in ("threads", "solo", "gevent", "eventlet") for a in self.s.worker_args)
-            if not prefork or len(procfs.tree(self.worker.pid)) > self.s.worker_concurrency:
+            pool_processes = self.s.worker_concurrency * self.s.worker_instances
+            if not prefork or len(procfs.tree(self.worker.pid)) > pool_processes:
                 return
             time.sleep(0.2)
         raise RuntimeError("celery worker pool not up after 60 s")
