@@ -178,14 +178,17 @@ class Tiers:
         self.worker = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env, stdout=self._log("worker"), stderr=subprocess.STDOUT, start_new_session=True
         )
+        # Other pools have no child processes; the probe request then shows when the worker consumes.
+        pools = {a.rpartition("=")[2] for a in self.s.worker_args}  # `--pool solo`, `--pool=solo`, `-P solo`
+        prefork = not pools & {"threads", "solo", "gevent", "eventlet"}
+        instances = self.s.worker_instances
+        # Every worker's main process and pool processes, plus the shell when there are several workers.
+        expected = instances * (1 + self.s.worker_concurrency) + (1 if instances > 1 else 0)
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.worker.poll() is not None:
                 raise RuntimeError(f"celery worker exited early, see {self.s.workdir}/{self.name}-worker.log")
-            # Other pools have no child processes; the probe request then shows when the worker consumes.
-            prefork = not any(a in ("threads", "solo", "gevent", "eventlet") for a in self.s.worker_args)
-            pool_processes = self.s.worker_concurrency * self.s.worker_instances
-            if not prefork or len(procfs.tree(self.worker.pid)) > pool_processes:
+            if not prefork or len(procfs.tree(self.worker.pid)) >= expected:
                 return
             time.sleep(0.2)
         raise RuntimeError("celery worker pool not up after 60 s")
