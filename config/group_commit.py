@@ -46,7 +46,9 @@ class _Waiter(Generic[T, R]):
 class GroupCommit(Generic[T, R]):
     """`run(items)` returns one result per item, in order; if it raises, every caller of the group raises (its
     own copy of) that error. A group stops before `max_weight` (summed `weight` of its items; the first item
-    is always taken, however heavy). `linger()` gives the most seconds a leader waits for companions (0: never)."""
+    is always taken, however heavy). `linger()` gives the most seconds a leader waits for companions (0: never).
+    `hold()` gives seconds a leader waits for companions the whole time, whoever announced themselves (0: not now):
+    for when the consumers of the groups are behind, so waiting costs the items nothing and larger groups help."""
 
     def __init__(
         self,
@@ -55,11 +57,13 @@ class GroupCommit(Generic[T, R]):
         weight: Callable[[T], int] = lambda _: 1,
         max_weight: Callable[[], int] | None = None,
         linger: Callable[[], float] = lambda: 0.0,
+        hold: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._run = run
         self._weight = weight
         self._max_weight = max_weight
         self._linger = linger
+        self._hold = hold
         self._lock = threading.Lock()
         self._joined = threading.Condition(self._lock)
         self._queue: list[_Waiter[T, R]] = []
@@ -91,8 +95,8 @@ class GroupCommit(Generic[T, R]):
             if announcement is not None and announcement.group is self and not announcement.joined:
                 announcement.joined = True
                 self._expected -= 1
-                self._joined.notify_all()
             self._queue.append(mine)
+            self._joined.notify_all()  # a waiting leader looks again: all it expected may be in, or its group full
             leading = not self._busy
             self._busy = True
         if not leading:
@@ -112,12 +116,13 @@ class GroupCommit(Generic[T, R]):
     def _lead(self) -> None:
         wait = self._linger()
         limit = self._max_weight() if self._max_weight is not None else None
+        hold = self._hold()  # outside the lock: it may ask another service
         with self._lock:
             now = time.monotonic()
-            deadline = now + wait
+            deadline = now + max(wait, hold)
             # Traffic from several callers at once (the last group was shared and ended moments ago): more are
             # on their way, wait the whole time. Otherwise wait only for callers that announced themselves.
-            concurrent = self._last_group_size > 1 and now - self._last_group_end < 2 * wait
+            concurrent = hold > 0 or (self._last_group_size > 1 and now - self._last_group_end < 2 * wait)
             while (
                 (concurrent or self._expected > 0)
                 and not self._full(limit)

@@ -116,7 +116,23 @@ def _admission_for(source: str) -> GroupCommit[Sequence[tuple[int, ValidatedEven
         weight=len,
         max_weight=lambda: settings.INGEST_MAX_BATCH,
         linger=lambda: settings.INGEST_GROUP_WAIT,
+        hold=_backlog_hold,
     )
+
+
+def _backlog_hold() -> float:
+    """INGEST_BACKLOG_GROUP_WAIT while the workers are behind (INGEST_BACKLOG_GROUP_TASKS or more publish tasks
+    that no worker has taken yet), else 0. Then accepted events wait in the queue anyway, so a leader that waits
+    for companions costs them little, and the larger tasks it makes cost the workers less CPU per event (per-task
+    costs shared): this is what lets them catch up instead of falling further behind."""
+    threshold = settings.INGEST_BACKLOG_GROUP_TASKS
+    if threshold <= 0:
+        return 0.0
+    try:
+        waiting = publisher_services.waiting_tasks()
+    except Exception:  # Redis is down: the admission itself will say so
+        return 0.0
+    return settings.INGEST_BACKLOG_GROUP_WAIT if waiting is not None and waiting >= threshold else 0.0
 
 
 _admissions: GroupCommits[Sequence[tuple[int, ValidatedEvent]], Outcome] = GroupCommits(_admission_for)

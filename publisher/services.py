@@ -4,6 +4,7 @@ enqueue_events(events=..., source=..., accepted_at=...)   one Celery task for a 
 enqueue_events_guarded(..., guards=..., capacity_limit=...)   the same, atomically with guard keys and capacity
 publish_batch(events=..., source=...) / publish_event(event=..., source=...)   synchronous, in-process
 queue_depth()                                             events waiting for a worker
+waiting_tasks()                                           publish tasks no worker has taken yet
 ensure_topics(partitions=..., replication_factor=...)     create configured topics + dlq.events
 """
 
@@ -118,6 +119,16 @@ def queue_depth() -> int:
     return queue.depth()
 
 
+def waiting_tasks() -> int | None:
+    """Publish tasks that no worker has taken yet (each worker process holds up to its prefetch of tasks, so any
+    here mean every worker is busy and has work lined up), cached for 0.2 s per process. None when Celery's
+    broker is not REDIS_URL's Redis: that queue is not ours to read."""
+    from publisher.tasks import publish_events
+
+    queue_name = handoff.queue_for(publish_events.name)
+    return None if queue_name is None else queue.waiting_tasks(queue_name)
+
+
 def publish_batch(*, events: list[dict[str, Any]], source: str = "internal") -> BatchResult:
     """Publish already-validated, normalized events now, in this process (no Celery), waiting for every
     acknowledgement. Raises PublishDeferred with what is still owed when Kafka is down (breaker open)."""
@@ -143,4 +154,5 @@ __all__ = [
     "release_queue_capacity",
     "reserve_queue_capacity",
     "topic_exists",
+    "waiting_tasks",
 ]

@@ -15,7 +15,7 @@ from django.test import override_settings
 from config.redis import get_redis
 from ingestion import services
 from ingestion.schema import ValidatedEvent, validate_event
-from publisher import queue
+from publisher import handoff, queue
 from publisher import services as publisher_services
 from tests import factories
 from tests.conftest import KafkaReader, WorkerProcess
@@ -143,6 +143,64 @@ def test_a_group_stops_at_the_batch_limit(
     ] * 5
     assert handed_off == [1, 3, 1]
     assert _event_ids_in_kafka(reader, source, expected=5) == sorted(str(ev.data["event_id"]) for ev in events)
+
+
+@override_settings(INGEST_GROUP_WAIT=0.01, INGEST_BACKLOG_GROUP_TASKS=3, INGEST_BACKLOG_GROUP_WAIT=0.4)
+def test_while_the_workers_are_behind_a_leader_holds_for_requests_that_never_announced(
+    default_routing: None, celery_worker: WorkerProcess, kafka_reader: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INGEST_BACKLOG_GROUP_*: with 3 or more publish tasks that no worker has taken, a leader waits the whole
+    backlog wait, so a request that arrives later (not announced: another client's) joins its task; with fewer,
+    a request goes straight through. The backlog is reported (the session's worker drains any real one at once);
+    admission, the task, the worker and Kafka are real."""
+    reader: KafkaReader = kafka_reader("user.activities")
+    source = f"group-{uuid.uuid4().hex[:8]}"
+    events = [validated(factories.activity(event_id=str(uuid.uuid4()))) for _ in range(4)]
+    handed_off = _count_handed_off(monkeypatch)
+    waiting = [3]
+    monkeypatch.setattr(publisher_services, "waiting_tasks", lambda: waiting[0])
+    answers: list[Any] = [None] * len(events)
+
+    def send(n: int) -> None:
+        answers[n] = services.accept_events(events=[(0, events[n])], source=source)
+
+    first = threading.Thread(target=send, args=(0,))
+    started = time.monotonic()
+    first.start()
+    time.sleep(0.1)  # well past INGEST_GROUP_WAIT
+    send(1)
+    first.join(10)
+    held = time.monotonic() - started
+
+    waiting[0] = 2
+    started = time.monotonic()
+    send(2)
+    send(3)
+    alone = time.monotonic() - started
+
+    assert [answer.statuses[0][1] for answer in answers] == [services.ACCEPTED] * 4
+    assert handed_off == [2, 1, 1]
+    assert held >= 0.39  # the leader sat out the backlog wait
+    assert alone < 0.3  # under the threshold: a sequential client is not held
+    assert _event_ids_in_kafka(reader, source, expected=4) == sorted(str(ev.data["event_id"]) for ev in events)
+
+
+def test_waiting_tasks_is_the_length_of_the_publish_queue_and_unknown_with_another_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The backlog signal is the broker's list itself (a scratch one here, so the session's worker leaves it
+    alone), never the events counter, which a lost decrement or a purge could leave too high for good."""
+    scratch = f"test:waiting:{uuid.uuid4().hex[:8]}"
+    redis = get_redis()
+    redis.lpush(scratch, b"task-1", b"task-2", b"task-3")
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(handoff, "queue_for", lambda task_name: scratch)
+            assert publisher_services.waiting_tasks() == 3
+    finally:
+        redis.delete(scratch)
+    with override_settings(CELERY_BROKER_URL="redis://127.0.0.1:1/0"):
+        assert publisher_services.waiting_tasks() is None
 
 
 @override_settings(INGEST_MAX_QUEUE_DEPTH=10)

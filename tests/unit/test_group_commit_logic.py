@@ -111,3 +111,52 @@ def test_after_a_shared_group_a_leader_waits_for_companions_and_after_a_lone_one
     started = time.monotonic()
     assert group_commit.submit(4) == "done 4"
     assert time.monotonic() - started < 0.1  # the last group was this caller alone: a sequential client
+
+
+def test_while_held_a_lone_leader_waits_the_whole_hold_and_takes_a_caller_that_never_announced() -> None:
+    runs: list[list[int]] = []
+    holding = [0.3]
+    group_commit: GroupCommit[int, str] = GroupCommit(
+        _recording_run(runs, hold_first=False), linger=lambda: 0.01, hold=lambda: holding[0]
+    )
+    answers: list[object] = [None, None]
+
+    def submit(n: int) -> None:
+        answers[n] = group_commit.submit(n)
+
+    first = threading.Thread(target=submit, args=(0,))
+    started = time.monotonic()
+    first.start()
+    time.sleep(0.1)  # longer than linger(): only the hold keeps the leader waiting
+    submit(1)
+    first.join(5)
+    assert answers == ["done 0", "done 1"]
+    assert runs == [[0, 1]]
+    assert time.monotonic() - started >= 0.29  # it waited the whole hold, not only until the companion came
+
+    holding[0] = 0.0
+    started = time.monotonic()
+    assert group_commit.submit(2) == "done 2"
+    assert time.monotonic() - started < 0.1  # not held: a lone caller goes straight through again
+    assert runs[-1] == [2]
+
+
+def test_a_held_leader_stops_waiting_once_its_group_is_full() -> None:
+    runs: list[list[int]] = []
+    group_commit: GroupCommit[int, str] = GroupCommit(
+        _recording_run(runs, hold_first=False), weight=lambda item: 2, max_weight=lambda: 4, hold=lambda: 5.0
+    )
+    answers: list[object] = [None, None]
+
+    def submit(n: int) -> None:
+        answers[n] = group_commit.submit(n)
+
+    first = threading.Thread(target=submit, args=(0,))
+    started = time.monotonic()
+    first.start()
+    time.sleep(0.05)
+    submit(1)
+    first.join(5)
+    assert answers == ["done 0", "done 1"]
+    assert runs == [[0, 1]]
+    assert time.monotonic() - started < 1.0  # full at 4: the 5-second hold was not sat out
