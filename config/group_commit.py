@@ -4,7 +4,8 @@ the leader does one round of work (one Redis round trip, one task) for every ite
 A lone caller goes straight through, and under load the groups grow by themselves. A leader also waits up to
 `linger()` for companions: for callers that announced themselves (`expecting()`, e.g. while their request is
 still being parsed) until they join, and the whole time when the last group was shared by several callers and
-ended moments ago (concurrent traffic). A sequential client, alone in each of its groups, never waits. Each
+ended moments ago (concurrent traffic). A sequential client, alone in each of its groups, never waits — unless
+the owner says to `hold()` (its consumers are behind): then every leader waits the whole time. Each
 waiting thread is woken exactly once: when its item is done, or to lead the next group. On a 2-core
 machine a blocking round trip per request costs far more than the command itself (GIL hand-offs, context
 switches), so sharing one among a group is where the web tier's CPU goes down.
