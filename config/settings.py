@@ -163,7 +163,8 @@ INGEST_DEDUP_TTL = env_duration("INGEST_DEDUP_TTL", "24h")
 INGEST_RATE_LIMIT = env_rate("INGEST_RATE_LIMIT", "2000/s")
 INGEST_GROUP_WAIT = env_duration("INGEST_GROUP_WAIT", "10ms")
 INGEST_BACKLOG_GROUP_TASKS = env_int("INGEST_BACKLOG_GROUP_TASKS", 1, minimum=0)
-INGEST_BACKLOG_GROUP_WAIT = env_duration("INGEST_BACKLOG_GROUP_WAIT", "20ms")
+# Every request waits this long while the workers are behind: keep it far below any client timeout.
+INGEST_BACKLOG_GROUP_WAIT = env_duration("INGEST_BACKLOG_GROUP_WAIT", "20ms", maximum="1s")
 INGEST_RETRY_AFTER_SECONDS = env_int("INGEST_RETRY_AFTER_SECONDS", 1, minimum=1)
 
 # ---------------------------------------------------------------- Celery

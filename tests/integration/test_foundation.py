@@ -39,6 +39,8 @@ def _manage_check(**env: str) -> subprocess.CompletedProcess[str]:
         ("KAFKA_PRODUCER_RETRIES", "-1", "must be an integer >= 0"),
         ("KAFKA_PRODUCER_RETRIES", "three", "is not an integer"),
         ("INGEST_MAX_BATCH", "0", "must be an integer >= 1"),
+        ("INGEST_BACKLOG_GROUP_WAIT", "5s", "is too long: it must be at most 1s"),
+        ("INGEST_BACKLOG_GROUP_TASKS", "-1", "must be an integer >= 0"),
         ("DEBUG", "maybe", "is not a boolean"),
         ("REDIS_URL", "localhost:6379", "expected redis://"),
         ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL", "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required"),
