@@ -93,11 +93,15 @@ class GroupCommit(Generic[T, R]):
         mine: _Waiter[T, R] = _Waiter(item)
         announcement = _announced.get()
         with self._lock:
-            if announcement is not None and announcement.group is self and not announcement.joined:
+            if announcement is not None and (announcement.group is not self or announcement.joined):
+                announcement = None  # not one this group is waiting for
+            if announcement is not None:
                 announcement.joined = True
                 self._expected -= 1
             self._queue.append(mine)
-            self._joined.notify_all()  # a waiting leader looks again: all it expected may be in, or its group full
+            # A waiting leader looks again when all it expected may be in, or when its group is full.
+            if announcement is not None or (self._busy and self._full(self._limit())):
+                self._joined.notify_all()
             leading = not self._busy
             self._busy = True
         if not leading:
@@ -111,12 +115,15 @@ class GroupCommit(Generic[T, R]):
             raise own from mine.error
         return mine.result  # type: ignore[return-value]  # set for every finished waiter without an error
 
+    def _limit(self) -> int | None:
+        return self._max_weight() if self._max_weight is not None else None
+
     def _full(self, limit: int | None) -> bool:
         return limit is not None and sum(self._weight(waiter.item) for waiter in self._queue) >= limit
 
     def _lead(self) -> None:
         wait = self._linger()
-        limit = self._max_weight() if self._max_weight is not None else None
+        limit = self._limit()
         hold = self._hold()  # outside the lock: it may ask another service
         with self._lock:
             now = time.monotonic()
