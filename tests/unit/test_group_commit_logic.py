@@ -113,12 +113,9 @@ def test_after_a_shared_group_a_leader_waits_for_companions_and_after_a_lone_one
     assert time.monotonic() - started < 0.1  # the last group was this caller alone: a sequential client
 
 
-def test_while_held_a_lone_leader_waits_the_whole_hold_and_takes_a_caller_that_never_announced() -> None:
-    runs: list[list[int]] = []
-    holding = [0.3]
-    group_commit: GroupCommit[int, str] = GroupCommit(
-        _recording_run(runs, hold_first=False), linger=lambda: 0.01, hold=lambda: holding[0]
-    )
+def _lead_then_join(group_commit: GroupCommit[int, str], *, pause: float) -> tuple[list[object], float]:
+    """Submit 0 from a thread, and `pause` seconds later 1 (never announced); returns both answers and the
+    seconds from the first submit until both are done."""
     answers: list[object] = [None, None]
 
     def submit(n: int) -> None:
@@ -127,12 +124,22 @@ def test_while_held_a_lone_leader_waits_the_whole_hold_and_takes_a_caller_that_n
     first = threading.Thread(target=submit, args=(0,))
     started = time.monotonic()
     first.start()
-    time.sleep(0.1)  # longer than linger(): only the hold keeps the leader waiting
+    time.sleep(pause)
     submit(1)
     first.join(5)
+    return answers, time.monotonic() - started
+
+
+def test_while_held_a_lone_leader_waits_the_whole_hold_and_takes_a_caller_that_never_announced() -> None:
+    runs: list[list[int]] = []
+    holding = [0.3]
+    group_commit: GroupCommit[int, str] = GroupCommit(
+        _recording_run(runs, hold_first=False), linger=lambda: 0.01, hold=lambda: holding[0]
+    )
+    answers, took = _lead_then_join(group_commit, pause=0.1)  # longer than linger(): only the hold keeps it waiting
     assert answers == ["done 0", "done 1"]
     assert runs == [[0, 1]]
-    assert time.monotonic() - started >= 0.29  # it waited the whole hold, not only until the companion came
+    assert took >= 0.29  # it waited the whole hold, not only until the companion came
 
     holding[0] = 0.0
     started = time.monotonic()
@@ -146,17 +153,7 @@ def test_a_held_leader_stops_waiting_once_its_group_is_full() -> None:
     group_commit: GroupCommit[int, str] = GroupCommit(
         _recording_run(runs, hold_first=False), weight=lambda item: 2, max_weight=lambda: 4, hold=lambda: 5.0
     )
-    answers: list[object] = [None, None]
-
-    def submit(n: int) -> None:
-        answers[n] = group_commit.submit(n)
-
-    first = threading.Thread(target=submit, args=(0,))
-    started = time.monotonic()
-    first.start()
-    time.sleep(0.05)
-    submit(1)
-    first.join(5)
+    answers, took = _lead_then_join(group_commit, pause=0.05)
     assert answers == ["done 0", "done 1"]
     assert runs == [[0, 1]]
-    assert time.monotonic() - started < 1.0  # full at 4: the 5-second hold was not sat out
+    assert took < 1.0  # full at 4: the 5-second hold was not sat out
