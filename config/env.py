@@ -76,19 +76,20 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
     return number
 
 
+def _seconds(text: str) -> float | None:
+    match = _DURATION.match(text)
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)] if match else None
+
+
 def env_duration(name: str, default: str, *, maximum: str | None = None) -> float:
     """A duration such as `10ms`, `10s`, `1.5s`, `2m` (bare numbers are seconds); returned in seconds."""
     value = _raw(name, default)
     text = default if value is None else value
-    match = _DURATION.match(text)
-    if not match:
+    seconds = _seconds(text)
+    if seconds is None:
         raise EnvError(f"{name}={text!r} is not a duration: use a number with a unit, e.g. 250ms, 10s, 2m")
-    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    if maximum is not None:
-        limit = _DURATION.match(maximum)
-        assert limit is not None, maximum
-        if seconds > float(limit.group(1)) * _DURATION_UNITS[limit.group(2)]:
-            raise EnvError(f"{name}={text!r} is too long: it must be at most {maximum}")
+    if maximum is not None and seconds > (_seconds(maximum) or 0.0):
+        raise EnvError(f"{name}={text!r} is too long: it must be at most {maximum}")
     return seconds
 
 

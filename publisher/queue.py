@@ -5,13 +5,13 @@ measuring the queue per event."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from config.redis import get_redis, script, writes
 
 QUEUED_EVENTS_KEY = "publisher:queued-events"
 _CACHE_SECONDS = 0.2
-_cached: tuple[float, int] = (0.0, 0)
-_waiting_cached: dict[str, tuple[float, int]] = {}
+_reads: dict[str, tuple[float, int]] = {}  # Redis key -> (when read, value), per process
 
 
 # Admit `count` events only if the queue stays within `limit`, atomically across every API process.
@@ -65,24 +65,23 @@ def done(count: int) -> None:
         pipe.decrby(QUEUED_EVENTS_KEY, count)
 
 
+def _read_cached(key: str, read: Callable[[], int], *, fresh: bool = False) -> int:
+    """`read()`, at most every 0.2 s per process for each Redis `key` (unless `fresh`)."""
+    now = time.monotonic()
+    cached = _reads.get(key)
+    if not fresh and cached is not None and now - cached[0] < _CACHE_SECONDS:
+        return cached[1]
+    value = read()
+    _reads[key] = (now, value)
+    return value
+
+
 def depth(*, fresh: bool = False) -> int:
     """Queued events, read from Redis at most every 0.2 s per process."""
-    global _cached
-    now = time.monotonic()
-    if not fresh and now - _cached[0] < _CACHE_SECONDS:
-        return _cached[1]
-    value = max(0, int(get_redis().get(QUEUED_EVENTS_KEY) or 0))
-    _cached = (now, value)
-    return value
+    return _read_cached(QUEUED_EVENTS_KEY, lambda: max(0, int(get_redis().get(QUEUED_EVENTS_KEY) or 0)), fresh=fresh)
 
 
 def waiting_tasks(queue_name: str) -> int:
     """Tasks in the broker's list `queue_name` that no worker has taken yet, read at most every 0.2 s per process.
     Unlike the counter this cannot drift (a lost decrement, a purged queue): it is the queue itself."""
-    now = time.monotonic()
-    cached = _waiting_cached.get(queue_name)
-    if cached is not None and now - cached[0] < _CACHE_SECONDS:
-        return cached[1]
-    value = int(get_redis().llen(queue_name))
-    _waiting_cached[queue_name] = (now, value)
-    return value
+    return _read_cached(queue_name, lambda: int(get_redis().llen(queue_name)))
