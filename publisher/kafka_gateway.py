@@ -11,16 +11,21 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import IllegalStateError as KafkaIllegalStateError
+from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
+from kafka.producer.producer_batch import ProducerBatch
+from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.structs import TopicPartition
+
+from publisher.errors import is_retryable
 
 logger = logging.getLogger(__name__)
 
@@ -87,42 +92,286 @@ class KeyHashCachingPartitioner(DefaultPartitioner):
         return int(ordered[hashed % len(ordered)])
 
 
-class CheckedSender:
-    """`producer.send()` for records the publisher built itself: bytes key and value, (str, bytes) headers, and a
-    size already estimated (`size_estimate`, generous). `send()` returns the same delivery future.
+@dataclass(slots=True)  # not frozen: made per record, and a frozen dataclass costs twice as much to make
+class BatchAck:
+    """Where one record went: its place in a batch the client sends as a whole. kafka-python completes a batch's
+    future once, with the broker's answer for the batch and, if the broker refused single records, a function from
+    a record's index to its error."""
 
-    Why: kafka-python's `send()` spends several µs per record re-checking what is known here (header types, a
-    size estimate walking every header, serializers, a debug-log string): `bench.task_cost`, 100-event tasks,
-    59-62 -> 51-59 µs of worker CPU per record. Past the checks, this does what `send()` does for a keyed record
-    to an idempotent, non-transactional producer: partition with the configured partitioner, append to the
-    record accumulator, wake the sender when a batch fills or starts. Anything else takes `send()` itself: a
-    producer without those parts (another kafka-python version), a transactional one, a record without a key, a
-    topic whose partitions are not known yet (send() waits for the metadata), or a record near
-    `max_request_size` (send() refuses it with its own error). Made once per round of sends."""
+    future: Any  # kafka.producer.future.FutureProduceResult
+    index: int
 
-    def __init__(self, producer: KafkaProducer) -> None:
+
+Delivery = Any  # a BatchAck, or the FutureRecordMetadata kafka-python's send() returns
+
+
+def delivery_error(delivery: Delivery, *, timeout: float) -> BaseException | None:
+    """Wait up to `timeout` seconds for a delivery; None once Kafka acknowledged it, else its error."""
+    try:
+        if isinstance(delivery, BatchAck):
+            future = delivery.future
+            if not future.is_done and not future.wait(timeout):
+                return KafkaTimeoutError(f"no acknowledgement within {timeout:.1f} s")
+            if future.failed():
+                return future.exception
+            record_errors = future.value[2]
+            return None if record_errors is None else record_errors(delivery.index)
+        if not delivery.is_done:  # after flush() nearly all are done: no get() and its timer per record
+            delivery.get(timeout=timeout)
+        elif delivery.failed():
+            return delivery.exception
+    except Exception as exc:
+        return exc
+    return None
+
+
+class Outgoing(Protocol):
+    """A record the publisher built: bytes key and value, (str, bytes) headers, and optionally those headers
+    already encoded (`encode_headers(headers)`, when the caller has them cheaper)."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    header_block: bytes | None
+
+
+class BatchSender:
+    """Appends many records to kafka-python's record accumulator at once, for records the publisher built itself
+    (`Outgoing`). Returns one delivery per record, in order:
+    a `BatchAck`, the future of `send()`, or the exception `send()` raised.
+
+    Why: per record, `send()` re-checks what is known here, takes the partition's lock, and makes a future that
+    the sender thread resolves again per record, for an outcome that is the batch's anyway (the broker answers per
+    batch). Here the partition's lock is taken once per round, records go straight into the batch builder, and
+    the deliveries share their batch's future. Past that it does what `send()` does for a keyed record to an
+    idempotent, non-transactional producer: partition with the configured partitioner, append, wake the sender.
+
+    `send()` itself takes: a producer without those parts (another kafka-python version) or a transactional one;
+    a record without a key; a topic whose partitions are not known yet (send() waits for the metadata); a record
+    near `max_request_size` (send() refuses it with its own error); and every record of a topic whose
+    `max.message.bytes` is unknown or not above the client's batch size. The last rule matters: a batch the broker
+    calls too large is split by the client into new batches with new futures, so waiting on the old batch's future
+    would time out and resend records Kafka already has. A batch never exceeds the client's batch size unless it
+    holds a single record, and a single record is never split. After a retryable refusal by `send()` (no metadata,
+    buffer full) the round's later fallback records get the same error instead of waiting again each.
+    Made once per round of sends."""
+
+    # Record batch header (61 bytes) and request framing, generously.
+    _BATCH_OVERHEAD = 1024
+
+    def __init__(self, producer: KafkaProducer, *, topic_limits: Mapping[str, int]) -> None:
         self._producer = producer
         self._parts = _fast_path_parts(producer)
         self._max_size = int(producer.config["max_request_size"])
+        batch_bytes = int(producer.config["batch_size"]) + self._BATCH_OVERHEAD
+        self._batchable = {topic for topic, limit in topic_limits.items() if limit > batch_bytes}
 
-    def send(
-        self, topic: str, *, key: bytes, value: bytes, headers: list[tuple[str, bytes]], size_estimate: int
-    ) -> Any:
+    def send_many(self, records: Sequence[Outgoing], *, sizes: Sequence[int]) -> list[Delivery | BaseException]:
+        """`sizes`: each record's size, estimated generously (framing included, compression not counted)."""
+        deliveries: list[Delivery | BaseException | None] = [None] * len(records)
         parts = self._parts
-        if (
-            parts is None
-            or not key
-            or size_estimate >= self._max_size
-            or not parts.metadata.partitions_for_topic(topic)
-        ):
-            return self._producer.send(topic, key=key, value=value, headers=headers)
-        partition = parts.partitioner.partition(topic, key, key, value, value, parts.metadata)
-        future, batch_is_full, new_batch_created, _ = parts.accumulator.append(
-            TopicPartition(topic, partition), None, key, value, headers
-        )
-        if batch_is_full or new_batch_created:
+        by_partition: dict[TopicPartition, list[int]] = {}
+        fallback: list[int] = []
+        if parts is None:
+            fallback = list(range(len(records)))
+        else:
+            partition_of = parts.partitioner.partition
+            known: dict[str, bool] = {}
+            for position, record in enumerate(records):
+                topic = record.topic
+                usable = known.get(topic)
+                if usable is None:
+                    usable = known[topic] = topic in self._batchable and bool(
+                        parts.metadata.partitions_for_topic(topic)
+                    )
+                if not usable or not record.key or sizes[position] >= self._max_size:
+                    fallback.append(position)
+                    continue
+                partition = partition_of(topic, record.key, record.key, record.value, record.value, parts.metadata)
+                by_partition.setdefault(TopicPartition(topic, partition), []).append(position)
+        for tp, positions in by_partition.items():
+            self._append(parts, tp, records, positions, deliveries)  # type: ignore[arg-type]
+        blocked: BaseException | None = None
+        for position in fallback:
+            record = records[position]
+            if blocked is not None:
+                deliveries[position] = blocked
+                continue
+            try:
+                deliveries[position] = self._producer.send(
+                    record.topic, key=record.key, value=record.value, headers=record.headers
+                )
+            except Exception as exc:
+                deliveries[position] = exc
+                if is_retryable(exc):
+                    blocked = exc
+        return deliveries
+
+    @staticmethod
+    def _append(
+        parts: _FastPathParts,
+        tp: TopicPartition,
+        records: Sequence[Outgoing],
+        positions: list[int],
+        deliveries: list[Delivery | BaseException | None],
+    ) -> None:
+        """What RecordAccumulator.append does, for many records of one partition under one hold of its lock."""
+        accumulator = parts.accumulator
+        config = accumulator.config
+        now = time.monotonic()
+        timestamp_ms = int(time.time() * 1000)
+        wake = False
+        accumulator._appends_in_progress.increment()
+        try:
+            with accumulator._tp_lock(tp):
+                if accumulator._closed:
+                    raise KafkaIllegalStateError("RecordAccumulator is closed")
+                queue = accumulator._batches[tp]
+                batch: Any = queue[-1] if queue else None
+                builder: Any = batch.records if batch is not None else None
+                append = _append_encoded if parts.encodes_records else _append_with_client
+                for position in positions:
+                    record = records[position]
+                    appended = append(builder, timestamp_ms, record) if builder is not None else None
+                    if appended is None:
+                        # No batch yet, or the last one is full or already drained: start a new one.
+                        if batch is not None:
+                            batch.last_append = now
+                        builder = MemoryRecordsBuilder(
+                            config["message_version"], config["compression_attrs"], config["batch_size"]
+                        )
+                        batch = ProducerBatch(tp, builder, now=now)
+                        appended = append(builder, timestamp_ms, record)
+                        if appended is None:  # a new batch takes any one record
+                            raise KafkaIllegalStateError("a new record batch refused its first record")
+                        queue.append(batch)
+                        accumulator._incomplete.add(batch)
+                        wake = True
+                    deliveries[position] = BatchAck(batch.produce_future, appended)
+                if batch is not None:
+                    batch.last_append = now
+                    wake = wake or len(queue) > 1 or builder.is_full()
+        finally:
+            accumulator._appends_in_progress.decrement()
+        if wake:
             parts.sender.wakeup()
-        return future
+
+
+# Record encoding (Kafka's record format v2): kafka-python's DefaultRecordBatchBuilder.append writes every
+# varint byte by byte through a callback and encodes every header name again per record — ~5 µs of a record's
+# ~33 µs of worker CPU. Here varints come from a table and a record's headers arrive encoded (the publisher
+# builds them from parts shared by a whole task); the batch builder's bookkeeping is the client's own.
+
+_VARINT_TABLE_SIZE = 1 << 14
+
+
+def _varint_bytes(value: int) -> bytes:
+    """Zigzag varint, as Kafka's record format v2 writes signed integers."""
+    value = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while value > 0x7F:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_VARINTS = [_varint_bytes(n) for n in range(_VARINT_TABLE_SIZE)]
+
+
+def varint(value: int) -> bytes:
+    return _VARINTS[value] if 0 <= value < _VARINT_TABLE_SIZE else _varint_bytes(value)
+
+
+def encode_header(name: str, value: bytes) -> bytes:
+    """One header as a record carries it; `encode_headers` of a list is its parts joined behind their count."""
+    encoded_name = name.encode()
+    return b"".join((varint(len(encoded_name)), encoded_name, varint(len(value)), value))
+
+
+def encode_headers(headers: Sequence[tuple[str, bytes]]) -> bytes:
+    return varint(len(headers)) + b"".join(encode_header(name, value) for name, value in headers)
+
+
+def _append_encoded(builder: Any, timestamp_ms: int, record: Outgoing) -> int | None:
+    """`MemoryRecordsBuilder.append` for one record: its offset in the batch, or None when the batch is closed
+    or has no room. Mirrors `DefaultRecordBatchBuilder.append` (kafka-python 3.0), the bookkeeping included."""
+    if builder._closed:
+        return None
+    batch = builder._builder
+    offset = builder._next_offset
+    key, value = record.key, record.value
+    header_block = record.header_block
+    if header_block is None:
+        header_block = encode_headers(record.headers)
+    first = batch._first_timestamp is None
+    if first:
+        batch._first_timestamp = batch._max_timestamp = timestamp_ms
+        delta = 0
+    else:
+        delta = timestamp_ms - batch._first_timestamp
+    body = b"".join(
+        (b"\x00", varint(delta), varint(offset), varint(len(key)), key, varint(len(value)), value, header_block)
+    )
+    length = varint(len(body))
+    buffer = batch._buffer
+    if not first and len(length) + len(body) + len(buffer) > batch._batch_size:
+        return None
+    if batch._max_timestamp < timestamp_ms:
+        batch._max_timestamp = timestamp_ms
+    batch._num_records += 1
+    batch._last_offset = offset
+    buffer += length
+    buffer += body
+    builder._next_offset = offset + 1
+    return offset
+
+
+def _append_with_client(builder: Any, timestamp_ms: int, record: Outgoing) -> int | None:
+    appended = builder.append(timestamp_ms, record.key, record.value, record.headers)
+    return None if appended is None else int(appended.offset)
+
+
+_encoder_check: bool | None = None
+
+
+def _encoder_matches_client() -> bool:
+    """Whether `_append_encoded` builds byte for byte the batch kafka-python's own builder does (checked once
+    per process, on records that exercise every varint width, a negative timestamp delta and a full batch).
+    If not — another kafka-python release — the client's builder is used."""
+    global _encoder_check
+    if _encoder_check is None:
+        try:
+            _encoder_check = _sample_batch(_append_encoded) == _sample_batch(_append_with_client)
+        except Exception:
+            _encoder_check = False
+        if not _encoder_check:
+            logger.warning("kafka-python's record format differs from ours; using its own record builder")
+    return _encoder_check
+
+
+@dataclass
+class _Sample:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    header_block: bytes | None = None
+
+
+def _sample_batch(append: Any) -> tuple[bytes, list[int | None]]:
+    builder = MemoryRecordsBuilder(2, 0, 32768)
+    builder.set_producer_state(7, 1, 42, False)
+    samples = [
+        (1_700_000_000_000, b"user-1", b"{}", [("event_type", b"attempt"), ("event_id", b"e" * 200)]),
+        (1_700_000_000_000 - 5, b"k" * 130, b"v" * 20_000, []),  # earlier timestamp; 3-byte lengths
+        (1_700_000_000_900, b"k", b"x" * 70, [("h" * 70, b"")]),
+        *[(1_700_000_000_950, b"user-2", b"y" * 3000, [("source", b"s")])] * 6,  # until the batch is full
+    ]
+    offsets = [append(builder, ts, _Sample("t", key, value, headers)) for ts, key, value, headers in samples]
+    builder.close()
+    return bytes(builder.buffer()), offsets
 
 
 @dataclass(frozen=True)
@@ -131,10 +380,11 @@ class _FastPathParts:
     accumulator: Any
     sender: Any
     partitioner: Any
+    encodes_records: bool  # our record encoder writes what the client's would (checked once per process)
 
 
 def _fast_path_parts(producer: KafkaProducer) -> _FastPathParts | None:
-    """The producer's internals `CheckedSender` needs (kafka-python 3.0's names, checked rather than assumed), or
+    """The producer's internals `BatchSender` needs (kafka-python 3.0's names, checked rather than assumed), or
     None when it must use `send()`."""
     config = producer.config
     manager = getattr(producer, "_transaction_manager", None)
@@ -148,9 +398,16 @@ def _fast_path_parts(producer: KafkaProducer) -> _FastPathParts | None:
     metadata = getattr(producer, "_metadata", None)
     accumulator = getattr(producer, "_accumulator", None)
     sender = getattr(producer, "_sender", None)
-    if metadata is None or not callable(getattr(accumulator, "append", None)) or sender is None:
+    if (
+        metadata is None
+        or sender is None
+        or not all(
+            hasattr(accumulator, name) for name in ("_tp_lock", "_batches", "_incomplete", "_appends_in_progress")
+        )
+        or getattr(accumulator, "config", {}).get("message_version") != 2
+    ):
         return None
-    return _FastPathParts(metadata, accumulator, sender, config["partitioner"])
+    return _FastPathParts(metadata, accumulator, sender, config["partitioner"], _encoder_matches_client())
 
 
 def producer_config(**overrides: Any) -> dict[str, Any]:

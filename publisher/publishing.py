@@ -46,6 +46,8 @@ class Record:
     fmt: str
     attempts: int = 0
     error: BaseException | None = None
+    # `headers` as Kafka's record format writes them (kafka_gateway.encode_headers); None once headers change.
+    header_block: bytes | None = None
 
 
 @dataclass
@@ -107,14 +109,53 @@ def plan_routes(events: Sequence[Mapping[str, Any]]) -> tuple[Routes, dict[str, 
     return routes, snapshot.topic_formats, unrouted
 
 
+_EVENT_ID_NAME = kafka_gateway.varint(len(b"event_id")) + b"event_id"
+
+
+@dataclass(frozen=True)
+class _TypedHeaders:
+    """A record's headers around its event_id, and their encoding (the count of headers first)."""
+
+    first: tuple[str, bytes]
+    rest: tuple[tuple[str, bytes], ...]
+    encoded_first: bytes
+    encoded_rest: bytes
+
+    @classmethod
+    def make(
+        cls,
+        event_type: str,
+        schema_version: str,
+        fmt: str,
+        shared_tail: tuple[tuple[str, bytes], ...],
+        encoded_tail: bytes,
+    ) -> _TypedHeaders:
+        first = ("event_type", event_type.encode())
+        typed = (
+            ("schema_version", schema_version.encode()),
+            ("content-type", CONTENT_TYPES[fmt].encode()),
+            ("schema", schema_name(event_type, fmt).encode()),
+        )
+        count = 2 + len(typed) + len(shared_tail)  # first, event_id, typed, tail
+        return cls(
+            first=first,
+            rest=typed + shared_tail,
+            encoded_first=kafka_gateway.varint(count) + kafka_gateway.encode_header(*first),
+            encoded_rest=b"".join(kafka_gateway.encode_header(name, value) for name, value in typed) + encoded_tail,
+        )
+
+
 def build_records(
     events: Sequence[Mapping[str, Any]], routes: Routes, formats: Mapping[str, str], *, source: str, accepted_at: float
 ) -> tuple[list[Record], list[Record]]:
     """Serialize each event once per format it is needed in. Returns (records, unencodable records)."""
     ingested_at = utc_iso_ms(accepted_at).encode()
     source_header = source.encode()
-    # The headers that depend only on (event_type, schema_version, format), encoded once per batch.
-    typed_headers: dict[tuple[str, str, str], tuple[tuple[str, bytes], ...]] = {}
+    # Seven headers per record; all but event_id depend only on (event_type, schema_version, format) or on the
+    # batch, so they are made — and encoded as Kafka writes them — once per batch.
+    shared_tail = (("ingested_at", ingested_at), ("source", source_header))
+    encoded_tail = b"".join(kafka_gateway.encode_header(name, value) for name, value in shared_tail)
+    typed_headers: dict[tuple[str, str, str], _TypedHeaders] = {}
     records: list[Record] = []
     broken: list[Record] = []
     for index, topics in routes.items():
@@ -123,6 +164,7 @@ def build_records(
         key = str(event["user_id"]).encode()
         event_type = str(event["event_type"])
         event_id = str(event["event_id"]).encode()
+        encoded_id = b"".join((_EVENT_ID_NAME, kafka_gateway.varint(len(event_id)), event_id))
         schema_version = str(event.get("schema_version", 1))
         for topic in topics:
             fmt = formats.get(topic, "json")
@@ -134,22 +176,15 @@ def build_records(
             value = encoded[fmt]
             typed = typed_headers.get((event_type, schema_version, fmt))
             if typed is None:
-                typed = typed_headers[(event_type, schema_version, fmt)] = (
-                    ("schema_version", schema_version.encode()),
-                    ("content-type", CONTENT_TYPES[fmt].encode()),
-                    ("schema", schema_name(event_type, fmt).encode()),
+                typed = typed_headers[(event_type, schema_version, fmt)] = _TypedHeaders.make(
+                    event_type, schema_version, fmt, shared_tail, encoded_tail
                 )
-            headers = [
-                ("event_type", event_type.encode()),
-                ("event_id", event_id),
-                *typed,
-                ("ingested_at", ingested_at),
-                ("source", source_header),
-            ]
+            headers = [typed.first, ("event_id", event_id), *typed.rest]
             if isinstance(value, SerializationError):
                 broken.append(Record(index, topic, key, b"", headers, fmt, attempts=1, error=value))
             else:
-                records.append(Record(index, topic, key, value, headers, fmt))
+                block = b"".join((typed.encoded_first, encoded_id, typed.encoded_rest))
+                records.append(Record(index, topic, key, value, headers, fmt, header_block=block))
     return records, broken
 
 
@@ -158,23 +193,19 @@ _RECORD_OVERHEAD = 128
 
 
 def _record_size(record: Record) -> int:
+    if record.header_block is not None:
+        return _RECORD_OVERHEAD + len(record.key) + len(record.value) + len(record.header_block)
     return _RECORD_OVERHEAD + len(record.key) + len(record.value) + sum(len(k) + len(v) + 8 for k, v in record.headers)
 
 
 def await_acks(sent: Sequence[tuple[Record, Any]], *, timeout: float) -> None:
-    """Wait for every delivery future within one shared deadline; a failure lands in `record.error` (never
-    lost in a callback), a success is counted."""
+    """Wait for every delivery within one shared deadline; a failure lands in `record.error` (never lost in a
+    callback), a success is counted."""
     deadline = time.monotonic() + timeout + ACK_GRACE_SECONDS
     acked: list[str] = []
-    for record, future in sent:
-        try:
-            if not future.is_done:  # after flush() nearly all are done: no get() and its timer per record
-                future.get(timeout=max(0.1, deadline - time.monotonic()))
-            elif future.failed():
-                raise future.exception
-        except Exception as exc:
-            record.error = exc
-        else:
+    for record, delivery in sent:
+        record.error = kafka_gateway.delivery_error(delivery, timeout=max(0.1, deadline - time.monotonic()))
+        if record.error is None:
             acked.append(record.topic)
     metrics.count_each(metrics.PUBLISHED, "topic", acked)
 
@@ -196,30 +227,25 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
         _count_failures(records)
         raise _RoundFailed(list(records)) from exc
     limits = kafka_gateway.max_message_bytes({r.topic for r in records})
-    sender = kafka_gateway.CheckedSender(producer)
-    futures: list[tuple[Record, Any]] = []
-    blocked: BaseException | None = None
+    sendable: list[Record] = []
+    sizes: list[int] = []
     for record in records:
-        limit = limits.get(record.topic)
         size = _record_size(record)
+        limit = limits.get(record.topic)
         if limit is not None and size > limit:
             record.error = MessageSizeTooLargeError(
                 f"record of about {size} bytes is over max.message.bytes={limit} of {record.topic}"
             )
             continue
-        if blocked is not None:
-            # The client could not even queue a record (no metadata, buffer full): don't wait again per record.
-            record.error = blocked
-            continue
-        try:
-            future = sender.send(
-                record.topic, key=record.key, value=record.value, headers=record.headers, size_estimate=size
-            )
-            futures.append((record, future))
-        except Exception as exc:
-            record.error = exc
-            if is_retryable(exc):
-                blocked = exc
+        sendable.append(record)
+        sizes.append(size)
+    futures: list[tuple[Record, Any]] = []
+    sender = kafka_gateway.BatchSender(producer, topic_limits=limits)
+    for record, delivery in zip(sendable, sender.send_many(sendable, sizes=sizes), strict=True):
+        if isinstance(delivery, BaseException):
+            record.error = delivery  # the client could not even queue it
+        else:
+            futures.append((record, delivery))
     if futures:
         # The task waits for every ack anyway: send now rather than after linger_ms.
         with contextlib.suppress(Exception):  # a timeout or failure shows on each future below

@@ -426,6 +426,7 @@ def _plan(claimed: Sequence[_Claimed], *, reroute: bool) -> None:
             extra = [("dlq_replay_count", str(row.replay_count + 1).encode()), ("dlq_replayed_at", now_text)]
             for record in records:
                 record.headers = [*record.headers, *extra]
+                record.header_block = None
             item.records = records
         except Exception as exc:
             item.error = exc
