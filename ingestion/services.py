@@ -88,22 +88,22 @@ def admission_expected(*, source: str) -> Iterator[None]:
 def _admit_group(group: list[Sequence[tuple[int, ValidatedEvent]]], *, source: str) -> list[Outcome]:
     """Admit every request of the group as one: one dedup check, one reservation, one task (see _accept).
     A dedup key repeated across requests of the group is a duplicate of its first occurrence, as inside a batch."""
-    flat: list[tuple[int, ValidatedEvent]] = []
-    owners: list[tuple[int, int]] = []
-    for request, events in enumerate(group):
-        for index, ev in events:
-            owners.append((request, index))
-            flat.append((len(flat), ev))
-    combined = _accept(flat, source=source)
-    outcomes = [Outcome() for _ in group]
-    for position, (event_id, state) in combined.statuses.items():
-        request, index = owners[position]
-        outcome = outcomes[request]
-        outcome.statuses[index] = (event_id, state)
-        if state == ACCEPTED:
-            outcome.accepted += 1
-        else:
-            outcome.duplicates += 1
+    if len(group) == 1:
+        return [_accept(group[0], source=source)]
+    flat = [(position, ev) for position, ev in enumerate(ev for events in group for _, ev in events)]
+    combined = _accept(flat, source=source).statuses
+    outcomes: list[Outcome] = []
+    position = 0
+    for events in group:
+        outcome = Outcome()
+        statuses = outcome.statuses
+        for index, _ in events:
+            status = statuses[index] = combined[position]
+            position += 1
+            if status[1] == DUPLICATE:
+                outcome.duplicates += 1
+        outcome.accepted = len(events) - outcome.duplicates
+        outcomes.append(outcome)
     return outcomes
 
 
@@ -154,31 +154,34 @@ def _accept_atomically(events: Sequence[tuple[int, ValidatedEvent]], *, source: 
     duplicate_ids: dict[int, str] = {}
     repeat_of: dict[int, int] = {}  # a dedup key seen earlier in the group: index -> its first occurrence
     first_by_key: dict[str, int] = {}
+    # (index, data, guard key or None) of the events to try, in order; one pass builds it for the first round.
+    candidates: list[tuple[int, dict[str, Any], str | None]] = []
     for index, ev in events:
-        if ev.dedup_key is not None:
-            key = DEDUP_PREFIX + str(ev.dedup_key)
-            if key in first_by_key:
-                repeat_of[index] = first_by_key[key]
-            else:
-                first_by_key[key] = index
+        key = None if ev.dedup_key is None else DEDUP_PREFIX + ev.dedup_key
+        if key is not None:
+            first = first_by_key.setdefault(key, index)
+            if first != index:
+                repeat_of[index] = first
+                continue
+        candidates.append((index, ev.data, key))
     ttl = max(1, int(settings.INGEST_DEDUP_TTL))
     for _ in range(GUARDED_ROUNDS):
-        fresh = [(index, ev) for index, ev in events if index not in duplicate_ids and index not in repeat_of]
-        if not fresh:
+        if duplicate_ids:
+            candidates = [c for c in candidates if c[0] not in duplicate_ids]
+        if not candidates:
             break
-        guarded = [(index, DEDUP_PREFIX + str(ev.dedup_key)) for index, ev in fresh if ev.dedup_key is not None]
-        data = {index: ev.data for index, ev in fresh}
+        guarded = [(index, key, data) for index, data, key in candidates if key is not None]
         try:
             result = publisher_services.enqueue_events_guarded(
-                events=list(data.values()),
+                events=[data for _, data, _ in candidates],
                 source=source,
                 accepted_at=time.time(),
-                guards=[(key, str(data[index]["event_id"])) for index, key in guarded],
+                guards=[(key, str(data["event_id"])) for _, key, data in guarded],
                 guard_ttl=ttl,
                 capacity_limit=settings.INGEST_MAX_QUEUE_DEPTH,
             )
         except Exception as exc:
-            logger.warning("enqueue failed, %d events refused: %r", len(fresh), exc)
+            logger.warning("enqueue failed, %d events refused: %r", len(candidates), exc)
             raise ServiceUnavailable("The queue is unreachable; nothing was accepted, retry later.") from exc
         if result.queue_full:
             metrics.EVENTS_REJECTED.labels(reason="backpressure").inc()
@@ -189,32 +192,38 @@ def _accept_atomically(events: Sequence[tuple[int, ValidatedEvent]], *, source: 
             break
         undecided: list[tuple[int, str]] = []
         for position, holder in result.held.items():
-            index, key = guarded[position]
+            index, key, data = guarded[position]
             if holder.startswith(PENDING_PREFIX):  # a process admitting in steps holds it (see _accept_in_steps)
                 undecided.append((index, key))
             else:
-                duplicate_ids[index] = holder or str(data[index]["event_id"])
+                duplicate_ids[index] = holder or str(data["event_id"])
         if undecided:
             duplicate_ids.update(_wait_for_confirmation(undecided))
     else:
         raise ServiceUnavailable("The same events are being accepted by other requests; retry shortly.")
-    event_ids = {index: str(ev.data["event_id"]) for index, ev in events}
-    for index, first in repeat_of.items():
-        duplicate_ids[index] = duplicate_ids.get(first, event_ids[first])
+    if repeat_of:
+        event_ids = {index: str(ev.data["event_id"]) for index, ev in events}
+        for index, first in repeat_of.items():
+            duplicate_ids[index] = duplicate_ids.get(first, event_ids[first])
     return _record_outcome(events, duplicate_ids)
 
 
 def _record_outcome(events: Sequence[tuple[int, ValidatedEvent]], duplicate_ids: dict[int, str]) -> Outcome:
     outcome = Outcome()
-    accepted_types: list[str] = []
-    for index, ev in events:
-        if index in duplicate_ids:
-            outcome.statuses[index] = (duplicate_ids[index], DUPLICATE)
-            outcome.duplicates += 1
-        else:
-            outcome.statuses[index] = (str(ev.data["event_id"]), ACCEPTED)
-            outcome.accepted += 1
-            accepted_types.append(ev.data["event_type"])
+    statuses = outcome.statuses
+    if duplicate_ids:
+        for index, ev in events:
+            if index in duplicate_ids:
+                statuses[index] = (duplicate_ids[index], DUPLICATE)
+            else:
+                statuses[index] = (str(ev.data["event_id"]), ACCEPTED)
+        accepted_types = [ev.data["event_type"] for index, ev in events if index not in duplicate_ids]
+    else:
+        for index, ev in events:
+            statuses[index] = (str(ev.data["event_id"]), ACCEPTED)
+        accepted_types = [ev.data["event_type"] for _, ev in events]
+    outcome.duplicates = len(events) - len(accepted_types)
+    outcome.accepted = len(accepted_types)
     metrics.count_each(metrics.EVENTS_ACCEPTED, "event_type", accepted_types)
     if outcome.duplicates:
         metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
