@@ -83,13 +83,19 @@ class KeyHashCachingPartitioner(DefaultPartitioner):
         if serialized_key is None or not (partitions := cluster.partitions_for_topic(topic)):
             # No key, or a topic without metadata yet: the default decides (and reports).
             return int(super().partition(topic, key, serialized_key, value, serialized_value, cluster))
-        hashed = self._hashes.get(serialized_key)
+        hashed = self.key_hash(serialized_key)
+        ordered = sorted(partitions)
+        return int(ordered[hashed % len(ordered)])
+
+    def key_hash(self, key: bytes) -> int:
+        """murmur2 of the key as a positive int: a key goes to the partition at this index, modulo their count,
+        of the topic's partitions in ascending order."""
+        hashed = self._hashes.get(key)
         if hashed is None:
             if len(self._hashes) >= self._MAX_KEYS:
                 self._hashes.clear()
-            hashed = self._hashes[serialized_key] = murmur2(serialized_key) & 0x7FFFFFFF
-        ordered = sorted(partitions)
-        return int(ordered[hashed % len(ordered)])
+            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return hashed
 
 
 @dataclass(slots=True)  # not frozen: made per record, and a frozen dataclass costs twice as much to make
@@ -105,17 +111,43 @@ class BatchAck:
 Delivery = Any  # a BatchAck, or the FutureRecordMetadata kafka-python's send() returns
 
 
-def delivery_error(delivery: Delivery, *, timeout: float) -> BaseException | None:
-    """Wait up to `timeout` seconds for a delivery; None once Kafka acknowledged it, else its error."""
-    try:
-        if isinstance(delivery, BatchAck):
+def delivery_errors(deliveries: Sequence[Delivery], *, timeout: float) -> list[BaseException | None]:
+    """Wait for deliveries, all within `timeout` seconds from now; for each, None once Kafka acknowledged it, else
+    its error. Records sharing a batch are settled by one look at the batch's future."""
+    deadline = time.monotonic() + timeout
+    settled: dict[int, tuple[BaseException | None, Any]] = {}  # id(batch future) -> (error, per-record errors)
+    errors: list[BaseException | None] = []
+    for delivery in deliveries:
+        if type(delivery) is BatchAck:
             future = delivery.future
-            if not future.is_done and not future.wait(timeout):
-                return KafkaTimeoutError(f"no acknowledgement within {timeout:.1f} s")
-            if future.failed():
-                return future.exception
-            record_errors = future.value[2]
-            return None if record_errors is None else record_errors(delivery.index)
+            outcome = settled.get(id(future))
+            if outcome is None:
+                outcome = settled[id(future)] = _batch_outcome(future, deadline)
+            error, record_errors = outcome
+            errors.append(error if record_errors is None else record_errors(delivery.index))
+        else:
+            errors.append(delivery_error(delivery, timeout=max(0.1, deadline - time.monotonic())))
+    return errors
+
+
+def _batch_outcome(future: Any, deadline: float) -> tuple[BaseException | None, Any]:
+    try:
+        if not future.is_done:
+            timeout = max(0.1, deadline - time.monotonic())
+            if not future.wait(timeout):
+                return KafkaTimeoutError(f"no acknowledgement within {timeout:.1f} s"), None
+        if future.failed():
+            return future.exception, None
+        return None, future.value[2]
+    except Exception as exc:
+        return exc, None
+
+
+def delivery_error(delivery: Delivery, *, timeout: float) -> BaseException | None:
+    """Wait up to `timeout` seconds for one delivery; None once Kafka acknowledged it, else its error."""
+    if type(delivery) is BatchAck:
+        return delivery_errors([delivery], timeout=timeout)[0]
+    try:
         if not delivery.is_done:  # after flush() nearly all are done: no get() and its timer per record
             delivery.get(timeout=timeout)
         elif delivery.failed():
@@ -176,20 +208,29 @@ class BatchSender:
         if parts is None:
             fallback = list(range(len(records)))
         else:
-            partition_of = parts.partitioner.partition
-            known: dict[str, bool] = {}
+            partitioner = parts.partitioner
+            # Per topic: its partitions in the partitioner's order, or None where send() must take its records.
+            known: dict[str, tuple[TopicPartition, ...] | None] = {}
             for position, record in enumerate(records):
                 topic = record.topic
-                usable = known.get(topic)
-                if usable is None:
-                    usable = known[topic] = topic in self._batchable and bool(
-                        parts.metadata.partitions_for_topic(topic)
+                if topic in known:
+                    partitions = known[topic]
+                else:
+                    numbers = parts.metadata.partitions_for_topic(topic) if topic in self._batchable else None
+                    partitions = known[topic] = (
+                        tuple(TopicPartition(topic, n) for n in sorted(numbers)) if numbers else None
                     )
-                if not usable or not record.key or sizes[position] >= self._max_size:
+                if partitions is None or not record.key or sizes[position] >= self._max_size:
                     fallback.append(position)
                     continue
-                partition = partition_of(topic, record.key, record.key, record.value, record.value, parts.metadata)
-                by_partition.setdefault(TopicPartition(topic, partition), []).append(position)
+                if isinstance(partitioner, KeyHashCachingPartitioner):
+                    tp = partitions[partitioner.key_hash(record.key) % len(partitions)]
+                else:
+                    number = partitioner.partition(
+                        topic, record.key, record.key, record.value, record.value, parts.metadata
+                    )
+                    tp = TopicPartition(topic, number)
+                by_partition.setdefault(tp, []).append(position)
         for tp, positions in by_partition.items():
             self._append(parts, tp, records, positions, deliveries)  # type: ignore[arg-type]
         blocked: BaseException | None = None

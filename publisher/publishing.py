@@ -201,11 +201,11 @@ def _record_size(record: Record) -> int:
 def await_acks(sent: Sequence[tuple[Record, Any]], *, timeout: float) -> None:
     """Wait for every delivery within one shared deadline; a failure lands in `record.error` (never lost in a
     callback), a success is counted."""
-    deadline = time.monotonic() + timeout + ACK_GRACE_SECONDS
+    errors = kafka_gateway.delivery_errors([delivery for _, delivery in sent], timeout=timeout + ACK_GRACE_SECONDS)
     acked: list[str] = []
-    for record, delivery in sent:
-        record.error = kafka_gateway.delivery_error(delivery, timeout=max(0.1, deadline - time.monotonic()))
-        if record.error is None:
+    for (record, _), error in zip(sent, errors, strict=True):
+        record.error = error
+        if error is None:
             acked.append(record.topic)
     metrics.count_each(metrics.PUBLISHED, "topic", acked)
 
