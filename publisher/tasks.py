@@ -32,12 +32,42 @@ class LeanRequest(Request):
         return {key: value for key, value in headers.items() if key not in ("args", "kwargs")}
 
 
+# What the main process sees as a publish task's arguments (for its log line and events; the task's own
+# kwargsrepr says how many events). Embedded callbacks: none, as publisher.handoff writes every task.
+_NOT_DECODED_HERE: tuple[list[Any], dict[str, Any], dict[str, None]] = (
+    [],
+    {},
+    {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+)
+
+
+def lean_strategy(task: Task, app: Any, consumer: Any, **options: Any) -> Callable[..., Any]:
+    """Celery's default strategy for a task (the worker's main process receiving it), minus decoding its body.
+
+    The main process decodes every message (decompress, parse the JSON) only to learn arguments it then does not
+    use: the pool process gets the raw body and decodes it again to run the task. For a task of 300 events that
+    was ~340 µs of the main process's CPU (~1.1 µs per event) and the decoded events held in memory for every
+    prefetched task. The message is told it is decoded already, with empty arguments; nothing else changes
+    (headers, acks, the raw body the pool process decodes)."""
+    from celery.worker.strategy import default
+
+    handle = default(task, app, consumer, **options)
+
+    def on_message(message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
+        if body is None and getattr(message, "_decoded_cache", True) is None:
+            message._decoded_cache = _NOT_DECODED_HERE
+        return handle(message, body, *args, **kwargs)
+
+    return on_message
+
+
 def publisher_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:
     """The one way tasks are declared here: explicit name and queue, results ignored, late acks, and
     database errors retried (with backoff, forever) instead of losing the work."""
     defaults: dict[str, Any] = {
         "name": name,
         "Request": LeanRequest,
+        "Strategy": "publisher.tasks:lean_strategy",
         "bind": True,
         "ignore_result": True,
         "acks_late": True,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import pickle
+from types import SimpleNamespace
+from typing import Any
 
 import orjson
 from celery.worker.request import Request
@@ -14,7 +16,7 @@ from kombu.serialization import loads
 
 from config.celery import app
 from publisher import handoff
-from publisher.tasks import LeanRequest, publish_events
+from publisher.tasks import LeanRequest, lean_strategy, publish_events
 
 
 def _received(kwargs: dict[str, object]) -> Message:
@@ -47,7 +49,8 @@ def test_the_pool_gets_the_events_once_in_the_body() -> None:
     # What the pool process decodes (celery.app.trace.fast_trace_task) is the whole call.
     args, decoded, _ = loads(request.body, request.content_type, request.content_encoding, accept={"application/json"})
     assert (args, decoded) == ([], kwargs)
-    # The main process still knows the arguments (logs, errors), it just doesn't ship them twice.
+    # Built straight from a message, the request still knows the arguments; the worker's strategy (below) spares
+    # the main process even that decoding.
     assert request.kwargs == kwargs
     assert b"x" * 200 not in pickle.dumps(sent)
 
@@ -56,3 +59,47 @@ def test_celerys_default_request_would_ship_the_events_twice() -> None:
     kwargs = {"events": [{"event_id": "e", "payload": "y" * 200}], "source": "s", "accepted_at": 1.5}
     default = Request(_received(kwargs), app=app, task=publish_events)
     assert default.request_dict["kwargs"] == kwargs  # what LeanRequest leaves out
+
+
+def _main_process_receives(message: Message) -> Any:
+    """Run Celery's own strategy for a publish task as the worker's main process does, with a consumer that
+    only records the request it is handed; returns that request."""
+    handed: list[Any] = []
+    consumer = SimpleNamespace(
+        hostname="test@host",
+        connection_errors=(),
+        event_dispatcher=None,
+        timer=SimpleNamespace(call_at=None),
+        apply_eta_task=None,
+        task_buckets={},
+        on_task_request=handed.append,
+        _limit_task=None,
+        _limit_post_eta=None,
+        pool=SimpleNamespace(apply_async=None),
+        controller=SimpleNamespace(state=SimpleNamespace(revoked=set())),
+        disable_rate_limits=True,
+    )
+    assert publish_events.Strategy == "publisher.tasks:lean_strategy"
+    on_message = lean_strategy(publish_events, app, consumer, task_reserved=lambda request: None)
+    on_message(message, None, lambda: None, lambda requeue=False: None, [])
+    [request] = handed
+    return request
+
+
+def test_the_main_process_hands_on_a_publish_task_without_decoding_its_body(monkeypatch: Any) -> None:
+    events = [{"event_id": f"e-{n}", "event_type": "activity", "payload": "z" * 200} for n in range(3)]
+    kwargs = {"events": events, "source": "s", "accepted_at": 2.5}
+    message = _received(kwargs)
+    decoded: list[Message] = []
+    original_decode = Message._decode
+    monkeypatch.setattr(Message, "_decode", lambda self: decoded.append(self) or original_decode(self))
+
+    request = _main_process_receives(message)
+
+    assert decoded == []  # no decompression, no JSON parse in the main process
+    assert request.id == message.headers["id"] and request.name == publish_events.name
+    assert request.kwargsrepr == "<2>"  # what its log line and events show
+    assert request.kwargs == {}
+    # The pool process still gets the whole call in the body, as before.
+    args, in_body, _ = loads(request.body, request.content_type, request.content_encoding, accept={"application/json"})
+    assert (args, in_body) == ([], kwargs)
