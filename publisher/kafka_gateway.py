@@ -232,7 +232,12 @@ class BatchSender:
                     tp = TopicPartition(topic, number)
                 by_partition.setdefault(tp, []).append(position)
         for tp, positions in by_partition.items():
-            self._append(parts, tp, records, positions, deliveries)  # type: ignore[arg-type]
+            try:
+                self._append(parts, tp, records, positions, deliveries)  # type: ignore[arg-type]
+            except Exception as exc:  # the producer closed under us, or a record it cannot take: theirs to report
+                for position in positions:
+                    if deliveries[position] is None:
+                        deliveries[position] = exc
         blocked: BaseException | None = None
         for position in fallback:
             record = records[position]

@@ -13,6 +13,7 @@ import pytest
 from django.conf import settings
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
+from kafka.errors import IllegalStateError as KafkaIllegalStateError
 from kafka.errors import MessageSizeTooLargeError
 
 from publisher import kafka_gateway
@@ -174,3 +175,15 @@ def test_the_clients_own_builder_is_used_if_our_encoding_ever_differs(
     assert delivery_error(deliveries[0], timeout=10) is None
     [record] = [r for r in reader.read(expected=1) if r.key == key]
     assert record.headers == dict(_headers(3))
+
+
+def test_a_producer_closed_under_the_sender_fails_its_records_instead_of_the_round() -> None:
+    topic = settings.KAFKA_TOPIC_ATTEMPTS
+    producer = KafkaProducer(**kafka_gateway.producer_config(client_id="test-batch-sender"))
+    producer.partitions_for(topic)
+    sender = BatchSender(producer, topic_limits={topic: NO_LIMIT})  # made while the producer was open
+    producer.close(timeout=5)
+    records = [Out(topic, f"user-{n}".encode(), b"{}", _headers(n)) for n in range(5)]
+    deliveries = _send(sender, records)  # does not raise
+    assert len(deliveries) == 5
+    assert all(isinstance(d, KafkaIllegalStateError) for d in deliveries)
