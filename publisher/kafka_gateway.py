@@ -398,7 +398,9 @@ def _encoder_matches_client() -> bool:
 
 
 @dataclass
-class _Sample:
+class PlainRecord:
+    """An `Outgoing` record as plain data: the encoder's self-check builds these, and so can callers and tests."""
+
     topic: str
     key: bytes
     value: bytes
@@ -415,7 +417,7 @@ def _sample_batch(append: Any) -> tuple[bytes, list[int | None]]:
         (1_700_000_000_900, b"k", b"x" * 70, [("h" * 70, b"")]),
         *[(1_700_000_000_950, b"user-2", b"y" * 3000, [("source", b"s")])] * 6,  # until the batch is full
     ]
-    offsets = [append(builder, ts, _Sample("t", key, value, headers)) for ts, key, value, headers in samples]
+    offsets = [append(builder, ts, PlainRecord("t", key, value, headers)) for ts, key, value, headers in samples]
     builder.close()
     return bytes(builder.buffer()), offsets
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -17,20 +16,14 @@ from kafka.errors import IllegalStateError as KafkaIllegalStateError
 from kafka.errors import MessageSizeTooLargeError
 
 from publisher import kafka_gateway
-from publisher.kafka_gateway import BatchAck, BatchSender, delivery_error, encode_headers
+from publisher.kafka_gateway import BatchAck, BatchSender, PlainRecord, delivery_error, encode_headers
 
 pytestmark = pytest.mark.django_db
 
 NO_LIMIT = 10 * 1024 * 1024
 
 
-@dataclass
-class Out:
-    topic: str
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
-    header_block: bytes | None = None
+Out = PlainRecord
 
 
 def _headers(n: int) -> list[tuple[str, bytes]]:

@@ -92,7 +92,12 @@ def test_the_main_process_hands_on_a_publish_task_without_decoding_its_body(monk
     message = _received(kwargs)
     decoded: list[Message] = []
     original_decode = Message._decode
-    monkeypatch.setattr(Message, "_decode", lambda self: decoded.append(self) or original_decode(self))
+
+    def recording_decode(self: Message) -> Any:
+        decoded.append(self)
+        return original_decode(self)
+
+    monkeypatch.setattr(Message, "_decode", recording_decode)
 
     request = _main_process_receives(message)
 

@@ -30,7 +30,7 @@ def _built(records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]], *, ours:
     builder = MemoryRecordsBuilder(2, 0, 1 << 20)
     for key, value, headers in records:
         if ours:
-            sample = kafka_gateway._Sample("t", key, value, headers, encode_headers(headers))
+            sample = kafka_gateway.PlainRecord("t", key, value, headers, encode_headers(headers))
             assert kafka_gateway._append_encoded(builder, 1_700_000_000_000, sample) is not None
         else:
             assert builder.append(1_700_000_000_000, key, value, headers) is not None
