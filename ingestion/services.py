@@ -90,7 +90,7 @@ def _admit_group(group: list[Sequence[tuple[int, ValidatedEvent]]], *, source: s
     A dedup key repeated across requests of the group is a duplicate of its first occurrence, as inside a batch."""
     if len(group) == 1:
         return [_accept(group[0], source=source)]
-    flat = [(position, ev) for position, ev in enumerate(ev for events in group for _, ev in events)]
+    flat = list(enumerate(ev for events in group for _, ev in events))
     combined = _accept(flat, source=source).statuses
     outcomes: list[Outcome] = []
     position = 0
@@ -211,17 +211,13 @@ def _accept_atomically(events: Sequence[tuple[int, ValidatedEvent]], *, source: 
 def _record_outcome(events: Sequence[tuple[int, ValidatedEvent]], duplicate_ids: dict[int, str]) -> Outcome:
     outcome = Outcome()
     statuses = outcome.statuses
-    if duplicate_ids:
-        for index, ev in events:
-            if index in duplicate_ids:
-                statuses[index] = (duplicate_ids[index], DUPLICATE)
-            else:
-                statuses[index] = (str(ev.data["event_id"]), ACCEPTED)
-        accepted_types = [ev.data["event_type"] for index, ev in events if index not in duplicate_ids]
-    else:
-        for index, ev in events:
+    accepted_types: list[str] = []
+    for index, ev in events:
+        if index in duplicate_ids:
+            statuses[index] = (duplicate_ids[index], DUPLICATE)
+        else:
             statuses[index] = (str(ev.data["event_id"]), ACCEPTED)
-        accepted_types = [ev.data["event_type"] for _, ev in events]
+            accepted_types.append(ev.data["event_type"])
     outcome.duplicates = len(events) - len(accepted_types)
     outcome.accepted = len(accepted_types)
     metrics.count_each(metrics.EVENTS_ACCEPTED, "event_type", accepted_types)

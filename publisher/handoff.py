@@ -33,7 +33,8 @@ from redis.connection import parse_url
 from config.redis import script
 from publisher import queue
 
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+# The third part of a task body: no callbacks, errbacks, chain or chord (publish tasks never carry any).
+NO_EMBEDDED_CALLS = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 # KEYS: queued-events counter, Celery queue list, guard keys...   ARGV: count, limit, guard ttl, message,
 # guard values... Returns {0} when enqueued, {1, i, value, ...} for guards already held (nothing done),
@@ -118,7 +119,7 @@ def task_message(*, task_name: str, queue_name: str, kwargs: dict[str, Any], kwa
     from config.celery import app, json_dumps
 
     task_id = str(uuid.uuid4())
-    body = json_dumps([[], kwargs, _EMBED]).encode()
+    body = json_dumps([[], kwargs, NO_EMBEDDED_CALLS]).encode()
     extra_headers: dict[str, Any] = {}
     if app.conf.task_compression:
         body, extra_headers["compression"] = compression.compress(body, app.conf.task_compression)

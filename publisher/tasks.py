@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError
 
 from config.redis import deferred_writes
-from publisher import poison, publishing, queue
+from publisher import handoff, poison, publishing, queue
 from publisher.progress import TaskProgress
 
 logger = logging.getLogger(__name__)
@@ -32,15 +32,6 @@ class LeanRequest(Request):
         return {key: value for key, value in headers.items() if key not in ("args", "kwargs")}
 
 
-# What the main process sees as a publish task's arguments (for its log line and events; the task's own
-# kwargsrepr says how many events). Embedded callbacks: none, as publisher.handoff writes every task.
-_NOT_DECODED_HERE: tuple[list[Any], dict[str, Any], dict[str, None]] = (
-    [],
-    {},
-    {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
-)
-
-
 def lean_strategy(task: Task, app: Any, consumer: Any, **options: Any) -> Callable[..., Any]:
     """Celery's default strategy for a task (the worker's main process receiving it), minus decoding its body.
 
@@ -55,7 +46,9 @@ def lean_strategy(task: Task, app: Any, consumer: Any, **options: Any) -> Callab
 
     def on_message(message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
         if body is None and getattr(message, "_decoded_cache", True) is None:
-            message._decoded_cache = _NOT_DECODED_HERE
+            # What the main process sees as the arguments (its log line shows the task's kwargsrepr), fresh for
+            # each message: Celery keeps them in the request.
+            message._decoded_cache = ([], {}, dict(handoff.NO_EMBEDDED_CALLS))
         return handle(message, body, *args, **kwargs)
 
     return on_message

@@ -23,9 +23,6 @@ pytestmark = pytest.mark.django_db
 NO_LIMIT = 10 * 1024 * 1024
 
 
-Out = PlainRecord
-
-
 def _headers(n: int) -> list[tuple[str, bytes]]:
     return [("event_type", b"attempt"), ("event_id", f"id-{n}".encode()), ("schema_version", b"1"), ("source", b"t")]
 
@@ -37,7 +34,7 @@ def producer() -> Any:
     made.close(timeout=5)
 
 
-def _send(sender: BatchSender, records: list[Out]) -> list[Any]:
+def _send(sender: BatchSender, records: list[PlainRecord]) -> list[Any]:
     return sender.send_many(records, sizes=[300] * len(records))
 
 
@@ -49,7 +46,7 @@ def test_records_land_as_send_would_write_them(producer: Any, kafka_reader: Any)
     keys = [f"user-{run}-{n % 20}".encode() for n in range(120)]  # several records per key: order matters
     records = [
         # Half with their headers encoded by the caller, half left to the sender.
-        Out(topic, k, b'{"n":%d}' % n, _headers(n), encode_headers(_headers(n)) if n % 2 else None)
+        PlainRecord(topic, k, b'{"n":%d}' % n, _headers(n), encode_headers(_headers(n)) if n % 2 else None)
         for n, k in enumerate(keys)
     ]
     deliveries = _send(BatchSender(producer, topic_limits={topic: NO_LIMIT}), records)
@@ -84,7 +81,7 @@ def test_many_records_fill_several_batches(kafka_reader: Any) -> None:
         producer.partitions_for(topic)
         reader = kafka_reader(topic)
         key = f"user-{uuid.uuid4().hex[:8]}".encode()
-        records = [Out(topic, key, b"%05d" % n + b"x" * 995, _headers(n)) for n in range(200)]  # ~200 kB
+        records = [PlainRecord(topic, key, b"%05d" % n + b"x" * 995, _headers(n)) for n in range(200)]  # ~200 kB
         deliveries = _send(BatchSender(producer, topic_limits={topic: NO_LIMIT}), records)
         producer.flush(10)
         batches = {id(d.future) for d in deliveries}
@@ -107,7 +104,7 @@ def test_a_refused_batch_is_reported_on_each_of_its_records() -> None:
         producer.partitions_for(topic)
         deliveries = _send(
             BatchSender(producer, topic_limits={topic: NO_LIMIT}),
-            [Out(topic, b"user-1", os.urandom(5000), _headers(1))],  # incompressible
+            [PlainRecord(topic, b"user-1", os.urandom(5000), _headers(1))],  # incompressible
         )
         producer.flush(10)  # does not raise: each delivery must say what happened
         assert isinstance(delivery_error(deliveries[0], timeout=10), MessageSizeTooLargeError)
@@ -125,9 +122,9 @@ def test_send_is_used_where_the_bulk_path_does_not_apply(producer: Any, kafka_re
     sender = BatchSender(producer, topic_limits={topic: NO_LIMIT})
     deliveries = sender.send_many(
         [
-            Out(topic, key, b"{}", _headers(0)),  # no metadata for the topic yet: send() waits for it
-            Out(topic, b"", b'{"k":0}', _headers(1)),  # no key: the partitioner's sticky choice is send()'s
-            Out(topic, key, b"x" * producer.config["max_request_size"], []),  # send() refuses it itself
+            PlainRecord(topic, key, b"{}", _headers(0)),  # no metadata for the topic yet: send() waits for it
+            PlainRecord(topic, b"", b'{"k":0}', _headers(1)),  # no key: the partitioner's sticky choice is send()'s
+            PlainRecord(topic, key, b"x" * producer.config["max_request_size"], []),  # send() refuses it itself
         ],
         sizes=[200, 200, producer.config["max_request_size"] + 128],
     )
@@ -143,7 +140,7 @@ def test_send_is_used_where_the_bulk_path_does_not_apply(producer: Any, kafka_re
     producer.partitions_for(settings.KAFKA_TOPIC_ATTEMPTS)
     for limits in ({}, {settings.KAFKA_TOPIC_ATTEMPTS: producer.config["batch_size"]}):
         [delivery] = _send(
-            BatchSender(producer, topic_limits=limits), [Out(settings.KAFKA_TOPIC_ATTEMPTS, key, b"{}", [])]
+            BatchSender(producer, topic_limits=limits), [PlainRecord(settings.KAFKA_TOPIC_ATTEMPTS, key, b"{}", [])]
         )
         assert not isinstance(delivery, BatchAck)
         assert delivery_error(delivery, timeout=10) is None
@@ -162,7 +159,9 @@ def test_the_clients_own_builder_is_used_if_our_encoding_ever_differs(
     producer.partitions_for(topic)
     reader = kafka_reader(topic)
     key = f"user-{uuid.uuid4().hex[:8]}".encode()
-    deliveries = _send(BatchSender(producer, topic_limits={topic: NO_LIMIT}), [Out(topic, key, b"{}", _headers(3))])
+    deliveries = _send(
+        BatchSender(producer, topic_limits={topic: NO_LIMIT}), [PlainRecord(topic, key, b"{}", _headers(3))]
+    )
     producer.flush(10)
     assert isinstance(deliveries[0], BatchAck)
     assert delivery_error(deliveries[0], timeout=10) is None
@@ -176,7 +175,7 @@ def test_a_producer_closed_under_the_sender_fails_its_records_instead_of_the_rou
     producer.partitions_for(topic)
     sender = BatchSender(producer, topic_limits={topic: NO_LIMIT})  # made while the producer was open
     producer.close(timeout=5)
-    records = [Out(topic, f"user-{n}".encode(), b"{}", _headers(n)) for n in range(5)]
+    records = [PlainRecord(topic, f"user-{n}".encode(), b"{}", _headers(n)) for n in range(5)]
     deliveries = _send(sender, records)  # does not raise
     assert len(deliveries) == 5
     assert all(isinstance(d, KafkaIllegalStateError) for d in deliveries)
