@@ -14,6 +14,7 @@ is handled without raising: it is rejected with errors, never with an exception.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ __all__ = [
     "BodyError",
     "FieldError",
     "ValidatedEvent",
+    "attempt_dedup_key",
     "parse_json_body",
     "validate_batch",
     "validate_event",
@@ -44,6 +46,11 @@ MAX_METADATA_KEYS: Final = 32
 MAX_STRING_CHARS: Final = 128  # ids and short labels, counted in code points
 MAX_FUTURE_SKEW: Final = timedelta(minutes=5)
 MAX_INT: Final = 2**63 - 1  # counters go to int64 columns/fields downstream
+MIN_INT: Final = -(2**63)
+# What a protobuf topic can carry (publisher/serialization.py): properties go into google.protobuf.Struct, whose
+# numbers are doubles and whose nesting consumers' parsers bound; metadata and score integers are int64.
+MAX_EXACT_PROPERTY_INT: Final = 2**53
+MAX_PROPERTIES_DEPTH: Final = 32  # containers, counting ``properties`` itself as 1
 JSON_MAX_DEPTH: Final = 1024  # orjson.loads rejects deeper documents
 NIL_UUID: Final = "00000000-0000-0000-0000-000000000000"
 
@@ -101,9 +108,20 @@ def parse_json_body(body: bytes | bytearray | memoryview) -> Any:
     its wording needs help.
     """
     try:
-        return orjson.loads(body)
+        parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BodyError(_describe_json_error(body, exc)) from exc
+    if _LONG_DIGIT_RUN(body) is not None:
+        # orjson turns integers beyond 64 bits into floats, silently changing them; the standard library keeps
+        # them exact, so the range checks below can refuse them by name. Only bodies with such a digit run pay.
+        try:
+            return json.loads(bytes(body))
+        except RecursionError:
+            raise BodyError("request body is nested too deeply to check its large integers") from None
+    return parsed
+
+
+_LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}").search  # -(2**63) - 1 has 19 digits
 
 
 def _describe_json_error(body: bytes | bytearray | memoryview | str, exc: orjson.JSONDecodeError) -> str:
@@ -152,6 +170,10 @@ _COUNT: Final = f"must be an integer between 0 and {MAX_INT}"
 _OBJECT: Final = "must be an object"
 _UNKNOWN: Final = "unknown field"
 _METADATA_VALUE: Final = "must be a string, a finite number or a boolean"
+_METADATA_INT: Final = f"must be an integer between {MIN_INT} and {MAX_INT} (int64)"
+_CONTROL_IN_ID: Final = "must not contain control characters (U+0000-U+001F, U+007F)"
+_CONTROL_IN_TEXT: Final = "must not contain control characters other than tab, line feed and carriage return"
+_CONTROL_IN_KEY: Final = "key must not contain control characters (U+0000-U+001F, U+007F)"
 
 # Shape *and* field ranges in one C-level match. Most clients send UTC ('Z': JavaScript toISOString,
 # Go, Java Instant), and for those the canonical text is the input re-padded: no datetime object.
@@ -360,8 +382,10 @@ def _check_placement(get: Any, out: dict[str, Any], errs: _Errors) -> None:
     v = get("score")
     if v is not None:
         t = type(v)
-        if t is int or (t is float and v - v == 0.0):  # x - x is nan for nan/inf: a finite check without math
+        if (t is int and MIN_INT <= v <= MAX_INT) or (t is float and v - v == 0.0):  # x - x: nan for nan/inf
             out["score"] = v
+        elif t is int:
+            errs.append(("score", f"must be a finite number; integers between {MIN_INT} and {MAX_INT} (int64)"))
         else:
             errs.append(("score", "must be a finite number"))
     v = get("level")
@@ -411,12 +435,17 @@ def _check_metadata(md: Any, out: dict[str, Any], errs: _Errors) -> None:
     else:
         for v in md.values():
             t = type(v)
-            if t is not str and t is not int and t is not bool and not (t is float and v - v == 0.0):
-                break
+            if t is str or t is bool or (t is float and v - v == 0.0) or (t is int and MIN_INT <= v <= MAX_INT):
+                continue
+            break
         else:
             out["metadata"] = md
             return
-        errs.extend((f"metadata.{k}", _METADATA_VALUE) for k, v in md.items() if not _is_scalar(v))
+        for k, v in md.items():
+            if not _is_scalar(v):
+                errs.append((f"metadata.{k}", _METADATA_VALUE))
+            elif type(v) is int and not MIN_INT <= v <= MAX_INT:
+                errs.append((f"metadata.{k}", _METADATA_INT))
 
 
 def _has_non_finite(value: Any) -> bool:
@@ -431,10 +460,71 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
+# Strings that name things (ids, labels, keys) and free text, for the control-character check.
+_ID_FIELDS: Final = ("user_id", "client_attempt_id", "session_id", "item_id", "placement_id", "level", "activity_type")
+_ID_CONTROL = re.compile(r"[\x00-\x1f\x7f]").search
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]").search
+# orjson escapes every C0 control as a backslash sequence and writes DEL as is; an event whose JSON has neither a
+# backslash, DEL, a run of 16 digits (|n| may exceed 2**53) nor enough brackets to nest deeply needs no walk.
+_NEEDS_WALK = re.compile(rb"[\\\x7f]|[0-9]{16}").search
+
+
+def _content_errors(raw: dict[Any, Any], blob: bytes, errs: _Errors) -> None:
+    """Refuse what a downstream store or format cannot hold: control characters (PostgreSQL text refuses NUL, and
+    they break logs and headers), properties integers beyond 2**53 and properties nested deeper than protobuf
+    consumers read. The slow path of _check, only for events whose JSON hints at one of them."""
+    props = raw.get("properties")
+    if _NEEDS_WALK(blob) is None and (
+        type(props) is not dict or blob.count(b"{") + blob.count(b"[") <= MAX_PROPERTIES_DEPTH
+    ):
+        return
+    flagged = {path for path, _ in errs}
+    for name in _ID_FIELDS:
+        v = raw.get(name)
+        if type(v) is str and name not in flagged and _ID_CONTROL(v) is not None:
+            errs.append((name, _CONTROL_IN_ID))
+    v = raw.get("response")
+    if type(v) is str and "response" not in flagged and _TEXT_CONTROL(v) is not None:
+        errs.append(("response", _CONTROL_IN_TEXT))
+    md = raw.get("metadata")
+    if isinstance(md, dict):
+        for k, v in md.items():
+            if type(k) is str and _ID_CONTROL(k) is not None:
+                errs.append((f"metadata.{k!r}", _CONTROL_IN_KEY))
+            elif type(v) is str and _TEXT_CONTROL(v) is not None:
+                errs.append((f"metadata.{k}", _CONTROL_IN_TEXT))
+    if isinstance(props, dict) and "properties" not in flagged:
+        _walk_properties(props, "properties", 1, errs)
+
+
+def _walk_properties(value: Any, path: str, level: int, errs: _Errors) -> None:
+    if len(errs) > 100:  # enough to act on; a hostile document must not make an endless error list
+        return
+    t = type(value)
+    if t is str:
+        if _TEXT_CONTROL(value) is not None:
+            errs.append((path, _CONTROL_IN_TEXT))
+    elif t is int:
+        if not -MAX_EXACT_PROPERTY_INT <= value <= MAX_EXACT_PROPERTY_INT:
+            errs.append((path, "integers in properties must be between -2**53 and 2**53 (they travel as doubles)"))
+    elif t is dict or t is list:
+        if level > MAX_PROPERTIES_DEPTH:
+            errs.append((path, f"properties must not nest objects and arrays more than {MAX_PROPERTIES_DEPTH} deep"))
+            return
+        if t is dict:
+            for k, item in value.items():
+                if type(k) is str and _ID_CONTROL(k) is not None:
+                    errs.append((f"{path}.{k!r}", _CONTROL_IN_KEY))
+                _walk_properties(item, f"{path}.{k}", level + 1, errs)
+        else:
+            for i, item in enumerate(value):
+                _walk_properties(item, f"{path}[{i}]", level + 1, errs)
+
+
 def _serialization_errors(raw: dict[Any, Any], errs: _Errors, exc: orjson.JSONEncodeError) -> None:
     """Attribute an orjson.dumps failure to top-level fields. Only reachable with non-JSON Python input
     (ints beyond 64 bits, non-string keys, lone surrogates, other types) or nesting orjson cannot write."""
-    flagged = {path for path, _ in errs}
+    flagged = {path.partition(".")[0] for path, _ in errs}
     for k, v in raw.items():
         name = str(k)
         if name in flagged:
@@ -515,10 +605,15 @@ def _check(raw: Any, limit: str, new_id: _IdSource) -> ValidatedEvent | _Errors:
     try:
         blob = orjson.dumps(raw)
     except orjson.JSONEncodeError as exc:
+        props = get("properties")
+        if isinstance(props, dict) and event_type == "activity":
+            _walk_properties(props, "properties", 1, errs)  # names the integer orjson cannot write, by path
         _serialization_errors(raw, errs, exc)
     else:
         if len(blob) > MAX_EVENT_BYTES:
             errs.append(("", f"event must be at most {MAX_EVENT_BYTES} bytes as compact JSON (got {len(blob)})"))
+        else:
+            _content_errors(raw, blob, errs)
         props = get("properties") if event_type == "activity" else None
         if isinstance(props, dict) and props:
             # properties is a substring of the event's JSON, so a small event needs no second dumps.
@@ -535,7 +630,7 @@ def _check(raw: Any, limit: str, new_id: _IdSource) -> ValidatedEvent | _Errors:
     if errs:
         return errs
     if event_type == "attempt":
-        dedup_key: str | None = "attempt:" + out["client_attempt_id"]
+        dedup_key: str | None = attempt_dedup_key(out["user_id"], out["client_attempt_id"])
     elif client_id:
         dedup_key = f"{event_type}:{out['event_id']}"
     else:
@@ -546,6 +641,12 @@ def _check(raw: Any, limit: str, new_id: _IdSource) -> ValidatedEvent | _Errors:
 
 
 # --------------------------------------------------------------------------- public entry points
+
+
+def attempt_dedup_key(user_id: str, client_attempt_id: str) -> str:
+    """An attempt's dedup key: per learner, since client apps number attempts per device ("1", "2", ...).
+    The length prefix keeps ("a:b", "c") and ("a", "b:c") apart."""
+    return f"attempt:{len(user_id)}:{user_id}:{client_attempt_id}"
 
 
 def _future_limit(now: datetime | None) -> str:

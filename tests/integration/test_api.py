@@ -16,6 +16,7 @@ from django.test import Client, override_settings
 from rest_framework_api_key.models import APIKey
 
 from config.redis import get_redis
+from ingestion.schema import attempt_dedup_key
 from ingestion.services import DEDUP_PREFIX
 from publisher import queue
 from tests import factories
@@ -301,7 +302,7 @@ def test_backpressure_is_503_with_retry_after_and_accepts_nothing(api_key: str) 
         response = _client_post("/api/v1/events", event, api_key)
         assert response.status_code == 503
         assert response["Retry-After"] == "1"
-        assert redis.get(DEDUP_PREFIX + "attempt:" + event["client_attempt_id"]) is None
+        assert redis.get(DEDUP_PREFIX + attempt_dedup_key(event["user_id"], event["client_attempt_id"])) is None
     finally:
         redis.set(queue.QUEUED_EVENTS_KEY, saved or 0)
         time.sleep(0.25)
@@ -317,7 +318,7 @@ def test_enqueue_failure_is_503_and_releases_the_dedup_marks(api_key: str) -> No
         response = post(server, "/api/v1/events", event, api_key)
         assert response.status_code == 503, response.text
         assert response.headers["Retry-After"] == "1"
-        assert get_redis().get(DEDUP_PREFIX + "attempt:" + event["client_attempt_id"]) is None
+        assert get_redis().get(DEDUP_PREFIX + attempt_dedup_key(event["user_id"], event["client_attempt_id"])) is None
     finally:
         server.stop()
 

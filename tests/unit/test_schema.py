@@ -23,6 +23,7 @@ from ingestion.schema import (
     BodyError,
     FieldError,
     ValidatedEvent,
+    attempt_dedup_key,
     parse_json_body,
     validate_batch,
     validate_event,
@@ -127,8 +128,8 @@ def test_valid_attempt_is_normalised() -> None:
         "response": "42",
         "metadata": {"app": "web", "n": 1.5, "beta": False},
     }
-    # Attempts dedup on the client's attempt id, even when an event_id is supplied.
-    assert result.dedup_key == "attempt:ca-1"
+    # Attempts dedup on the learner's client attempt id, even when an event_id is supplied.
+    assert result.dedup_key == attempt_dedup_key(result.data["user_id"], "ca-1")
 
 
 def test_valid_session_fills_defaults() -> None:
@@ -400,8 +401,14 @@ def test_bad_event_ids_are_rejected(bad: Any) -> None:
 
 
 def test_dedup_keys() -> None:
-    assert ok(attempt()).dedup_key == "attempt:ca-1"
-    assert ok(attempt(event_id=CLIENT_ID)).dedup_key == "attempt:ca-1"
+    key = ok(attempt()).dedup_key
+    assert key is not None and key == ok(attempt(event_id=CLIENT_ID)).dedup_key
+    # Scoped per learner: another learner's attempt "ca-1" is a different attempt.
+    assert ok(attempt(user_id="someone-else")).dedup_key != key
+    # ...and the separator cannot be forged by moving it between the two ids.
+    assert ok(attempt(user_id="a:b", client_attempt_id="c")).dedup_key != ok(
+        attempt(user_id="a", client_attempt_id="b:c")
+    ).dedup_key
     for kind in ("session", "placement", "activity"):
         assert ok(BUILDERS[kind]()).dedup_key is None
         assert ok(BUILDERS[kind](event_id=CLIENT_ID)).dedup_key == f"{kind}:{CLIENT_ID}"
@@ -616,10 +623,10 @@ def test_non_json_python_values_are_errors_not_exceptions() -> None:
         "properties": "must contain only finite numbers"
     }
     ok(activity(properties={"x": None, "y": [None]}))  # null is fine; only NaN/Infinity serialise as null
-    assert list(errors(activity(properties={"x": 2**70}))) == ["properties"]
+    assert list(errors(activity(properties={"x": 2**70}))) == ["properties.x"]
     assert list(errors(activity(properties={1: "x"}))) == ["properties"]
     assert list(errors(activity(properties={"x": {1, 2}}))) == ["properties"]
-    assert list(errors(attempt(metadata={"big": 2**70}))) == ["metadata"]
+    assert list(errors(attempt(metadata={"big": 2**70}))) == ["metadata.big"]
     assert list(errors(attempt(user_id="\ud800"))) == ["user_id"]  # lone surrogate cannot be UTF-8
     assert list(errors({**attempt(), 7: "x"})) == ["7"]
 
@@ -628,9 +635,11 @@ def test_properties_nested_deeper_than_orjson_can_write() -> None:
     deep: Any = "leaf"
     for _ in range(300):
         deep = [deep]
-    assert errors(activity(properties={"d": deep})) == {"properties": "is nested too deeply"}
+    found = errors(activity(properties={"d": deep}))
+    assert len(found) == 1 and next(iter(found)).startswith("properties.d"), found
+    assert "more than 32 deep" in next(iter(found.values()))
     shallow: Any = "leaf"
-    for _ in range(200):
+    for _ in range(31):  # 32 levels with properties itself: the most a protobuf topic's consumers read
         shallow = [shallow]
     ok(activity(properties={"d": shallow}))
 
@@ -902,3 +911,74 @@ def test_parse_json_body_raises_only_body_error(body: bytes) -> None:
         parse_json_body(body)
     except BodyError as exc:
         assert exc.message
+
+
+# ---------------------------------------------------------------- what downstream stores and formats cannot hold
+
+ID_FIELDS_BY_TYPE = {
+    "attempt": ("user_id", "client_attempt_id", "session_id", "item_id"),
+    "session": ("user_id", "session_id"),
+    "placement": ("user_id", "placement_id", "level"),
+    "activity": ("user_id", "activity_type"),
+}
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x1b", "\x7f", "\t", "\n", "\r"])
+@pytest.mark.parametrize(("kind", "name"), [(k, n) for k, names in ID_FIELDS_BY_TYPE.items() for n in names])
+def test_control_characters_in_identifiers_are_refused(kind: str, name: str, char: str) -> None:
+    # PostgreSQL text refuses NUL (a dead letter could never be stored); the others break keys, headers and logs.
+    found = errors(BUILDERS[kind](**{name: f"a{char}b"}))
+    assert "control characters" in found.get(name, ""), found
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x08", "\x1f", "\x7f"])
+def test_control_characters_in_free_text_are_refused(char: str) -> None:
+    assert "control characters" in errors(attempt(response=f"x{char}"))["response"]
+    assert "control characters" in errors(activity(metadata={"note": f"x{char}"}))["metadata.note"]
+    found = errors(activity(properties={"a": {"b": [f"x{char}"]}}))
+    assert "control characters" in found["properties.a.b[0]"], found
+    assert any("key must not contain" in m for m in errors(activity(properties={f"k{char}": 1})).values())
+    assert any("key must not contain" in m for m in errors(activity(metadata={f"k{char}": 1})).values())
+
+
+def test_tabs_and_line_breaks_stay_allowed_in_free_text() -> None:
+    ok(attempt(response="line 1\nline 2\r\n\tindented"))
+    ok(activity(metadata={"note": "a\tb"}, properties={"text": "a\nb", "path": "C:\\dir"}))
+
+
+def test_integers_a_protobuf_topic_cannot_carry_are_refused_by_path() -> None:
+    assert "int64" in errors(activity(metadata={"n": 2**63}))["metadata.n"]
+    assert "int64" in errors(activity(metadata={"n": -(2**63) - 1}))["metadata.n"]
+    ok(activity(metadata={"n": 2**63 - 1, "m": -(2**63)}))
+    assert "int64" in errors(placement(score=2**63))["score"]
+    ok(placement(score=-(2**63)))
+    assert "2**53" in errors(activity(properties={"a": [1, 2**53 + 1]}))["properties.a[1]"]
+    ok(activity(properties={"a": [2**53, -(2**53)]}))
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    """A properties object whose containers nest `levels` deep, counting properties itself."""
+    value: Any = 1
+    for n in range(levels - 1):
+        value = {"k": value} if n % 2 else [value]
+    return {"deep": value}
+
+
+def test_properties_nesting_is_bounded_as_protobuf_consumers_read_it() -> None:
+    from publisher.serialization import encode_event
+
+    accepted = ok(activity(properties=_nested(32)))
+    encode_event(accepted.data, "protobuf")  # what the API accepts, a protobuf topic carries
+    found = errors(activity(properties=_nested(33)))
+    assert any("more than 32 deep" in m for m in found.values()), found
+
+
+def test_integers_beyond_64_bits_are_not_turned_into_floats() -> None:
+    # orjson would parse 2**64 as 1.8446744073709552e19 and the event would change silently.
+    body = b'{"events": [{"metadata": {"n": 18446744073709551616}}]}'
+    parsed = parse_json_body(body)
+    assert parsed["events"][0]["metadata"]["n"] == 2**64
+    ev = activity(metadata={"n": parsed["events"][0]["metadata"]["n"]})
+    assert "int64" in errors(ev)["metadata.n"]
+    # Twenty digits inside a string are not numbers and leave the value alone.
+    assert parse_json_body(b'{"user_id": "123456789012345678901234"}') == {"user_id": "123456789012345678901234"}
