@@ -24,7 +24,7 @@ class MetadataField(serializers.DictField):
 
 class _Common(serializers.Serializer):
     event_id = serializers.UUIDField(
-        required=False, allow_null=True, help_text="Generated when absent; the dedup key for non-attempts."
+        required=False, allow_null=True, help_text="Generated when absent; a client-supplied id is the dedup key of non-attempts (global: it is a UUID)."
     )
     user_id = serializers.CharField(min_length=1, max_length=128, help_text="The Kafka message key.")
     occurred_at = serializers.DateTimeField(help_text="RFC 3339 with offset; at most 5 minutes in the future.")
@@ -34,7 +34,9 @@ class _Common(serializers.Serializer):
 
 class AttemptEventSchema(_Common):
     event_type = serializers.ChoiceField(choices=["attempt"])
-    client_attempt_id = serializers.CharField(min_length=1, max_length=128, help_text="The dedup key.")
+    client_attempt_id = serializers.CharField(
+        min_length=1, max_length=128, help_text="With user_id, the dedup key: per learner, as clients number attempts."
+    )
     session_id = serializers.CharField(min_length=1, max_length=128)
     item_id = serializers.CharField(min_length=1, max_length=128)
     correct = serializers.BooleanField()

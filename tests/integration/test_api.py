@@ -137,6 +137,23 @@ def test_duplicate_attempt_is_answered_duplicate_and_published_once(
     assert len(records) == 1
 
 
+def test_attempt_dedup_is_per_learner(
+    default_routing: None, celery_worker: WorkerProcess, web_server: WebServer, api_key: str, kafka_reader: Any
+) -> None:
+    """Two apps that number attempts per device ("1", "2", ...) must not silence each other's learners."""
+    reader = kafka_reader("user.attempts")
+    attempt_id = f"n-{uuid.uuid4().hex[:6]}"
+    first = factories.attempt(client_attempt_id=attempt_id)
+    other_learner = factories.attempt(client_attempt_id=attempt_id, user_id=f"{first['user_id']}-other")
+    answers = [post(web_server, "/api/v1/events", e, api_key).json() for e in (first, other_learner, first)]
+    assert [a["status"] for a in answers] == ["accepted", "accepted", "duplicate"]
+    assert answers[0]["event_id"] != answers[1]["event_id"]
+    assert answers[2]["event_id"] == answers[0]["event_id"]
+    ids = {answers[0]["event_id"], answers[1]["event_id"]}
+    records = [r for r in reader.read(expected=2, settle=1.0) if r.headers["event_id"].decode() in ids]
+    assert sorted(r.key for r in records) == sorted([first["user_id"].encode(), other_learner["user_id"].encode()])
+
+
 def test_duplicates_inside_one_batch_are_caught(web_server: WebServer, api_key: str) -> None:
     event_id = str(uuid.uuid4())
     events = [factories.activity(event_id=event_id), factories.activity(event_id=event_id)]
