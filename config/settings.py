@@ -194,11 +194,17 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Longer than any task's whole run (in-task retries: about (retries + 1) x KAFKA_PRODUCER_TIMEOUT) and any
 # countdown (breaker reset, <= 30 s by default), or Redis would hand an unacknowledged task to a second worker
 # while the first still holds it; short enough that a task of a worker killed outright is redelivered soon.
+CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 300, minimum=60)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 300, minimum=60),
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
 }
+# In-task retrying stops here (publisher/retry_budget.py): well under the visibility timeout, or a second worker
+# would run a task the first is still retrying.
+PUBLISHER_RETRY_DEADLINE = env_duration(
+    "PUBLISHER_RETRY_DEADLINE", f"{CELERY_VISIBILITY_TIMEOUT / 4}s", maximum=f"{CELERY_VISIBILITY_TIMEOUT / 2}s"
+)
 
 # ---------------------------------------------------------------- DRF
 REST_FRAMEWORK: dict[str, Any] = {

@@ -24,7 +24,9 @@ class MetadataField(serializers.DictField):
 
 class _Common(serializers.Serializer):
     event_id = serializers.UUIDField(
-        required=False, allow_null=True, help_text="Generated when absent; a client-supplied id is the dedup key of non-attempts (global: it is a UUID)."
+        required=False,
+        allow_null=True,
+        help_text="Generated when absent; a client-supplied id is the dedup key of non-attempts (global: a UUID).",
     )
     user_id = serializers.CharField(min_length=1, max_length=128, help_text="The Kafka message key.")
     occurred_at = serializers.DateTimeField(help_text="RFC 3339 with offset; at most 5 minutes in the future.")

@@ -279,6 +279,8 @@ class DeadLetterAdmin(admin.ModelAdmin):
                     ]
                 },
             ),
+            # Only for an entry the database refused as it was: why, and the event exactly as accepted.
+            *([("Quarantine", {"fields": ["quarantine_reason", "original_b64"]})] if obj and obj.original_b64 else []),
             ("Payload", {"fields": [payload, "original_payload_pretty", "decoded_value", "headers_table"]}),
             (
                 "Operations",

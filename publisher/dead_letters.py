@@ -3,7 +3,9 @@ original key, value and headers plus why it failed (best effort: if Kafka is dow
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import logging
 import operator
 import time
@@ -12,13 +14,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 
 from config.redis import get_redis
 from config.timefmt import utc_iso_ms
 from publisher import breaker, kafka_gateway, metrics
-from publisher.errors import error_class
+from publisher.errors import error_class, is_database_outage
 from publisher.models import DeadLetter
 
 if TYPE_CHECKING:
@@ -47,9 +49,16 @@ def _dlq_headers(record: Record, *, reason: str, now: datetime, replay_count: in
     ]
 
 
+_UPSERT_FIELDS = [
+    "payload", "value", "headers", "reason", "error_class", "error_message",
+    "attempts", "last_failed_at", "status", "quarantine_reason", "original_b64",
+]  # fmt: skip
+
+
 def record(*, events: Sequence[Mapping[str, Any]], failures: Sequence[tuple[Record, str]], source: str) -> None:
-    """Persist the failures (raises DatabaseError if Postgres is down, so the caller can defer), then copy them
-    to the dead-letter topic."""
+    """Persist the failures (raises DatabaseError only when Postgres cannot be reached, so the caller can defer),
+    then copy them to the dead-letter topic. Data the database refuses never holds the others back: such a row
+    is stored sanitized and quarantined, with the event as accepted in base64."""
     now = datetime.now(UTC)
     rows: list[DeadLetter] = []
     for rec, reason in failures:
@@ -75,18 +84,18 @@ def record(*, events: Sequence[Mapping[str, Any]], failures: Sequence[tuple[Reco
                 first_failed_at=now,
                 last_failed_at=now,
                 status=DeadLetter.Status.PENDING,
+                quarantine_reason="",
+                original_b64="",
             )
         )
-    with transaction.atomic():
-        DeadLetter.objects.bulk_create(
-            rows,
-            update_conflicts=True,
-            unique_fields=["event_id", "original_topic"],
-            update_fields=[
-                "payload", "value", "headers", "reason", "error_class", "error_message",
-                "attempts", "last_failed_at", "status",
-            ],
-        )  # fmt: skip
+    try:
+        _upsert(rows)
+    except DatabaseError as exc:
+        if is_database_outage(exc):
+            raise
+        logger.warning("the database refused a batch of %d dead letters (%s); storing them one by one", len(rows), exc)
+        for row in rows:
+            _store_alone(row)
     for rec, reason in failures:
         metrics.DEAD_LETTERED.labels(topic=rec.topic, reason=reason).inc()
         logger.warning(
@@ -98,6 +107,81 @@ def record(*, events: Sequence[Mapping[str, Any]], failures: Sequence[tuple[Reco
         )
     _copy_to_kafka(events, failures, now=now)
     _flood_guard(len(failures))
+
+
+def _upsert(rows: list[DeadLetter]) -> None:
+    with transaction.atomic():
+        DeadLetter.objects.bulk_create(
+            rows, update_conflicts=True, unique_fields=["event_id", "original_topic"], update_fields=_UPSERT_FIELDS
+        )
+
+
+def _store_alone(row: DeadLetter) -> None:
+    try:
+        _upsert([row])
+        return
+    except DatabaseError as exc:
+        if is_database_outage(exc):
+            raise
+        refusal = exc
+    logger.error(
+        "dead letter %s -> %s refused by the database (%s); stored sanitized and quarantined",
+        row.event_id,
+        row.original_topic,
+        refusal,
+        extra={"event": "dead_letter_quarantined", "event_id": str(row.event_id), "topic": row.original_topic},
+    )
+    try:
+        _upsert([_sanitized(row, refusal, ascii_only=False)])
+    except DatabaseError as exc:
+        if is_database_outage(exc):
+            raise
+        _upsert([_sanitized(row, refusal, ascii_only=True)])  # nothing left that a text column could refuse
+
+
+def _sanitized(row: DeadLetter, refusal: Exception, *, ascii_only: bool) -> DeadLetter:
+    """A copy of `row` every text column takes: control characters and unpaired surrogates escaped."""
+
+    def text(value: str) -> str:
+        if ascii_only:
+            return json.dumps(value)[1:-1]
+        return value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\u0000")
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return text(value)
+        if isinstance(value, dict):
+            return {text(str(k)): clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    original = json.dumps(row.payload, ensure_ascii=True, separators=(",", ":")).encode()
+    return DeadLetter(
+        event_id=row.event_id,
+        event_type=text(row.event_type)[:16],
+        original_topic=row.original_topic,
+        key=text(row.key)[:256],
+        user_id=text(row.user_id)[:128],
+        payload=clean(row.payload),
+        value=row.value,
+        headers=clean(row.headers),
+        format=row.format,
+        schema_version=row.schema_version,
+        source=text(row.source)[:128],
+        reason=row.reason,
+        error_class=text(row.error_class)[:128],
+        error_message=text(row.error_message),
+        attempts=row.attempts,
+        first_failed_at=row.first_failed_at,
+        last_failed_at=row.last_failed_at,
+        status=DeadLetter.Status.QUARANTINED,
+        quarantine_reason=text(
+            f"the database refused the entry as it was ({refusal}); text shown escaped, "
+            "the event as accepted is in original_b64"
+        ),
+        original_b64=base64.b64encode(original).decode("ascii"),
+    )
 
 
 def _flood_guard(count: int) -> None:

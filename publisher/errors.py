@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 
+from django.db import InterfaceError, OperationalError
 from kafka import errors as kafka_errors
 
 from publisher.serialization import SerializationError
@@ -80,3 +81,12 @@ def is_retryable(exc: BaseException) -> bool:
 
 def error_class(exc: BaseException) -> str:
     return type(exc).__name__
+
+
+# A database that cannot be reached (connection refused or lost, timeouts): worth waiting for. Every other
+# database error (data it refuses, a constraint) fails the same way every time and must not be retried forever.
+DATABASE_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    return isinstance(exc, DATABASE_OUTAGE_ERRORS)

@@ -3,10 +3,13 @@ from __future__ import annotations
 import random
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 from solo.models import SingletonModel
+
+from publisher import retry_budget
 
 
 def default_max_retries() -> int:
@@ -28,6 +31,18 @@ class RetryPolicy(SingletonModel):
 
     def __str__(self) -> str:
         return "Retry policy"
+
+    def clean(self) -> None:
+        super().clean()
+        worst = retry_budget.worst_case_seconds(self)
+        deadline = retry_budget.deadline_seconds()
+        if worst > deadline:
+            raise ValidationError(
+                f"This policy can keep a task retrying for {worst:.0f} s ({self.max_retries + 1} rounds of up to "
+                f"{retry_budget.round_seconds():.0f} s each, plus the delays), longer than the {deadline:.0f} s a "
+                "task may retry before the broker hands it to another worker (PUBLISHER_RETRY_DEADLINE, at most half "
+                "of CELERY_VISIBILITY_TIMEOUT). Lower the retries or the delays."
+            )
 
     def delay_seconds(self, retry_number: int) -> float:
         """Delay before retry `retry_number` (1-based): exponential, capped, optionally with full jitter."""
@@ -72,6 +87,17 @@ class DeadLetter(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     replay_count = models.PositiveIntegerField(default=0)
     in_kafka_dlq = models.BooleanField(default=False, help_text="Also written to the dlq.events topic.")
+    # Set when the database refused the entry as it was (e.g. NUL characters): the row then holds a sanitized
+    # copy, quarantined, and the event exactly as accepted is kept here.
+    # db_default: workers of the previous release, still running during a deploy, insert rows without them.
+    quarantine_reason = models.TextField(
+        blank=True, db_default="", help_text="Why the entry was stored sanitized, if it was."
+    )
+    original_b64 = models.TextField(
+        blank=True,
+        db_default="",
+        help_text="The event as accepted (compact JSON, base64) when the row holds a sanitized copy.",
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 

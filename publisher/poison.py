@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 from publisher import dead_letters
@@ -26,12 +26,18 @@ def dead_letter_task(
     source: str,
     routes: Mapping[str, Sequence[str]] | None,
     deliveries: int,
+    delivered: Set[tuple[int, str]] = frozenset(),
 ) -> None:
+    """Dead-letter what the task still owed. `delivered`: the (index, topic) pairs Kafka already acknowledged in
+    its earlier runs; a dead letter of those would be published a second time by its replay."""
     if routes is None:
         planned, formats, _ = plan_routes(events)
     else:
         planned = {int(i): list(topics) for i, topics in routes.items()}
         formats = current_routing().topic_formats
+    if delivered:
+        planned = {i: [t for t in topics if (i, t) not in delivered] for i, topics in planned.items()}
+        planned = {i: topics for i, topics in planned.items() if topics}
     records, unencodable = build_records(events, planned, formats, source=source, accepted_at=time.time())
     error = PoisonTaskError(
         f"the publish task ran {deliveries} times and never finished (its worker died or it failed each time)"

@@ -17,21 +17,19 @@ from typing import Any
 
 import pybreaker
 from django.conf import settings
-from django.db import DatabaseError
 from kafka.errors import MessageSizeTooLargeError
 
 from config.timefmt import utc_iso_ms
 from publisher import breaker as breaker_module
-from publisher import dead_letters, kafka_gateway, metrics, stats
-from publisher.errors import ProducerReset, error_class, is_outage, is_retryable
+from publisher import dead_letters, kafka_gateway, metrics, retry_budget, stats
+from publisher.errors import DATABASE_OUTAGE_ERRORS, ProducerReset, error_class, is_outage, is_retryable
 from publisher.models import DeadLetter, RetryPolicy
+from publisher.retry_budget import ACK_GRACE_SECONDS
 from publisher.serialization import CONTENT_TYPES, SerializationError, encode_event, schema_name
 from routing.services import current_routing
 
 logger = logging.getLogger(__name__)
 
-# How long one publish round may wait for acknowledgements beyond the client's own delivery timeout.
-ACK_GRACE_SECONDS = 5.0
 
 Routes = dict[int, list[str]]
 
@@ -297,8 +295,10 @@ def publish_events(
 ) -> BatchResult:
     """Deliver a batch. With `routes` (a deferred task coming back), only those deliveries are attempted and
     routing is not evaluated again, so destinations that already succeeded are never sent twice. `skip` lists
-    (index, topic) pairs already delivered by an earlier run of the same task; `on_delivered` is told, before
-    each retry sleep, every pair Kafka acknowledged so far."""
+    (index, topic) pairs already delivered by an earlier run of the same task; `on_delivered` is told, after
+    each round, the pairs Kafka acknowledged in it. Retrying stops at
+    PUBLISHER_RETRY_DEADLINE after the start, whatever the policy says (publisher.retry_budget)."""
+    started = time.monotonic()
     result = BatchResult()
     if routes is None:
         planned, formats, result.unrouted = plan_routes(events)
@@ -311,6 +311,7 @@ def publish_events(
     if not planned:
         return result
     records, unencodable = build_records(events, planned, formats, source=source, accepted_at=accepted_at)
+    retry_deadline = started + retry_budget.deadline_seconds()
     policy = current_retry_policy()
     timeout = float(settings.KAFKA_PRODUCER_TIMEOUT)
     breaker = breaker_module.get_breaker()
@@ -339,9 +340,14 @@ def publish_events(
         latency = max(0.0, time.time() - accepted_at)
         metrics.observe_many(metrics.PUBLISH_LATENCY, latency, len(done))
         latencies.extend([latency] * len(done))
+        if on_delivered is not None and acked:
+            # Remember at once what Kafka has: a worker dying from here on leaves a redelivered task that skips it.
+            on_delivered(acked)
         if not failed_retryable:
             break
-        if round_number > policy.max_retries:
+        delay = policy.delay_seconds(round_number)
+        out_of_time = time.monotonic() + delay + retry_budget.round_seconds() > retry_deadline
+        if round_number > policy.max_retries or out_of_time:
             if result.published == 0 and all(is_outage(r.error) for r in failed_retryable if r.error is not None):
                 # Nothing got through, round after round, for lack of a reachable broker: Kafka is down, not this
                 # data. Open the breaker for everyone and keep the work instead of dead-lettering an outage.
@@ -353,10 +359,6 @@ def publish_events(
             else:
                 to_dead_letter.extend((r, DeadLetter.Reason.RETRIES_EXHAUSTED) for r in failed_retryable)
             break
-        if on_delivered is not None:
-            # Remember what Kafka already has before sleeping: if this worker dies now, the redelivered task
-            # skips it. (A task that finishes in one round is acknowledged at once; no need to pay for this.)
-            on_delivered(result.deliveries)
         metrics.RETRIED.inc(len(failed_retryable))
         result.retries += len(failed_retryable)
         first_error = failed_retryable[0].error
@@ -370,15 +372,16 @@ def publish_events(
                 "error_class": error_class(first_error) if first_error is not None else "",
             },
         )
-        time.sleep(policy.delay_seconds(round_number))
+        time.sleep(delay)
         pending = failed_retryable
 
     try:
         if to_dead_letter:
             try:
                 dead_letters.record(events=events, failures=to_dead_letter, source=source)
-            except DatabaseError as exc:
+            except DATABASE_OUTAGE_ERRORS as exc:
                 # Postgres is down: nothing may be dropped, so these deliveries go back to the queue with the rest.
+                # (What it refuses as data is quarantined by dead_letters.record; only outages wait.)
                 logger.warning("dead-letter table unreachable; deferring %d deliveries", len(to_dead_letter))
                 deferred = deferred + [r for r, _ in to_dead_letter]
                 metrics.DEFERRED.inc(len(deferred))

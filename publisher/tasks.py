@@ -7,12 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import Reject
 from celery.worker.request import Request
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError
 
 from config.redis import deferred_writes
 from publisher import handoff, poison, publishing, queue
+from publisher.errors import DATABASE_OUTAGE_ERRORS
 from publisher.progress import TaskProgress
 
 logger = logging.getLogger(__name__)
@@ -54,18 +55,54 @@ def lean_strategy(task: Task, app: Any, consumer: Any, **options: Any) -> Callab
     return on_message
 
 
+def describe_arguments(kwargs: dict[str, Any] | None) -> str:
+    """What the worker logs of a task's arguments: names and sizes, never the events (user ids, free text)."""
+    parts = []
+    for name, value in (kwargs or {}).items():
+        if isinstance(value, list | dict):
+            parts.append(f"{name}: <{len(value)} items>")
+        elif isinstance(value, int | float | bool) or value is None:
+            parts.append(f"{name}: {value!r}")
+        else:
+            parts.append(f"{name}: <{type(value).__name__}>")
+    return "{" + ", ".join(parts) + "}"
+
+
+class PublisherTask(Task):
+    def retry(self, args: Any = None, kwargs: Any = None, *positional: Any, **options: Any) -> Any:
+        """Task.retry, minus two ways it loses or leaks work. Its new message logs no payload. And when that
+        message cannot be enqueued, Celery raises Reject(requeue=False), which acknowledges the task: its events
+        would be gone, with no dead letter. The task goes back to its queue instead (or, if Redis refuses that
+        too, stays unacknowledged until the visibility timeout hands it out again)."""
+        options.setdefault("argsrepr", "()")
+        options.setdefault("kwargsrepr", describe_arguments(kwargs if kwargs is not None else self.request.kwargs))
+        try:
+            return super().retry(args, kwargs, *positional, **options)
+        except Reject as rejected:
+            if rejected.requeue:
+                raise
+            logger.error(
+                "could not enqueue the retry of a task (%r); it goes back to its queue",
+                rejected.reason,
+                extra={"event": "retry_enqueue_failed"},
+            )
+            raise Reject(rejected.reason, requeue=True) from None
+
+
 def publisher_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:
     """The one way tasks are declared here: explicit name and queue, results ignored, late acks, and
-    database errors retried (with backoff, forever) instead of losing the work."""
+    database outages retried (with backoff, forever) instead of losing the work. Other database errors fail the
+    same way every time: they are not retried forever (a publish task that keeps failing becomes poison)."""
     defaults: dict[str, Any] = {
         "name": name,
+        "base": PublisherTask,
         "Request": LeanRequest,
         "Strategy": "publisher.tasks:lean_strategy",
         "bind": True,
         "ignore_result": True,
         "acks_late": True,
         "reject_on_worker_lost": True,
-        "autoretry_for": (DatabaseError, InterfaceError),
+        "autoretry_for": DATABASE_OUTAGE_ERRORS,
         "retry_backoff": 1,
         "retry_backoff_max": 30,
         "retry_jitter": True,
@@ -98,8 +135,10 @@ def _publish_events(
     progress = TaskProgress(task.request.id)
     runs, already_delivered = progress.start()
     if runs > settings.PUBLISHER_POISON_MAX_DELIVERIES:
-        # This task has killed its worker every time it ran: set its events aside for an operator.
-        poison.dead_letter_task(events=events, source=source, routes=routes, deliveries=runs - 1)
+        # This task has killed its worker every time it ran: set aside for an operator what it has not delivered.
+        poison.dead_letter_task(
+            events=events, source=source, routes=routes, deliveries=runs - 1, delivered=already_delivered
+        )
         progress.finish()
         queue.done(len(events))
         return
@@ -113,22 +152,30 @@ def _publish_events(
             on_delivered=progress.delivered,
         )
     except publishing.PublishDeferred as deferred:
-        progress.finish()
         # Only the deliveries still owed travel with the retry; the rest are done and must not repeat.
         indexes = sorted(deferred.pending)
         retry_events = [events[i] for i in indexes]
         retry_routes = {str(n): deferred.pending[i] for n, i in enumerate(indexes)}
-        queue.done(len(events) - len(retry_events))
         logger.warning(
             "publish deferred: %s", deferred.reason, extra={"event": "publish_deferred", "count": len(indexes)}
         )
-        raise task.retry(
-            args=(),
-            kwargs={"events": retry_events, "source": source, "accepted_at": accepted_at, "routes": retry_routes},
-            countdown=deferred.delay,
-            max_retries=None,
-        ) from deferred
-    except (DatabaseError, InterfaceError):
+        try:
+            retry = task.retry(
+                args=(),
+                kwargs={"events": retry_events, "source": source, "accepted_at": accepted_at, "routes": retry_routes},
+                countdown=deferred.delay,
+                max_retries=None,
+                throw=False,
+            )
+        except Reject:
+            # This very task goes back to the queue: its progress must outlive this run (what Kafka already has
+            # is skipped next time), and a refused enqueue is no poison.
+            progress.ended_cleanly()
+            raise
+        progress.finish()
+        queue.done(len(events) - len(retry_events))
+        raise retry from deferred
+    except DATABASE_OUTAGE_ERRORS:
         progress.ended_cleanly()  # Postgres is away: wait for it as long as it takes, this is no poison
         raise  # retried by autoretry_for, with backoff
     except Exception as exc:

@@ -406,9 +406,10 @@ def test_dedup_keys() -> None:
     # Scoped per learner: another learner's attempt "ca-1" is a different attempt.
     assert ok(attempt(user_id="someone-else")).dedup_key != key
     # ...and the separator cannot be forged by moving it between the two ids.
-    assert ok(attempt(user_id="a:b", client_attempt_id="c")).dedup_key != ok(
-        attempt(user_id="a", client_attempt_id="b:c")
-    ).dedup_key
+    assert (
+        ok(attempt(user_id="a:b", client_attempt_id="c")).dedup_key
+        != ok(attempt(user_id="a", client_attempt_id="b:c")).dedup_key
+    )
     for kind in ("session", "placement", "activity"):
         assert ok(BUILDERS[kind]()).dedup_key is None
         assert ok(BUILDERS[kind](event_id=CLIENT_ID)).dedup_key == f"{kind}:{CLIENT_ID}"
