@@ -6,6 +6,9 @@ PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+UV := $(VENV)/bin/uv
+# The uv that bootstraps the venv is the one pyproject.toml pins (and uv.lock keeps in the venv).
+UV_VERSION := $(shell sed -n 's/^ *"uv==\([^"]*\)".*/\1/p' pyproject.toml)
 
 # A generated, git-ignored secret so nothing secret is committed; an exported SECRET_KEY wins.
 SECRET_FILE := .data/secret_key
@@ -14,21 +17,35 @@ export DJANGO_SETTINGS_MODULE := config.settings
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 
-.PHONY: test-tools help install services-up services-down services-status migrate topics setup run test test-fast test-faults lint format proto bench profile clean
+.PHONY: test-tools help install lock audit services-up services-down services-status migrate topics setup run test test-fast test-faults lint format proto bench profile clean
 
 help:
 	@echo "make run              install, start services, migrate, seed, print demo credentials, serve :8083"
 	@echo "make test             lint + the whole test suite against real PostgreSQL, Redis and Kafka"
 	@echo "make services-up|services-down|services-status"
-	@echo "make lint | format | proto | bench | profile | test-faults"
+	@echo "make lint | audit | lock | format | proto | bench | profile | test-faults"
 
-$(STAMP): pyproject.toml
+# Exactly the set in uv.lock (every transitive dependency, with hashes); --locked fails when pyproject.toml
+# changed without `make lock`, and sync removes whatever the lock does not list.
+$(STAMP): pyproject.toml uv.lock
 	@[ -x $(PY) ] || $(PYTHON_BOOT) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check uv==0.13.8
-	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev]'
+	@[ -x $(UV) ] || $(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) sync -q --locked --extra dev --python $(PY)
 	@touch $@
 
 install: $(STAMP)
+
+# After changing a pin in pyproject.toml; `make lock LOCK_ARGS="--upgrade-package NAME"` moves a transitive one.
+lock:
+	@[ -x $(UV) ] || $(MAKE) install
+	$(UV) lock $(LOCK_ARGS)
+
+# Known vulnerabilities (pip-audit, PyPI's advisory data) in every locked package, dev tools included; the
+# project itself is not on PyPI. Needs the network; AUDIT_REQUIRED=true fails when the service is unreachable.
+audit: $(STAMP)
+	@mkdir -p .cache
+	$(UV) export -q --locked --extra dev --no-emit-project --format requirements-txt -o .cache/audit-requirements.txt
+	$(PY) scripts/audit.py .cache/audit-requirements.txt
 
 services-up: $(STAMP)
 	@bash scripts/services.sh up
@@ -66,7 +83,7 @@ format: $(STAMP)
 test-tools:
 	@bash scripts/ensure_test_tools.sh
 
-test: lint test-tools services-up topics
+test: lint audit test-tools services-up topics
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: services-up

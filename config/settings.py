@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 
 from config.env import (
     EnvError,
@@ -28,6 +29,21 @@ DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "http://127.0.0.1:8083,http://localhost:8083")
 
+# ---------------------------------------------------------------- HTTPS (behind a TLS-terminating proxy)
+# Off by default: `make run` serves plain http://127.0.0.1:8083, where Secure cookies would never come back.
+# The proxy must set (overwrite) X-Forwarded-Proto, or a client could claim https itself.
+BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY", False)
+if BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", BEHIND_TLS_PROXY)
+# Prometheus and liveness probes reach the web tier directly, in plain HTTP, not through the proxy.
+SECURE_REDIRECT_EXEMPT = [r"^metrics(/|$)"]
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", BEHIND_TLS_PROXY)
+# HSTS binds browsers to https for this long: opt in once https works (then raise it to a year).
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -36,6 +52,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_prometheus",
+    "csp",
     "rest_framework",
     "rest_framework_api_key",
     "drf_spectacular",
@@ -57,6 +74,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
     "ingestion.middleware.PrometheusAfterMiddleware",
 ]
@@ -124,6 +142,23 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Content-Security-Policy on every page of the full middleware stack (admin, dashboard, API docs; the event
+# endpoints skip it, see config/wsgi.py): scripts only from this origin's files, so injected markup cannot run
+# script. Inline styles stay allowed: Django 5.2's admin (changelist without actions), the Swagger UI page and
+# our admin templates use them, and a style cannot run code.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],  # the admin's and Swagger UI's icons are data: URIs in their CSS
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
 
 # ---------------------------------------------------------------- Kafka
 KAFKA_BROKERS = env_list("KAFKA_BROKERS", "localhost:9092")

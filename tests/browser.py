@@ -25,3 +25,10 @@ def launch_chromium(playwright: Any) -> Any:
         pytest.fail(f"{CHROMIUM} is missing: make test installs Debian's chromium (scripts/ensure_test_tools.sh)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+def csp_violations(page: Any) -> list[str]:
+    """Collects what the page's Content-Security-Policy blocked (Chromium reports each as a console message)."""
+    blocked: list[str] = []
+    page.on("console", lambda msg: blocked.append(msg.text) if "Content Security Policy" in msg.text else None)
+    return blocked

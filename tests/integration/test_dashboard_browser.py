@@ -13,7 +13,7 @@ from django.conf import settings
 
 from publisher import stats
 from tests import factories
-from tests.browser import launch_chromium
+from tests.browser import csp_violations, launch_chromium
 from tests.conftest import WorkerProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -65,6 +65,7 @@ def test_dashboard_charts_show_live_publishing_data(
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            blocked = csp_violations(page)
             page.goto(f"{live_server.url}/admin/login/?next=/admin/dashboard/")
             page.fill("#id_username", "dash-admin")
             page.fill("#id_password", PASSWORD)
@@ -108,5 +109,6 @@ def test_dashboard_charts_show_live_publishing_data(
             assert "error" not in (page.get_attribute("#dashboard-status", "class") or "")
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             assert not errors, errors
+            assert not blocked, blocked  # the admin's Content-Security-Policy lets the dashboard work
         finally:
             browser.close()

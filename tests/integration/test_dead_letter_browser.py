@@ -16,7 +16,7 @@ from django.db import connections
 from publisher import kafka_gateway
 from publisher.models import DeadLetter
 from tests import factories
-from tests.browser import launch_chromium
+from tests.browser import csp_violations, launch_chromium
 from tests.integration.test_dead_letters import TOPIC, make_dead_letter, records_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -50,6 +50,7 @@ def test_operator_replays_a_dead_letter_from_the_admin(page: Any, live_server: A
     row = make_dead_letter(factories.activity(activity_type="lesson_opened"))
     reader = kafka_reader(TOPIC)
     ARTIFACTS.mkdir(exist_ok=True)
+    blocked = csp_violations(page)
 
     page.goto(f"{live_server.url}/admin/login/?next=/admin/publisher/deadletter/")
     page.fill("#id_username", "browser-admin")
@@ -82,3 +83,4 @@ def test_operator_replays_a_dead_letter_from_the_admin(page: Any, live_server: A
     assert "browser-admin" in page.inner_text(".field-replay_history")
     assert page.query_selector("#dlq-replay-button") is None
     assert page.query_selector("input[name=_save]") is None  # nothing left to edit
+    assert not blocked, blocked  # the admin's Content-Security-Policy blocked nothing these pages need
