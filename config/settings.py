@@ -201,6 +201,13 @@ INGEST_BACKLOG_GROUP_TASKS = env_int("INGEST_BACKLOG_GROUP_TASKS", 1, minimum=0)
 # Every request waits this long while the workers are behind: keep it far below any client timeout.
 INGEST_BACKLOG_GROUP_WAIT = env_duration("INGEST_BACKLOG_GROUP_WAIT", "20ms", maximum="1s")
 INGEST_RETRY_AFTER_SECONDS = env_int("INGEST_RETRY_AFTER_SECONDS", 1, minimum=1)
+# A revoked or expired key keeps working this long in a process that has it cached.
+INGEST_KEY_CACHE_SECONDS = env_duration("INGEST_KEY_CACHE_SECONDS", "5s", maximum="1h")
+# Failed authentications per client address and minute before it gets 429 (0: no limit).
+INGEST_AUTH_FAILURES_PER_MINUTE = env_int("INGEST_AUTH_FAILURES_PER_MINUTE", 100, minimum=0)
+# Reverse proxies in front of the web server, each appending the address it saw to X-Forwarded-For: the client
+# is the NUM_PROXIES-th address from the right. 0: the client is REMOTE_ADDR, X-Forwarded-For is ignored.
+NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0, maximum=10)
 
 # ---------------------------------------------------------------- Celery
 # Normally the same Redis; a deployment may give Celery its own instance.
@@ -247,6 +254,7 @@ REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_PERMISSION_CLASSES": [],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
+    "NUM_PROXIES": NUM_PROXIES,  # the same rule for DRF's own client addresses
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Event ingestion API",
@@ -285,6 +293,8 @@ if not _metrics_modes or not _metrics_modes <= {"loopback", "token", "staff", "o
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 if "token" in _metrics_modes and not METRICS_TOKEN:
     raise EnvError("METRICS_TOKEN is required with METRICS_ACCESS=token")
+if METRICS_TOKEN and not all("!" <= c <= "~" for c in METRICS_TOKEN):
+    raise EnvError("METRICS_TOKEN must be printable ASCII without spaces: it travels in an HTTP header")
 PUBLISHER_HEALTH_DLQ_RATE = env_float("PUBLISHER_HEALTH_DLQ_RATE", 0.01, minimum=0)
 PUBLISHER_HEALTH_MIN_EVENTS = env_int("PUBLISHER_HEALTH_MIN_EVENTS", 20, minimum=1)
 PUBLISHER_HEALTH_STALL_SECONDS = env_duration("PUBLISHER_HEALTH_STALL_SECONDS", "60s")

@@ -334,3 +334,9 @@ def evaluate() -> dict[str, Any]:
         "generated_at": utc_iso_ms(),
         "duration_ms": round((time.monotonic() - started) * 1000, 1),
     }
+
+
+def statuses_only(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without the details (broker addresses, host names, users, raw errors): for anyone."""
+    checks = {name: {"status": check["status"]} for name, check in report["checks"].items()}
+    return report | {"checks": checks}

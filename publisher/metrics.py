@@ -24,6 +24,9 @@ REQUEST_DURATION = Histogram(
     ["endpoint", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+API_KEY_LOOKUPS = Counter(
+    "ingestion_api_key_lookups", "API keys looked up in the database (not in the process's cache)", ["result"]
+)
 QUEUE_DEPTH = Gauge("ingestion_queue_depth", "Tasks waiting in the Celery publish queue", multiprocess_mode="max")
 
 PUBLISHED = Counter("publisher_events_published", "Records acknowledged by Kafka", ["topic"])

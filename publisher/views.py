@@ -3,11 +3,14 @@
     /metrics, /metrics/prometheus   Prometheus text: every process's series (multiprocess mode) plus the
                                     gauges computed at scrape time (queue depth, breaker state, pending DLQ)
     /metrics/publisher              JSON statistics (publisher.stats) with breaker state and queue depth
-    /metrics/publisher/health       JSON health report (publisher.health); 503 when unhealthy
+    /metrics/publisher/health       JSON health report (publisher.health); 503 when unhealthy. Anyone gets the
+                                    statuses; the details (addresses, errors) only a caller admitted by
+                                    loopback, token or staff
     /admin/dashboard/               charts for operators (staff, through the admin), fed by data.json
 
 Who may read /metrics*: settings.METRICS_ACCESS, one or more (comma-separated, any grants) of
-    loopback  REMOTE_ADDR in 127.0.0.0/8 or ::1 (the default)
+    loopback  the client address (config.client_address: behind NUM_PROXIES proxies, the forwarded one) in
+              127.0.0.0/8 or ::1 (the default)
     token     `Authorization: Bearer <METRICS_TOKEN>`
     staff     a logged-in staff user (session)
     open      anyone
@@ -16,7 +19,6 @@ Who may read /metrics*: settings.METRICS_ACCESS, one or more (comma-separated, a
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import os
 import time
@@ -36,6 +38,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from config.client_address import client_address
 from publisher import breaker, health, metrics, queue, stats
 
 logger = logging.getLogger(__name__)
@@ -53,34 +56,39 @@ def _access_modes() -> set[str]:
     return {str(item).strip().lower() for item in items if str(item).strip()}
 
 
-def _is_loopback(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
+def _is_loopback(request: HttpRequest) -> bool:
+    ip = client_address(request.META)
+    return ip is not None and ip.is_loopback
 
 
 def _has_token(request: HttpRequest) -> bool:
     expected = str(getattr(settings, "METRICS_TOKEN", "") or "")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), expected)
+    # As bytes: compare_digest refuses str with non-ASCII characters (a 500); the token itself is ASCII.
+    given_bytes = given.strip(" \t").encode("utf-8", "surrogatepass")  # str.strip() would also eat U+2028
+    return bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, expected.encode())
+
+
+def _admitted_by(request: HttpRequest) -> str | None:
+    """The METRICS_ACCESS mode that lets this request in (a caller it identifies before `open`), or None."""
+    modes = _access_modes()
+    if "loopback" in modes and _is_loopback(request):
+        return "loopback"
+    if "token" in modes and _has_token(request):
+        return "token"
+    user = getattr(request, "user", None)
+    if "staff" in modes and user is not None and user.is_authenticated and user.is_staff:
+        return "staff"
+    if "open" in modes:
+        return "open"
+    return None
 
 
 def metrics_access_denied(request: HttpRequest) -> HttpResponse | None:
     """None when METRICS_ACCESS lets this request in, else the 401/403 answer. Unknown modes grant nothing."""
+    if _admitted_by(request) is not None:
+        return None
     modes = _access_modes()
-    if "open" in modes:
-        return None
-    if "loopback" in modes and _is_loopback(str(request.META.get("REMOTE_ADDR", ""))):
-        return None
-    if "token" in modes and _has_token(request):
-        return None
-    user = getattr(request, "user", None)
-    if "staff" in modes and user is not None and user.is_authenticated and user.is_staff:
-        return None
     if unknown := modes - ACCESS_MODES:
         logger.error("METRICS_ACCESS has unknown modes %s; expected %s", sorted(unknown), sorted(ACCESS_MODES))
     if "token" in modes:
@@ -175,10 +183,14 @@ def publisher_stats(request: HttpRequest) -> HttpResponse:
 
 @never_cache
 @require_GET
-@metrics_access
 def publisher_health(request: HttpRequest) -> HttpResponse:
+    """Statuses for anyone (load balancers, uptime checks); the details name hosts, users and raw driver errors,
+    so only a caller METRICS_ACCESS identifies gets them (`open` identifies nobody)."""
     report = health.evaluate()
-    return JsonResponse(report, status=503 if report["status"] == health.UNHEALTHY else 200)
+    status = 503 if report["status"] == health.UNHEALTHY else 200
+    if _admitted_by(request) in ("loopback", "token", "staff"):
+        return JsonResponse(report, status=status)
+    return JsonResponse(health.statuses_only(report), status=status)
 
 
 # ------------------------------------------------------------------------------------------- dashboard

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import orjson
 import pytest
 import redis
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from config.redis import get_redis
 from tests import factories
@@ -57,7 +61,7 @@ def test_bad_input_gets_a_clear_4xx_and_enqueues_nothing(
     web_server: WebServer, api_key: str, case: dict[str, Any]
 ) -> None:
     path, body = _body(case)
-    headers = {"Authorization": f"Api-Key {api_key}"}
+    headers = {"Authorization": case.get("authorization", f"Api-Key {api_key}")}
     if case["content_type"]:
         headers["Content-Type"] = case["content_type"]
     queued_before = get_redis().llen("publish")
@@ -70,21 +74,21 @@ def test_bad_input_gets_a_clear_4xx_and_enqueues_nothing(
     assert get_redis().llen("publish") == queued_before
 
 
+def _headers(case: dict[str, Any], api_key: str) -> dict[str, str]:
+    return {"Authorization": case.get("authorization", f"Api-Key {api_key}"), "Content-Type": case["content_type"]}
+
+
 def test_the_corpus_leaves_the_service_up_with_bounded_memory(web_server: WebServer, api_key: str) -> None:
     headers = {"Authorization": f"Api-Key {api_key}"}
     for _ in range(2):  # warm up every code path first
         for case in CORPUS:
             path, body = _body(case)
-            requests.post(
-                f"{web_server.url}{path}", data=body, headers=headers | {"Content-Type": case["content_type"]}
-            )
+            requests.post(f"{web_server.url}{path}", data=body, headers=_headers(case, api_key))
     before = _web_rss(web_server)
     for _ in range(5):
         for case in CORPUS:
             path, body = _body(case)
-            requests.post(
-                f"{web_server.url}{path}", data=body, headers=headers | {"Content-Type": case["content_type"]}
-            )
+            requests.post(f"{web_server.url}{path}", data=body, headers=_headers(case, api_key))
     growth_mib = (_web_rss(web_server) - before) / 1024
     assert growth_mib < 64, f"web tier grew {growth_mib:.0f} MiB over 5 passes of the corpus"
     ok = requests.post(
@@ -207,3 +211,129 @@ def test_overload_gets_503_with_retry_after_and_the_queue_stays_bounded(api_key:
     assert missing_retry_after == 0
     # Admission is an atomic reservation in Redis: the limit holds exactly, whatever the concurrency.
     assert depth_seen <= limit, depth_seen
+
+
+# ---------------------------------------------------------------- failed authentication
+
+
+def _metric(url: str, name: str, **labels: str) -> float:
+    """One sample of /metrics (the server trusts one proxy: the forwarded address says loopback)."""
+    text = requests.get(f"{url}/metrics", headers={"X-Forwarded-For": "127.0.0.1"}, timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    raise AssertionError(f"{name}{labels} is not in /metrics")
+
+
+def _lookups(url: str) -> tuple[float, float]:
+    """Database lookups of API keys so far: (valid, invalid)."""
+    name = "ingestion_api_key_lookups_total"
+    return _metric(url, name, result="valid"), _metric(url, name, result="invalid")
+
+
+def _bogus_key() -> str:
+    return f"{secrets.token_hex(4)}.{secrets.token_hex(16)}"  # the shape of a real key: 8 + "." + 32
+
+
+def _post_as(url: str, session: requests.Session, key: str, address: str) -> requests.Response:
+    return session.post(
+        f"{url}/api/v1/events",
+        data=orjson.dumps(factories.activity()),
+        headers={"Content-Type": "application/json", "Authorization": f"Api-Key {key}", "X-Forwarded-For": address},
+        timeout=30,
+    )
+
+
+@pytest.fixture
+def auth_failure_counters() -> Iterator[None]:
+    yield
+    keys = list(get_redis().scan_iter(match="ingest:authfail:*"))
+    if keys:
+        get_redis().delete(*keys)
+
+
+def test_a_bogus_key_flood_keeps_good_keys_cached_and_malformed_keys_off_the_database(
+    api_key: str, tmp_path: Path, auth_failure_counters: None
+) -> None:
+    """10,050 distinct well-formed bogus keys, each from its own address (a botnet behind the one trusted proxy,
+    so no address reaches the failure limit), against one web process: the producer's key stays cached (no
+    second database lookup), each bogus key is looked up once, and malformed keys never reach the database."""
+    server = WebServer(
+        workers=1,
+        extra_env={
+            "NUM_PROXIES": "1",
+            "INGEST_KEY_CACHE_SECONDS": "10m",  # the flood takes longer than the default 5 s
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        },
+    )
+    producer = requests.Session()
+    try:
+        assert _post_as(server.url, producer, api_key, "198.51.100.1").status_code == 202
+        assert _lookups(server.url) == (1, 0)
+
+        flood = 10_050
+        base = secrets.randbelow(200) + 20
+        local = threading.local()
+
+        def bogus(i: int) -> requests.Response:
+            if not hasattr(local, "session"):
+                local.session = requests.Session()
+            address = f"10.{base}.{i >> 8 & 255}.{i & 255}" if i < 65536 else "10.255.255.255"
+            return _post_as(server.url, local.session, _bogus_key(), address)
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = Counter((r.status_code, r.json()["error"]) for r in pool.map(bogus, range(flood)))
+        assert answers == {(401, "Invalid, revoked or expired API key."): flood}, answers
+
+        assert _post_as(server.url, producer, api_key, "198.51.100.1").status_code == 202
+        assert _lookups(server.url) == (1, flood)  # the good key was served from the cache
+
+        repeated = _bogus_key()
+        for _ in range(3):  # the same bogus key again and again: looked up once (the negative cache)
+            assert _post_as(server.url, producer, repeated, "198.51.100.2").status_code == 401
+        assert _lookups(server.url) == (1, flood + 1)
+
+        malformed = [
+            "nope",
+            "nope.nope",
+            "a" * 300,
+            f"{'x' * 8}.{'y' * 31}",
+            f"{'x' * 8}.{'y' * 31}!",
+            "abcdefgh_" + "k" * 32,
+        ]
+        for key in malformed:
+            response = _post_as(server.url, producer, key, "198.51.100.3")
+            assert response.status_code == 401, key
+            assert "Malformed API key" in response.json()["error"], key
+        assert _lookups(server.url) == (1, flood + 1)  # no database query for any of them
+    finally:
+        server.stop()
+
+
+def test_failed_authentications_from_one_address_are_throttled_across_processes(
+    api_key: str, auth_failure_counters: None
+) -> None:
+    """The limit is per client address, counted in Redis: two web processes together answer 401 exactly five
+    times, then 429 with Retry-After in the API's error shape. Other addresses are not affected."""
+    server = WebServer(workers=2, extra_env={"NUM_PROXIES": "1", "INGEST_AUTH_FAILURES_PER_MINUTE": "5"})
+    attacker = f"203.0.113.{secrets.randbelow(250) + 1}"
+    neighbour = f"198.51.100.{secrets.randbelow(250) + 1}"
+    try:
+        # Concurrent, so both web processes take some of them; malformed and well-formed bogus keys alike.
+        keys = [_bogus_key() if i % 2 else "not-a-key" for i in range(30)]
+        with ThreadPoolExecutor(10) as pool:
+            responses = list(pool.map(lambda k: _post_as(server.url, requests.Session(), k, attacker), keys))
+        codes = Counter(r.status_code for r in responses)
+        assert codes == {401: 5, 429: 25}, codes
+        for response in responses:
+            if response.status_code == 429:
+                assert 1 <= int(response.headers["Retry-After"]) <= 61
+                assert "Too many failed authentications" in response.json()["error"]
+        assert _post_as(server.url, requests.Session(), _bogus_key(), neighbour).status_code == 401
+        assert _post_as(server.url, requests.Session(), api_key, neighbour).status_code == 202
+        # Still refused later in the window, without looking the key up.
+        again = _post_as(server.url, requests.Session(), _bogus_key(), attacker)
+        assert again.status_code == 429 and again.headers["Retry-After"]
+    finally:
+        server.stop()

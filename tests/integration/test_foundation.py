@@ -45,6 +45,10 @@ def _manage_check(**env: str) -> subprocess.CompletedProcess[str]:
         ("REDIS_URL", "localhost:6379", "expected redis://"),
         ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL", "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required"),
         ("INGEST_RATE_LIMIT", "lots", "INGEST_RATE_LIMIT"),
+        ("INGEST_AUTH_FAILURES_PER_MINUTE", "many", "is not an integer"),
+        ("INGEST_KEY_CACHE_SECONDS", "forever", "is not a duration"),
+        ("NUM_PROXIES", "-1", "must be an integer >= 0"),
+        ("METRICS_TOKEN", "s3cret tokén", "printable ASCII"),
     ],
 )
 def test_bad_setting_stops_startup_naming_the_variable(name: str, value: str, expected: str) -> None:
@@ -109,6 +113,8 @@ def test_docker_compose_file_is_valid() -> None:
     for service in ("kafka:", "postgres:", "redis:", "web:", "worker:"):
         assert service in result.stdout
     assert "appendfsync" in result.stdout
+    # Requests reach the containers from the Docker bridge: anything but open, by default.
+    assert "METRICS_ACCESS: staff" in result.stdout
 
 
 @pytest.mark.django_db

@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from config.redis import get_redis
 from publisher import breaker, health, stats
 from tests import factories
-from tests.conftest import _test_database_url
+from tests.conftest import WebServer, _test_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -603,36 +603,138 @@ def test_metrics_access_modes(path: str, settings: Any, django_user_model: Any) 
     local = Client(REMOTE_ADDR="127.0.0.1")
     local6 = Client(REMOTE_ADDR="::1")
     ok = {200, 503}  # health may legitimately be unhealthy; access is what is tested
+    is_health = path.endswith("/health")
+
+    def granted(response: Any) -> None:
+        assert response.status_code in ok, response.content[:300]
+        if is_health:
+            assert all("detail" in check for check in response.json()["checks"].values())
+
+    def refused(response: Any, status: int) -> None:
+        if is_health:  # anyone gets the statuses, only those METRICS_ACCESS admits get the details
+            assert response.status_code in ok, response.content[:300]
+            assert all(set(check) == {"status"} for check in response.json()["checks"].values())
+        else:
+            assert response.status_code == status
 
     settings.METRICS_ACCESS = "loopback"
-    assert remote.get(path).status_code == 403
-    assert local.get(path).status_code in ok
-    assert local6.get(path).status_code in ok
+    refused(remote.get(path), 403)
+    granted(local.get(path))
+    granted(local6.get(path))
 
     settings.METRICS_ACCESS = "token"
     settings.METRICS_TOKEN = "s3cret-token"
-    assert local.get(path).status_code == 401
-    assert remote.get(path, HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
-    assert remote.get(path, HTTP_AUTHORIZATION="Bearer s3cret-token").status_code in ok
+    refused(local.get(path), 401)
+    refused(remote.get(path, HTTP_AUTHORIZATION="Bearer wrong"), 401)
+    granted(remote.get(path, HTTP_AUTHORIZATION="Bearer s3cret-token"))
 
     settings.METRICS_ACCESS = "staff"
-    assert local.get(path).status_code == 403
+    refused(local.get(path), 403)
     staff = Client(REMOTE_ADDR="203.0.113.9")
     staff.force_login(django_user_model.objects.create_user("metrics-staff", password="x", is_staff=True))
-    assert staff.get(path).status_code in ok
+    granted(staff.get(path))
     plain = Client(REMOTE_ADDR="203.0.113.9")
     plain.force_login(django_user_model.objects.create_user("metrics-plain", password="x"))
-    assert plain.get(path).status_code == 403
+    refused(plain.get(path), 403)
 
     settings.METRICS_ACCESS = "loopback,token"
-    assert remote.get(path, HTTP_AUTHORIZATION="Bearer s3cret-token").status_code in ok
-    assert local.get(path).status_code in ok
+    granted(remote.get(path, HTTP_AUTHORIZATION="Bearer s3cret-token"))
+    granted(local.get(path))
 
     settings.METRICS_ACCESS = "open"
-    assert remote.get(path).status_code in ok
+    if is_health:  # open lets anyone in, but anyone is nobody in particular: statuses only
+        refused(remote.get(path), 200)
+    else:
+        granted(remote.get(path))
 
     settings.METRICS_ACCESS = "bogus"
-    assert local.get(path).status_code == 403
+    refused(local.get(path), 403)
+
+
+# ------------------------------------------------------------------ access through the real web tier
+
+
+CLOSED_PORT = _free_port()  # Kafka "down" for the guarded server: its health detail names this address
+
+
+@pytest.fixture(scope="module")
+def guarded_server(django_db_setup: Any) -> Iterator[WebServer]:
+    """Behind one reverse proxy on the same host (every request's REMOTE_ADDR is loopback), loopback or token
+    access; Kafka pointed at a closed port so the health details hold an address and a raw error."""
+    server = WebServer(
+        workers=1,
+        extra_env={
+            "NUM_PROXIES": "1",
+            "METRICS_ACCESS": "loopback,token",
+            "METRICS_TOKEN": "s3cret-token",
+            "KAFKA_BROKERS": f"127.0.0.1:{CLOSED_PORT}",
+        },
+    )
+    yield server
+    server.stop()
+
+
+def _get(server: WebServer, path: str, **headers: Any) -> requests.Response:
+    return requests.get(server.url + path, headers=headers, timeout=10)
+
+
+def test_loopback_mode_behind_a_proxy_judges_the_forwarded_client_address(guarded_server: WebServer) -> None:
+    assert _get(guarded_server, "/metrics", **{"X-Forwarded-For": "127.0.0.1"}).status_code == 200
+    assert _get(guarded_server, "/metrics", **{"X-Forwarded-For": "203.0.113.9, ::1"}).status_code == 200
+    # REMOTE_ADDR is the proxy's loopback address every time: it must not let these in.
+    assert _get(guarded_server, "/metrics", **{"X-Forwarded-For": "203.0.113.9"}).status_code == 401
+    assert _get(guarded_server, "/metrics", **{"X-Forwarded-For": "127.0.0.1, 203.0.113.9"}).status_code == 401
+    assert _get(guarded_server, "/metrics").status_code == 401  # not through the proxy: unknown client
+    authorised = {"X-Forwarded-For": "203.0.113.9", "Authorization": "Bearer s3cret-token"}
+    assert _get(guarded_server, "/metrics", **authorised).status_code == 200
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_a_non_ascii_bearer_token_is_a_clean_401(path: str, settings: Any) -> None:
+    """Through Django directly: granian drops a header value that is not ASCII before Django sees it, other
+    WSGI servers (gunicorn, uWSGI) hand it over decoded as latin-1."""
+    settings.METRICS_ACCESS = "token"
+    settings.METRICS_TOKEN = "s3cret-token"
+    remote = Client(REMOTE_ADDR="203.0.113.9")
+    for token in ("caf\xe9", "s3cret-token\xe9", "\u0131nvalid", "s3cret-token\u2028"):
+        response = remote.get(path, HTTP_AUTHORIZATION=f"Bearer {token}")
+        if path.endswith("/health"):
+            assert response.status_code in (200, 503)
+            assert all(set(check) == {"status"} for check in response.json()["checks"].values())
+        else:
+            assert response.status_code == 401, (token, response.content[:300])
+            assert response.json() == {"error": "a valid bearer token is required"}
+
+
+def test_health_details_only_for_authorised_callers(guarded_server: WebServer) -> None:
+    anonymous = _get(guarded_server, "/metrics/publisher/health", **{"X-Forwarded-For": "203.0.113.9"})
+    assert anonymous.status_code == 503
+    body = anonymous.json()
+    assert body["status"] == "unhealthy"
+    assert body["checks"]["kafka"] == {"status": "unhealthy"}
+    assert {check["status"] for check in body["checks"].values()} <= {"healthy", "degraded", "unhealthy"}
+    assert all(set(check) == {"status"} for check in body["checks"].values()), body
+    db = settings.DATABASES["default"]
+    for secret in (str(CLOSED_PORT), "127.0.0.1", str(db["USER"]), str(db["NAME"]), "Error", "refused"):
+        assert secret not in anonymous.text, secret
+
+    for headers in ({"X-Forwarded-For": "127.0.0.1"}, {"Authorization": "Bearer s3cret-token"}):
+        detailed = _get(guarded_server, "/metrics/publisher/health", **headers).json()
+        assert detailed["checks"]["kafka"]["status"] == "unhealthy"
+        assert f"127.0.0.1:{CLOSED_PORT}" in detailed["checks"]["kafka"]["detail"]
+        assert all(check["detail"] for check in detailed["checks"].values())
+
+
+def test_open_metrics_never_show_health_details(django_db_setup: Any) -> None:
+    server = WebServer(workers=1, extra_env={"METRICS_ACCESS": "open", "KAFKA_BROKERS": f"127.0.0.1:{CLOSED_PORT}"})
+    try:
+        assert _get(server, "/metrics").status_code == 200
+        health_answer = _get(server, "/metrics/publisher/health")
+        assert health_answer.status_code == 503
+        assert all(set(check) == {"status"} for check in health_answer.json()["checks"].values())
+        assert str(CLOSED_PORT) not in health_answer.text
+    finally:
+        server.stop()
 
 
 def test_dashboard_is_for_staff_only(client: Client, admin_client: Client) -> None:
