@@ -111,7 +111,9 @@ def _read_json(request: HttpRequest) -> Any:
             raise RequestError(400, "Content-Length is not a number.") from None
         if length > limit:
             raise RequestError(413, f"Body of {length} bytes is over the limit of {limit} bytes.")
-        body = request.body
+        # Read from the stream, which stops at Content-Length (checked above): request.body would apply Django's
+        # DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB, meant for the admin's forms) instead of INGEST_MAX_BODY_BYTES.
+        body = request.read()
     elif request.META.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
         # Django does not read chunked bodies; read the stream ourselves, never more than the limit + 1.
         stream = request.META["wsgi.input"]

@@ -119,6 +119,25 @@ def test_batch_over_the_limit_is_rejected_whole(web_server: WebServer, api_key: 
     assert response.json()["errors"][0]["path"] == "events"
 
 
+def test_batch_of_800_events_over_3_mb_is_accepted_and_published(
+    default_routing: None, celery_worker: WorkerProcess, web_server: WebServer, api_key: str, kafka_reader: Any
+) -> None:
+    """Under INGEST_MAX_BODY_BYTES (5 MiB) but over Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB)."""
+    reader: KafkaReader = kafka_reader("user.attempts")
+    events = [factories.attempt(quality=2, response="r" * 3900) for _ in range(800)]
+    body = orjson.dumps({"events": events})
+    assert 3_000_000 < len(body) < 5 * 1024 * 1024
+
+    response = post(web_server, "/api/v1/events/batch", body, api_key)
+
+    assert response.status_code == 202, response.text[:500]
+    answer = response.json()
+    assert (answer["accepted"], answer["rejected"]) == (800, 0)
+    sent = {result["event_id"] for result in answer["results"]}
+    published = [r for r in reader.read(expected=800, timeout=60) if r.headers["event_id"].decode() in sent]
+    assert sorted(event_ids_in(published)) == sorted(sent)  # every one, once
+
+
 # ---------------------------------------------------------------- dedup
 
 
