@@ -209,6 +209,7 @@ REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_PERMISSION_CLASSES": [],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "ingestion.errors.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Event ingestion API",
