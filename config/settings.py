@@ -193,6 +193,9 @@ for _name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"):
 # ---------------------------------------------------------------- Ingestion API
 INGEST_MAX_BATCH = env_int("INGEST_MAX_BATCH", 1000, minimum=1, maximum=100_000)
 INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024, minimum=1024)
+# Django's limit on request.body and form data, Django's default: it guards the admin's forms. The event
+# endpoints read their bodies from the stream against INGEST_MAX_BODY_BYTES instead (ingestion.views).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 INGEST_MAX_QUEUE_DEPTH = env_int("INGEST_MAX_QUEUE_DEPTH", 1_000_000, minimum=1)
 INGEST_DEDUP_TTL = env_duration("INGEST_DEDUP_TTL", "24h")
 INGEST_RATE_LIMIT = env_rate("INGEST_RATE_LIMIT", "2000/s")
@@ -255,6 +258,7 @@ REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
     "NUM_PROXIES": NUM_PROXIES,  # the same rule for DRF's own client addresses
+    "EXCEPTION_HANDLER": "ingestion.errors.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Event ingestion API",

@@ -16,3 +16,9 @@ urlpatterns = [
     path("metrics/prometheus", publisher_views.prometheus_metrics, name="prometheus-metrics"),
     path("metrics/", include("publisher.urls")),
 ]
+
+# JSON in the API's error shape under /api/, Django's HTML pages elsewhere (the admin).
+handler400 = "ingestion.errors.handler400"
+handler403 = "ingestion.errors.handler403"
+handler404 = "ingestion.errors.handler404"
+handler500 = "ingestion.errors.handler500"

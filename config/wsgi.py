@@ -3,8 +3,8 @@
 The two event endpoints skip Django's middleware stack (sessions, CSRF, cookie authentication, messages,
 history, clickjacking): they authenticate by API key in DRF, keep no session and serve no HTML forms, and the
 stack cost about 100 µs of CPU per request — a tenth of a single event's whole web cost. They keep
-SecurityMiddleware (HTTPS redirect, HSTS, nosniff). Every other path (admin, dashboard, /metrics, health) goes
-through the full stack in settings.MIDDLEWARE.
+SecurityMiddleware (HTTPS redirect, HSTS, nosniff) and CommonMiddleware's ALLOWED_HOSTS check. Every other path
+(admin, dashboard, /metrics, health) goes through the full stack in settings.MIDDLEWARE.
 """
 
 import os
@@ -22,10 +22,12 @@ from config.heap import settle_after_startup
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 
-def _with_content_length(get_response: Callable[[HttpRequest], Any]) -> Any:
-    """What CommonMiddleware does for these answers: without Content-Length, a server may chunk them."""
+def _common(get_response: Callable[[HttpRequest], Any]) -> Any:
+    """What CommonMiddleware does for these requests: refuse a Host header not in ALLOWED_HOSTS (DisallowedHost,
+    answered 400 by config.urls' handler400), and give the answer a Content-Length (or a server may chunk it)."""
 
     def handle(request: HttpRequest) -> HttpResponseBase:
+        request.get_host()
         response = get_response(request)
         if isinstance(response, HttpResponse) and not response.has_header("Content-Length"):
             response.headers["Content-Length"] = str(len(response.content))
@@ -35,8 +37,9 @@ def _with_content_length(get_response: Callable[[HttpRequest], Any]) -> Any:
 
 
 class EventEndpointHandler(WSGIHandler):
-    """Django's WSGI handler (request signals, URL resolution, exception handling, response closing) with
-    SecurityMiddleware and the Content-Length header as its only middleware."""
+    """Django's WSGI handler (request signals, URL resolution, exception handling and the error handlers of
+    config.urls, response closing) with SecurityMiddleware and the Host check and Content-Length of
+    CommonMiddleware as its only middleware."""
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware: list[Any] = []
@@ -45,7 +48,7 @@ class EventEndpointHandler(WSGIHandler):
         # What BaseHandler.load_middleware builds for a short list (django-stubs omit the private names).
         view = convert_exception_to_response(self._get_response)  # type: ignore[attr-defined]
         secured = convert_exception_to_response(SecurityMiddleware(view))  # type: ignore[arg-type]
-        self._middleware_chain = convert_exception_to_response(_with_content_length(secured))
+        self._middleware_chain = convert_exception_to_response(_common(secured))
 
 
 class Dispatcher:

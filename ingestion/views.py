@@ -10,16 +10,17 @@ import orjson
 from django.conf import settings
 from django.http import HttpRequest
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
-from rest_framework import status
+from rest_framework import exceptions, status
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import BaseParser
-from rest_framework.renderers import BaseRenderer, BrowsableAPIRenderer, JSONRenderer
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ingestion import services
 from ingestion.auth import ApiKeyAuthentication, client_of
+from ingestion.errors import error_body
 from ingestion.openapi import (
     BATCH_EXAMPLE,
     EVENT_EXAMPLES,
@@ -84,10 +85,7 @@ class RequestError(Exception):
 
 
 def _error(status_code: int, message: str, errors: list[dict[str, str]] | None = None, **headers: str) -> Response:
-    body: dict[str, Any] = {"error": message}
-    if errors:
-        body["errors"] = errors
-    response = Response(body, status=status_code)
+    response = Response(error_body(message, errors), status=status_code)
     for name, value in headers.items():
         response[name.replace("_", "-")] = value
     return response
@@ -111,7 +109,9 @@ def _read_json(request: HttpRequest) -> Any:
             raise RequestError(400, "Content-Length is not a number.") from None
         if length > limit:
             raise RequestError(413, f"Body of {length} bytes is over the limit of {limit} bytes.")
-        body = request.body
+        # Read from the stream, which stops at Content-Length (checked above): request.body would apply Django's
+        # DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB, meant for the admin's forms) instead of INGEST_MAX_BODY_BYTES.
+        body = request.read()
     elif request.META.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
         # Django does not read chunked bodies; read the stream ourselves, never more than the limit + 1.
         stream = request.META["wsgi.input"]
@@ -140,7 +140,7 @@ class _IngestView(APIView):
     permission_classes: list[Any] = []
     throttle_classes = [ApiKeyRateThrottle]
     parser_classes = [RawJSONParser]
-    renderer_classes = [ORJSONRenderer, BrowsableAPIRenderer]
+    renderer_classes = [ORJSONRenderer]  # JSON only, also for a browser: no answer under /api/ is HTML
     content_negotiation_class = JSONFirstNegotiation
     endpoint = ""
 
@@ -151,6 +151,13 @@ class _IngestView(APIView):
             time.perf_counter() - started
         )
         return response
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # A method the endpoint never takes is 405 for anyone, before the API key is looked at (Allow is public).
+        method = request.method or ""
+        if method.lower() not in self.http_method_names or not hasattr(self, method.lower()):
+            raise exceptions.MethodNotAllowed(method)
+        super().initial(request, *args, **kwargs)
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, RequestError):
@@ -164,8 +171,6 @@ class _IngestView(APIView):
         if response.status_code in (401, 403):
             response.status_code = 401
             metrics.EVENTS_REJECTED.labels(reason="unauthorized").inc()
-        if isinstance(response.data, dict) and "detail" in response.data:
-            response.data = {"error": str(response.data["detail"])}
         return response
 
 

@@ -12,7 +12,7 @@ from django.db.models import Q, QuerySet
 from django.forms.fields import InvalidJSONInput
 
 from routing.models import RESERVED_TOPICS, RoutingRule, Topic, validate_pattern
-from routing.patterns import finite_float, json_type, reject_constant
+from routing.patterns import MAX_JSON_NESTING, finite_float, json_type, reject_constant, text_depth
 
 # Text a field will parse at all: pretty-printed patterns are longer than the 4096-character limit, which
 # applies to the compact form (models.validate_pattern); anything beyond this is refused before parsing.
@@ -43,17 +43,18 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def parse_json_text(text: str, *, what: str) -> Any:
-    """Strict JSON: no NaN/Infinity, no numbers overflowing to infinity, no duplicate keys."""
+    """Strict JSON: no NaN/Infinity, no numbers overflowing to infinity, no duplicate keys, no nesting deeper
+    than MAX_JSON_NESTING (measured before json.loads, which recurses per level)."""
     if len(text) > MAX_JSON_TEXT:
         raise ValidationError(
             f"{what} text is {len(text)} characters long; the limit is {MAX_JSON_TEXT}.", code="too_long"
         )
+    if text_depth(text) > MAX_JSON_NESTING:
+        raise ValidationError(f"{what} is nested deeper than {MAX_JSON_NESTING} levels.", code="too_deep")
     try:
         return json.loads(
             text, parse_constant=reject_constant, parse_float=finite_float, object_pairs_hook=_unique_keys
         )
-    except RecursionError:
-        raise ValidationError(f"{what} is not valid JSON: it is nested too deeply.", code="invalid") from None
     except ValueError as exc:  # json.JSONDecodeError included
         raise ValidationError(f"{what} is not valid JSON: {exc}.", code="invalid") from None
 

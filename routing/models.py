@@ -10,7 +10,7 @@ from django.db import models
 from django.utils.module_loading import import_string
 from simple_history.models import HistoricalRecords
 
-from routing.patterns import MAX_PATTERN_CHARS, PatternError, compile_pattern
+from routing.patterns import MAX_JSON_NESTING, MAX_PATTERN_CHARS, PatternError, compile_pattern, json_depth
 
 TOPIC_NAME_RE = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 # Kafka's internal topics and our dead-letter topic are never routing destinations.
@@ -29,6 +29,8 @@ def validate_topic_name(name: str) -> None:
 
 
 def validate_pattern(pattern: Any) -> None:
+    if json_depth(pattern) > MAX_JSON_NESTING:  # before orjson, whose own limit has a vaguer message
+        raise ValidationError(f"Pattern is nested deeper than {MAX_JSON_NESTING} levels.", code="invalid_pattern")
     try:
         text = orjson.dumps(pattern).decode()
     except TypeError as exc:

@@ -23,17 +23,25 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 __all__ = [
+    "MAX_JSON_NESTING",
     "MAX_PATTERN_CHARS",
     "MAX_PATTERN_DEPTH",
     "Matcher",
     "PatternError",
     "compile_pattern",
+    "json_depth",
     "parse_pattern",
+    "text_depth",
 ]
 
 MAX_PATTERN_CHARS: Final = 4096
 # Nesting of objects in the pattern; dotted keys count as nesting ("a.b" is two levels), as do `$or` branches.
 MAX_PATTERN_DEPTH: Final = 10
+# Nesting of JSON (objects and arrays) the rule form, the rule tester and POST /api/routing/test accept at all,
+# for patterns and sample events. A valid pattern nests far less (MAX_PATTERN_DEPTH objects, plus the arrays of
+# `$or` and of an operator). Deeper JSON is refused, naming this limit, before anything recursive (json.loads,
+# the matcher, the page's pretty-printing) walks it.
+MAX_JSON_NESTING: Final = 64
 
 # EventBridge caps the `*` characters of one wildcard pattern (six are refused, see the conformance cases).
 MAX_WILDCARDS: Final = 5
@@ -101,6 +109,58 @@ def finite_float(text: str) -> float:
     return value
 
 
+def text_depth(text: str, limit: int = MAX_JSON_NESTING) -> int:
+    """How deep JSON text nests (`1` 0, `[1]` 1), from its brackets outside strings, without parsing it.
+
+    Counting stops at the first level past `limit`. Malformed text is measured as far as it goes.
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "[" or char == "{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        elif char == "]" or char == "}":
+            depth -= 1
+    return deepest
+
+
+def json_depth(value: Any, limit: int = MAX_JSON_NESTING) -> int:
+    """How deep a parsed JSON value nests (a scalar 0, `{}` or `[]` 1), without recursion.
+
+    Counting stops at the first level past `limit` (which also ends a cycle).
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[Any] = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                break
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
 def parse_pattern(source: str | dict[str, Any]) -> dict[str, Any]:
     """Parse (str) or check (dict) a pattern's JSON form: size, plain JSON values only, an object at the top.
 
@@ -110,6 +170,8 @@ def parse_pattern(source: str | dict[str, Any]) -> dict[str, Any]:
         text = source
         if len(text) > MAX_PATTERN_CHARS:
             raise PatternError("(root)", f"pattern is {len(text)} characters long; the limit is {MAX_PATTERN_CHARS}")
+        if text_depth(text) > MAX_JSON_NESTING:
+            raise PatternError("(root)", f"pattern is nested deeper than {MAX_JSON_NESTING} levels")
     elif isinstance(source, dict):
         _check_plain_json(source)
         try:
@@ -133,6 +195,8 @@ def parse_pattern(source: str | dict[str, Any]) -> dict[str, Any]:
 
 def _check_plain_json(root: dict[str, Any]) -> None:
     # Iterative so a deep or cyclic dict cannot exhaust the stack; the node budget ends cycles.
+    if json_depth(root) > MAX_JSON_NESTING:
+        raise PatternError("(root)", f"pattern is nested deeper than {MAX_JSON_NESTING} levels")
     stack: list[Any] = [root]
     seen = 0
     while stack:

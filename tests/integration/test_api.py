@@ -12,9 +12,12 @@ from typing import Any
 import orjson
 import pytest
 import requests
+from django.http import HttpRequest, HttpResponse
 from django.test import Client, override_settings
+from django.urls import path
 from rest_framework_api_key.models import APIKey
 
+from config import urls as config_urls
 from config.redis import get_redis
 from ingestion.schema import attempt_dedup_key
 from ingestion.services import DEDUP_PREFIX
@@ -118,6 +121,25 @@ def test_batch_over_the_limit_is_rejected_whole(web_server: WebServer, api_key: 
     response = post(web_server, "/api/v1/events/batch", {"events": [factories.activity()] * 1001}, api_key)
     assert response.status_code == 400
     assert response.json()["errors"][0]["path"] == "events"
+
+
+def test_batch_of_800_events_over_3_mb_is_accepted_and_published(
+    default_routing: None, celery_worker: WorkerProcess, web_server: WebServer, api_key: str, kafka_reader: Any
+) -> None:
+    """Under INGEST_MAX_BODY_BYTES (5 MiB) but over Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB)."""
+    reader: KafkaReader = kafka_reader("user.attempts")
+    events = [factories.attempt(quality=2, response="r" * 3900) for _ in range(800)]
+    body = orjson.dumps({"events": events})
+    assert 3_000_000 < len(body) < 5 * 1024 * 1024
+
+    response = post(web_server, "/api/v1/events/batch", body, api_key)
+
+    assert response.status_code == 202, response.text[:500]
+    answer = response.json()
+    assert (answer["accepted"], answer["rejected"]) == (800, 0)
+    sent = {result["event_id"] for result in answer["results"]}
+    published = [r for r in reader.read(expected=800, timeout=60) if r.headers["event_id"].decode() in sent]
+    assert sorted(event_ids_in(published)) == sorted(sent)  # every one, once
 
 
 # ---------------------------------------------------------------- dedup
@@ -338,6 +360,128 @@ def test_enqueue_failure_is_503_and_releases_the_dedup_marks(api_key: str) -> No
         assert get_redis().get(DEDUP_PREFIX + attempt_dedup_key(event["user_id"], event["client_attempt_id"])) is None
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- every error under /api/ is JSON
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+def assert_json_error(response: requests.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text[:300]
+    assert response.headers["Content-Type"] == "application/json", response.text[:300]
+    body = response.json()
+    assert isinstance(body["error"], str) and body["error"]
+    assert set(body) <= {"error", "errors"}
+    return body
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status", "fragment"),
+    [
+        # the fast path (config.wsgi: event endpoints without the full middleware stack)
+        ("GET", "/api/v1/events/batch", {}, 405, "GET"),
+        ("GET", "/api/v1/events/batch", {"Accept": BROWSER_ACCEPT}, 405, "GET"),
+        ("DELETE", "/api/v1/events", {}, 405, "DELETE"),
+        ("POST", "/api/v1/events", {"Host": "evil.example"}, 400, "Host"),
+        # the full stack
+        ("GET", "/api/v1/nope", {}, 404, "/api/v1/nope"),
+        ("POST", "/api/v1/nope", {"Accept": BROWSER_ACCEPT}, 404, "/api/v1/nope"),
+        ("GET", "/api/v1/events/batch/extra", {}, 404, "/api/v1/events/batch/extra"),
+        ("GET", "/api/v1/nope", {"Host": "evil.example"}, 400, "Host"),
+        ("POST", "/api/routing/test", {"Host": "evil.example"}, 400, "Host"),
+        ("POST", "/api/routing/test", {}, 401, "credentials"),
+        ("GET", "/api/routing/test", {"Accept": BROWSER_ACCEPT}, 401, "credentials"),
+    ],
+)
+def test_errors_under_api_are_json_in_the_error_shape(
+    web_server: WebServer, api_key: str, method: str, path: str, headers: dict[str, str], status: int, fragment: str
+) -> None:
+    all_headers = {"Content-Type": "application/json", "Authorization": f"Api-Key {api_key}"} | headers
+    before = queue.depth(fresh=True)
+    response = requests.request(
+        method, f"{web_server.url}{path}", data=orjson.dumps(factories.activity()), headers=all_headers, timeout=10
+    )
+    body = assert_json_error(response, status)
+    assert fragment in body["error"]
+    if status == 405:
+        assert response.headers["Allow"] == "POST, OPTIONS"
+    assert queue.depth(fresh=True) == before
+
+
+def test_an_unsupported_method_is_405_even_without_a_key(web_server: WebServer) -> None:
+    response = requests.get(f"{web_server.url}/api/v1/events/batch", headers={"Accept": BROWSER_ACCEPT}, timeout=10)
+    assert_json_error(response, 405)
+    assert response.headers["Allow"] == "POST, OPTIONS"
+
+
+def test_errors_outside_api_stay_html(web_server: WebServer) -> None:
+    missing = requests.get(f"{web_server.url}/nope", timeout=10)
+    assert missing.status_code == 404
+    assert missing.headers["Content-Type"].startswith("text/html")
+    wrong_host = requests.get(f"{web_server.url}/admin/login/", headers={"Host": "evil.example"}, timeout=10)
+    assert wrong_host.status_code == 400
+    assert wrong_host.headers["Content-Type"].startswith("text/html")
+
+
+def test_an_unexpected_error_is_a_json_500_without_internals(api_key: str) -> None:
+    """A real failure: PostgreSQL unreachable while an API key (not yet cached) or a session is looked up."""
+    from tests.conftest import free_port
+
+    down = f"postgres://ingest:ingest@127.0.0.1:{free_port()}/ingest"
+    server = WebServer(workers=1, extra_env={"DATABASE_URL": down})
+    try:
+        answers = [
+            post(server, "/api/v1/events", factories.activity(), api_key),  # fast path
+            requests.post(f"{server.url}/api/routing/test", json={}, cookies={"sessionid": "x" * 32}, timeout=30),
+        ]
+        for response in answers:
+            body = assert_json_error(response, 500)
+            assert body == {"error": "Internal server error."}
+            for leak in ("Traceback", "psycopg", "OperationalError", "127.0.0.1", "connection"):
+                assert leak not in response.text
+        admin = requests.get(f"{server.url}/admin/", cookies={"sessionid": "x" * 32}, timeout=30)
+        assert admin.status_code == 500
+        assert admin.headers["Content-Type"].startswith("text/html")
+    finally:
+        server.stop()
+
+
+def _raises(request: HttpRequest) -> HttpResponse:
+    raise RuntimeError("internal detail: /srv/secret.conf")
+
+
+def _reads_body(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(str(len(request.body)))  # Django's DATA_UPLOAD_MAX_MEMORY_SIZE applies
+
+
+class URLsWithTestViews:
+    """config.urls plus views that exist only in this test: Django's own checks and a crash, under /api/ and not."""
+
+    urlpatterns = [
+        path("api/v1/test-raises", _raises),
+        path("api/v1/test-reads-body", _reads_body),
+        path("elsewhere/raises", _raises),
+        *config_urls.urlpatterns,
+    ]
+    handler400 = config_urls.handler400
+    handler403 = config_urls.handler403
+    handler404 = config_urls.handler404
+    handler500 = config_urls.handler500
+
+
+@override_settings(ROOT_URLCONF=URLsWithTestViews)
+def test_django_errors_under_api_are_json_through_the_error_handlers() -> None:
+    client = Client(raise_request_exception=False)
+    crash = client.get("/api/v1/test-raises")
+    assert crash.status_code == 500
+    assert crash.json() == {"error": "Internal server error."}
+    too_big = client.post("/api/v1/test-reads-body", b"x" * (3 * 1024 * 1024), content_type="application/octet-stream")
+    assert too_big.status_code == 413
+    assert "too large" in too_big.json()["error"]
+    elsewhere = client.get("/elsewhere/raises")
+    assert elsewhere.status_code == 500
+    assert elsewhere["Content-Type"].startswith("text/html")
 
 
 # ---------------------------------------------------------------- OpenAPI

@@ -554,6 +554,72 @@ def test_tester_shows_where_stop_processing_ended_the_walk(editor_client: Client
     assert _tester(editor_client, factories.attempt(quality=4)).context["result"].topics == (ML, ATTEMPTS)
 
 
+NESTING_LIMIT = 64  # routing.patterns.MAX_JSON_NESTING, as the user reads it
+TOO_DEEP = [NESTING_LIMIT + 1, 990, 10_000]  # just over; where json.loads recursed; far past Python's stack
+
+
+def _nested(depth: int, kind: str) -> str:
+    """JSON text of an object nesting `depth` levels deep: objects ({"a": {"a": ...}}) or arrays ({"a": [[...]]})."""
+    if kind == "objects":
+        return '{"a":' * depth + "1" + "}" * depth
+    return '{"a":' + "[" * (depth - 1) + "1" + "]" * (depth - 1) + "}"
+
+
+@pytest.mark.parametrize("kind", ["objects", "arrays"])
+@pytest.mark.parametrize("depth", TOO_DEEP)
+def test_deeply_nested_json_gets_a_clear_form_error_in_the_tester(editor_client: Client, depth: int, kind: str) -> None:
+    pattern = _tester(editor_client, factories.attempt(), pattern=_nested(depth, kind))
+    assert pattern.status_code == 200
+    assert pattern.context["result"] is None
+    message = f"Pattern is nested deeper than {NESTING_LIMIT} levels."
+    assert pattern.context["form"].errors["pattern"] == [message]
+    assert escape(message) in pattern.content.decode()
+
+    event = factories.attempt()
+    text = json.dumps(event)[:-1] + ', "metadata": ' + _nested(depth - 1, kind) + "}"  # the event: `depth` levels
+    answer = editor_client.post(TESTER, {"event": text, "rule": "", "pattern": ""})
+    assert answer.status_code == 200
+    assert answer.context["result"] is None
+    message = f"Event is nested deeper than {NESTING_LIMIT} levels."
+    assert answer.context["form"].errors["event"] == [message]
+    assert escape(message) in answer.content.decode()
+
+
+@pytest.mark.parametrize("kind", ["objects", "arrays"])
+@pytest.mark.parametrize("depth", TOO_DEEP)
+def test_deeply_nested_pattern_gets_a_clear_error_in_the_rule_forms(
+    editor_client: Client, depth: int, kind: str
+) -> None:
+    message = f"Pattern is nested deeper than {NESTING_LIMIT} levels."
+    added = editor_client.post(ADD, _rule_form(pattern=_nested(depth, kind)))
+    assert added.status_code == 200
+    assert _form_errors(added) == {"pattern": [message]}
+    assert not RoutingRule.objects.filter(name="Quiz activities").exists()
+
+    rule = _rule(ML_RULE)
+    changed = editor_client.post(_change_url(rule), _form_data_of(rule, pattern=_nested(depth, kind)))
+    assert changed.status_code == 200
+    assert _form_errors(changed) == {"pattern": [message]}
+    assert escape(message) in changed.content.decode()
+    rule.refresh_from_db()
+    assert rule.pattern == {"quality": [{"numeric": [">=", 4]}]}
+
+
+def test_nesting_within_the_limit_is_still_evaluated(editor_client: Client) -> None:
+    event = factories.attempt(quality=5)
+    text = json.dumps(event)[:-1] + ', "metadata": ' + _nested(NESTING_LIMIT - 1, "arrays") + "}"
+    answer = editor_client.post(TESTER, {"event": text, "rule": "", "pattern": ""})
+    assert answer.context["form"].errors == {}
+    assert answer.context["result"].topics == (ML, ATTEMPTS)  # evaluated, with the API's objections listed
+
+    # Brackets inside strings are text, not nesting (an escaped quote does not end the string).
+    brackets = '[[[[\\"{{{{' * 40
+    pattern = json.dumps({"response": [{"prefix": brackets}]})
+    tried = _tester(editor_client, factories.attempt(response=brackets + "!"), pattern=pattern)
+    assert tried.context["form"].errors == {}
+    assert tried.context["result"].matched_rules == (services.UNSAVED_PATTERN_NAME,)
+
+
 # ------------------------------------------------------------------------------------------------ JSON endpoint
 
 
@@ -605,6 +671,27 @@ def test_json_endpoint_rejects_bad_requests(viewer_client: Client, body: Any, pa
     assert errors[0]["path"] == path
     assert message in errors[0]["message"]
     assert message in response.json()["error"]
+
+
+@pytest.mark.parametrize("depth", TOO_DEEP)
+def test_json_endpoint_answers_deep_nesting_with_a_400_naming_the_field(viewer_client: Client, depth: int) -> None:
+    deep = _nested(depth, "arrays")
+    answers = {
+        "event": _api(viewer_client, '{"event": ' + deep + "}"),
+        "pattern": _api(viewer_client, '{"event": {"event_type": "attempt"}, "pattern": ' + deep + "}"),
+        "pattern text": _api(viewer_client, {"event": {"event_type": "attempt"}, "pattern": deep}),
+    }
+    for name, response in answers.items():
+        assert response.status_code == 400, (name, response.content[:200])
+        body = response.json()
+        if depth > 1000 and name == "pattern text":  # refused for its length (4096 characters) first
+            assert body["errors"][0]["path"] == "pattern"
+            assert "the limit is 4096" in body["error"]
+        elif depth > 1000:  # the body itself is refused while parsing it
+            assert "nested too deeply" in body["error"]
+        else:
+            assert body["errors"][0]["path"] == name.split()[0]
+            assert f"nested deeper than {NESTING_LIMIT} levels" in body["error"]
 
 
 def test_json_endpoint_auth(seeded: None) -> None:
