@@ -81,11 +81,18 @@ POLICY_CACHE_SECONDS = 2.0
 
 
 def current_retry_policy() -> RetryPolicy:
-    """The admin's retry policy, read at most every 2 s per process (a change applies to tasks after that)."""
+    """The admin's retry policy, read at most every 2 s per process (a change applies to tasks after that).
+    While Postgres is unreachable the last policy read (or the defaults) serves: publishing to Kafka must not
+    wait for the database."""
     global _policy_cache
     now = time.monotonic()
     if _policy_cache is None or now - _policy_cache[0] > POLICY_CACHE_SECONDS:
-        _policy_cache = (now, RetryPolicy.get_solo())
+        try:
+            policy = RetryPolicy.get_solo()
+        except DATABASE_OUTAGE_ERRORS:
+            logger.warning("retry policy unreadable (database unreachable); using the last one known")
+            policy = _policy_cache[1] if _policy_cache is not None else RetryPolicy()
+        _policy_cache = (now, policy)
     return _policy_cache[1]
 
 

@@ -69,6 +69,23 @@ class KafkaReader:
         self.consumer.close()
 
 
+def create_topic(name: str, **configs: str) -> None:
+    """A one-partition topic with these topic configs (left as it is if it exists)."""
+    from kafka.errors import TopicAlreadyExistsError
+
+    from publisher import kafka_gateway
+
+    admin = kafka_gateway.admin_client()
+    try:
+        admin.create_topics(
+            {name: {"num_partitions": 1, "replication_factor": 1, "configs": configs}}, wait_for_metadata=True
+        )
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
     """TEST_DB_SUFFIX lets two suites run side by side on one PostgreSQL (each with its own test database);

@@ -14,7 +14,6 @@ import orjson
 import pytest
 from django.conf import settings
 from django.test import Client, override_settings
-from kafka.errors import TopicAlreadyExistsError
 
 from config.redis import get_redis
 from ingestion.schema import validate_event
@@ -24,21 +23,9 @@ from publisher.publishing import publish_events
 from publisher.services import enqueue_events, enqueue_events_guarded
 from routing.models import RoutingRule, Topic
 from tests import factories
-from tests.conftest import KafkaReader, WorkerProcess
+from tests.conftest import KafkaReader, WorkerProcess, create_topic
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def create_topic(name: str, **configs: str) -> None:
-    admin = kafka_gateway.admin_client()
-    try:
-        admin.create_topics(
-            {name: {"num_partitions": 1, "replication_factor": 1, "configs": configs}}, wait_for_metadata=True
-        )
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()
 
 
 def route(activity_type: str, topic_name: str) -> None:

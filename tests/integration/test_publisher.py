@@ -12,16 +12,14 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka.errors import TopicAlreadyExistsError
 
 from ingestion.schema import validate_event
-from publisher import kafka_gateway
 from publisher.models import DeadLetter, RetryPolicy
 from publisher.serialization import decode_value
 from publisher.services import publish_batch
 from routing.models import RoutingRule, Topic
 from tests import factories
-from tests.conftest import KafkaReader
+from tests.conftest import KafkaReader, create_topic
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,18 +37,6 @@ def route_activities(activity_type: str, topic_name: str, fmt: str = "json") -> 
         name=f"test {activity_type}", event_type="activity", pattern={"activity_type": [activity_type]}, priority=1
     )
     rule.destinations.set([topic])
-
-
-def create_topic(name: str, **configs: str) -> None:
-    admin = kafka_gateway.admin_client()
-    try:
-        admin.create_topics(
-            {name: {"num_partitions": 1, "replication_factor": 1, "configs": configs}}, wait_for_metadata=True
-        )
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()
 
 
 def test_protobuf_topic_records_decode_with_the_published_schema(default_routing: None, kafka_reader: Any) -> None:
