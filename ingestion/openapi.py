@@ -10,6 +10,14 @@ from drf_spectacular.utils import OpenApiExample, PolymorphicProxySerializer, ex
 from rest_framework import serializers
 
 MAX_INT = 2**63 - 1
+# ingestion.schema refuses control characters: none in names and ids, tab and line breaks only in free text.
+NO_CONTROL = r"^[^\u0000-\u001f\u007f]*$"
+TEXT_CONTROL_ALLOWED = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]*$"
+
+
+def identifier(**options: Any) -> serializers.RegexField:
+    """A name or id: 1-128 characters, no control characters."""
+    return serializers.RegexField(NO_CONTROL, min_length=1, max_length=128, **options)
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):
@@ -31,7 +39,15 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
     {
         "type": "object",
         "maxProperties": 32,
-        "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]},
+        "propertyNames": {"pattern": NO_CONTROL},
+        "additionalProperties": {
+            "oneOf": [
+                {"type": "string", "pattern": TEXT_CONTROL_ALLOWED},
+                {"type": "integer", "minimum": -(2**63), "maximum": MAX_INT},
+                {"type": "number", "not": {"type": "integer"}},
+                {"type": "boolean"},
+            ]
+        },
     }
 )
 class MetadataField(serializers.DictField):
@@ -44,7 +60,7 @@ class _Common(serializers.Serializer):
         allow_null=True,
         help_text="Generated when absent; a client-supplied id is the dedup key of non-attempts (global: a UUID).",
     )
-    user_id = serializers.CharField(min_length=1, max_length=128, help_text="The Kafka message key.")
+    user_id = identifier(help_text="The Kafka message key.")
     occurred_at = serializers.DateTimeField(help_text="RFC 3339 with offset; at most 5 minutes in the future.")
     schema_version = serializers.IntegerField(required=False, allow_null=True, default=1, min_value=1, max_value=1)
     metadata = MetadataField(required=False, allow_null=True, help_text="Flat: string keys to string/number/bool.")
@@ -52,20 +68,20 @@ class _Common(serializers.Serializer):
 
 class AttemptEventSchema(_Common):
     event_type = serializers.ChoiceField(choices=["attempt"])
-    client_attempt_id = serializers.CharField(
-        min_length=1, max_length=128, help_text="With user_id, the dedup key: per learner, as clients number attempts."
-    )
-    session_id = serializers.CharField(min_length=1, max_length=128)
-    item_id = serializers.CharField(min_length=1, max_length=128)
+    client_attempt_id = identifier(help_text="With user_id, the dedup key: per learner, as clients number attempts.")
+    session_id = identifier()
+    item_id = identifier()
     correct = serializers.BooleanField()
     quality = serializers.IntegerField(min_value=0, max_value=5)
     time_taken_ms = serializers.IntegerField(min_value=0, max_value=MAX_INT)
-    response = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=4096)
+    response = serializers.RegexField(
+        TEXT_CONTROL_ALLOWED, required=False, allow_null=True, allow_blank=True, max_length=4096
+    )
 
 
 class SessionEventSchema(_Common):
     event_type = serializers.ChoiceField(choices=["session"])
-    session_id = serializers.CharField(min_length=1, max_length=128)
+    session_id = identifier()
     started_at = serializers.DateTimeField()
     ended_at = serializers.DateTimeField(required=False, allow_null=True, help_text=">= started_at")
     items_attempted = serializers.IntegerField(
@@ -78,15 +94,15 @@ class SessionEventSchema(_Common):
 
 class PlacementEventSchema(_Common):
     event_type = serializers.ChoiceField(choices=["placement"])
-    placement_id = serializers.CharField(min_length=1, max_length=128)
+    placement_id = identifier()
     completed = serializers.BooleanField()
     score = serializers.FloatField(required=False, allow_null=True)
-    level = serializers.CharField(required=False, allow_null=True, min_length=1, max_length=128)
+    level = identifier(required=False, allow_null=True)
 
 
 class ActivityEventSchema(_Common):
     event_type = serializers.ChoiceField(choices=["activity"])
-    activity_type = serializers.CharField(min_length=1, max_length=128)
+    activity_type = identifier()
     properties = serializers.DictField(
         child=serializers.JSONField(), required=False, allow_null=True, help_text="<= 8 KiB as JSON"
     )

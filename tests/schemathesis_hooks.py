@@ -1,10 +1,13 @@
 """schemathesis hooks (SCHEMATHESIS_HOOKS=tests.schemathesis_hooks): drop generated bodies that break rules
 the OpenAPI schema language cannot state — relative to the clock (occurred_at at most 5 minutes ahead) or
-across fields (ended_at >= started_at, items_correct <= items_attempted) or on serialized size — so that
+across fields (ended_at >= started_at, items_correct <= items_attempted) or on serialized size, or deep inside
+the free-form `properties` (control characters, integers beyond 2**53, nesting deeper than 32) or in object
+keys (control characters) — so that
 "schema-valid" really means valid. Everything else schemathesis generates is sent as is."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +25,25 @@ def _instant(value: Any) -> datetime | None:
         return parsed.astimezone(UTC) if parsed.tzinfo else None
     except (ValueError, OverflowError):
         return None
+
+
+_KEY_CONTROL = re.compile(r"[\x00-\x1f\x7f]").search
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]").search
+
+
+def _carriable(value: Any, level: int = 1) -> bool:
+    """Whether `properties` content is what a protobuf topic can carry (ingestion.schema's rules)."""
+    if isinstance(value, str):
+        return _TEXT_CONTROL(value) is None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -(2**53) <= value <= 2**53
+    if isinstance(value, dict | list):
+        if level > 32:
+            return False
+        items = value.values() if isinstance(value, dict) else value
+        keys_ok = not isinstance(value, dict) or all(_KEY_CONTROL(str(k)) is None for k in value)
+        return keys_ok and all(_carriable(item, level + 1) for item in items)
+    return True
 
 
 def _plausible(event: Any) -> bool:
@@ -43,6 +65,10 @@ def _plausible(event: Any) -> bool:
         return False
     if event.get("event_id") == NIL_UUID:
         return False
+    if isinstance(event.get("properties"), dict) and not _carriable(event["properties"]):
+        return False
+    if isinstance(event.get("metadata"), dict) and any(_KEY_CONTROL(str(k)) for k in event["metadata"]):
+        return False  # OpenAPI 3.0 has no propertyNames, so the schema cannot say it
     try:
         if len(orjson.dumps(event)) > 32 * 1024 or len(orjson.dumps(event.get("properties") or {})) > 8 * 1024:
             return False
