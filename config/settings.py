@@ -1,5 +1,5 @@
 """Django settings. Everything that varies between machines comes from the environment through config.env,
-so a bad value stops startup with the variable's name (see README, "Configuration")."""
+so a bad value stops startup with the variable's name (docs/configuration.md)."""
 
 from __future__ import annotations
 
