@@ -10,9 +10,12 @@ UV := $(VENV)/bin/uv
 # The uv that bootstraps the venv is the one pyproject.toml pins (and uv.lock keeps in the venv).
 UV_VERSION := $(shell sed -n 's/^ *"uv==\([^"]*\)".*/\1/p' pyproject.toml)
 
-# A generated, git-ignored secret so nothing secret is committed; an exported SECRET_KEY wins.
-SECRET_FILE := .data/secret_key
-export SECRET_KEY ?= $(shell mkdir -p .data && { [ -s $(SECRET_FILE) ] || $(PYTHON_BOOT) -c "import secrets; print(secrets.token_urlsafe(50))" > $(SECRET_FILE); } && cat $(SECRET_FILE))
+# Local settings live in the git-ignored .env, which every process of the project reads (config.env.load_env_file),
+# so manage.py, celery and the tests work without `make` too; exported variables win over it.
+ENV_FILE ?= .env
+export INGEST_ENV_FILE := $(abspath $(ENV_FILE))
+# Before .env existed the generated secret lived in .data/secret_key: reused so existing sessions stay valid.
+OLD_SECRET_FILE := .data/secret_key
 export DJANGO_SETTINGS_MODULE := config.settings
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -33,7 +36,16 @@ $(STAMP): pyproject.toml uv.lock
 	$(UV) sync -q --locked --extra dev --python $(PY)
 	@touch $@
 
-install: $(STAMP)
+install: $(STAMP) $(ENV_FILE)
+
+# Written once, never overwritten: edit it to change a local setting (docs/configuration.md).
+$(ENV_FILE):
+	@umask 077 && { \
+	  echo "# Local settings for this checkout, read by every process; exported variables win. Never commit it."; \
+	  echo "# Every variable: docs/configuration.md"; \
+	  printf 'SECRET_KEY=%s\n' "$$(cat $(OLD_SECRET_FILE) 2>/dev/null || $(PYTHON_BOOT) -c 'import secrets; print(secrets.token_urlsafe(50))')"; \
+	} > $@.tmp && mv $@.tmp $@
+	@echo "wrote $@ (a generated SECRET_KEY; add local settings there)"
 
 # After changing a pin in pyproject.toml; `make lock LOCK_ARGS="--upgrade-package NAME"` moves a transitive one.
 lock:
@@ -56,10 +68,10 @@ services-down:
 services-status:
 	@bash scripts/services.sh status
 
-migrate: services-up
+migrate: services-up $(ENV_FILE)
 	$(PY) manage.py migrate --noinput -v 0
 
-topics: services-up
+topics: services-up $(ENV_FILE)
 	$(PY) manage.py ensure_topics
 
 setup: migrate topics
@@ -69,9 +81,10 @@ run: setup
 	$(PY) manage.py bootstrap_demo
 	$(PY) manage.py reset_metrics
 	@echo "Serving http://127.0.0.1:8083 (admin: /admin/, API docs: /api/docs/). Ctrl-C stops web and worker."
-	$(VENV)/bin/honcho start -f Procfile
+	@# honcho would read .env itself and let it override the environment; the processes read it themselves.
+	$(VENV)/bin/honcho start -f Procfile --env /dev/null
 
-lint: $(STAMP)
+lint: $(STAMP) $(ENV_FILE)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
@@ -86,10 +99,10 @@ test-tools:
 test: lint audit test-tools services-up topics
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: services-up
+test-fast: services-up $(ENV_FILE)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-faults: services-up topics
+test-faults: services-up topics $(ENV_FILE)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 proto: $(STAMP)

@@ -24,6 +24,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from config.env import install_env_error_hook, load_env_file
+
+# First, before anything reads a variable: a missing or bad one is reported in one line, and the local .env
+# (git-ignored, written by `make`) fills in what the real environment does not set.
+install_env_error_hook()
+load_env_file()
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_MULTIPROC_DIR = Path(__file__).resolve().parent.parent / ".data" / "prometheus"
 

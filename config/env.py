@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
 
 from django.core.exceptions import ImproperlyConfigured
+from dotenv import dotenv_values
 
 _MISSING = object()
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -20,11 +24,52 @@ class EnvError(ImproperlyConfigured):
     pass
 
 
+ENV_FILE_VARIABLE = "INGEST_ENV_FILE"
+DEFAULT_ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
+
+
+def load_env_file() -> Path | None:
+    """Read the local `.env` (the checkout's, written by `make`; INGEST_ENV_FILE names another, empty: none) into
+    os.environ, so `python manage.py ...` works in a checkout without exporting anything. A variable already set
+    in the environment wins: a deployment's real environment is never overridden by a stray file. Values are
+    taken literally (no ${VAR} expansion). Returns the file read, if any."""
+    configured = os.environ.get(ENV_FILE_VARIABLE)
+    if configured is not None and not configured.strip():
+        return None
+    path = Path(configured) if configured else DEFAULT_ENV_FILE
+    if not path.is_file():
+        if configured:  # named on purpose: silently running without it would hide the mistake
+            raise EnvError(f"{ENV_FILE_VARIABLE}={configured!r} is not a file")
+        return None
+    for name, value in dotenv_values(path, interpolate=False).items():
+        if value is not None:
+            os.environ.setdefault(name, value)
+    return path
+
+
+def install_env_error_hook() -> None:
+    """A missing or malformed variable is an operator's mistake, not a bug: whichever entry point meets it
+    (manage.py, `celery -A config`, `python -m config.serve`) prints one line naming it and exits with status 1,
+    instead of a traceback through Django's or Celery's start-up code."""
+    previous = sys.excepthook
+    if getattr(previous, "env_error_hook", False):
+        return
+
+    def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+        if isinstance(error, EnvError):
+            sys.stderr.write(f"{Path(sys.argv[0]).name or 'python'}: {error}\n")
+        else:
+            previous(kind, error, traceback)
+
+    hook.env_error_hook = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
 def _raw(name: str, default: object) -> str | None:
     value = os.environ.get(name)
     if value is None:
         if default is _MISSING:
-            raise EnvError(f"{name} is required but not set")
+            raise EnvError(f"{name} is required but not set (export it, or for a local run put it in .env)")
         return None
     return value
 

@@ -1,15 +1,12 @@
 """The web process: `python -m config.serve` serves `config.wsgi:application` with granian.
 
 granian parses HTTP and handles sockets in Rust and runs the WSGI app on a pool of Python threads per worker
-process. Against gunicorn's gthread workers (pure-Python parsing, a poll loop and a thread hand-off per
-request) it took ~30 % less web CPU per single event (bench: 725-744 -> 502-536 us) and raised single events
-from ~1,430/s to ~1,850/s on the same machine.
+process, which costs less web CPU per request than gunicorn's threaded workers (docs/performance.md).
 
 WEB_CONCURRENCY worker processes (default 2), WEB_THREADS Python threads each (default 32): requests of one
 API key that are in flight together in a process are admitted as one group (ingestion.services), so more
 threads also mean fewer Redis round trips and publish tasks per event. A request beyond the threads waits in
-granian's queue instead of joining a group (bench, single events, 15 s: 32 in flight, 16 threads 1,489-1,645/s,
-32 threads 1,683-1,694/s; 64 in flight, 16 threads 1,603-1,874/s, 32 threads 2,209-2,256/s).
+granian's queue instead of joining a group.
 INGEST_BIND is host:port (default 127.0.0.1:8083). Command-line options win over the environment.
 """
 
@@ -17,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -28,8 +26,8 @@ APP = "config.wsgi:application"
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
     """glibc gives each thread that allocates its own malloc arena; with dozens of threads per worker the arenas
-    fragment and keep memory (bench, batches: largest web process 147 -> 127 MiB peak RSS with 2 arenas).
-    Set before the workers fork so each inherits it; elsewhere than glibc this does nothing."""
+    fragment and keep memory. Set before the workers fork so each inherits it; elsewhere than glibc this does
+    nothing."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-8, arenas)  # M_ARENA_MAX
@@ -70,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if workers < 1 or threads < 1:
         sys.exit("config.serve: --workers and --threads must be at least 1")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    try:
+        # Every variable is checked once, here: a bad one stops the server with one line instead of every worker
+        # failing to load the app.
+        importlib.import_module(os.environ["DJANGO_SETTINGS_MODULE"])
+    except EnvError as exc:
+        sys.exit(f"config.serve: {exc}")
     limit_malloc_arenas()
 
     from granian import Granian

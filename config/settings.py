@@ -1,5 +1,5 @@
 """Django settings. Everything that varies between machines comes from the environment through config.env,
-so a bad value stops startup with the variable's name (see README, "Configuration")."""
+so a bad value stops startup with the variable's name (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -185,7 +185,10 @@ KAFKA_SSL_CAFILE = env_str("KAFKA_SSL_CAFILE", "")
 KAFKA_SSL_CERTFILE = env_str("KAFKA_SSL_CERTFILE", "")
 KAFKA_SSL_KEYFILE = env_str("KAFKA_SSL_KEYFILE", "")
 if KAFKA_SECURITY_PROTOCOL.startswith("SASL") and not (KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD):
-    raise EnvError(f"KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with {KAFKA_SECURITY_PROTOCOL}")
+    raise EnvError(
+        "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with "
+        f"KAFKA_SECURITY_PROTOCOL={KAFKA_SECURITY_PROTOCOL}"
+    )
 for _name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE"):
     if globals()[_name] and not Path(globals()[_name]).is_file():
         raise EnvError(f"{_name}={globals()[_name]!r} is not a readable file")

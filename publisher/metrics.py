@@ -1,4 +1,4 @@
-"""The pipeline's Prometheus series (names are documented in README, "Metrics"). Label values are bounded:
+"""The pipeline's Prometheus series (names are documented in docs/operations.md, "Metrics"). Label values are bounded:
 topics, event types, error classes and rule names, never event ids.
 
 Every process (web workers, Celery pool processes) counts into its own files in PROMETHEUS_MULTIPROC_DIR

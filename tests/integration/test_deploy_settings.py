@@ -19,7 +19,7 @@ from tests.conftest import WebServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# What a deployment behind a TLS-terminating proxy sets (README, "Configuration").
+# What a deployment behind a TLS-terminating proxy sets (docs/configuration.md).
 PRODUCTION_ENV = {
     "DEBUG": "false",
     "SECRET_KEY": secrets.token_urlsafe(50),

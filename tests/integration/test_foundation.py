@@ -59,7 +59,8 @@ def test_bad_setting_stops_startup_naming_the_variable(name: str, value: str, ex
 
 
 def test_missing_secret_key_is_named() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    # INGEST_ENV_FILE empty: not the checkout's .env, which holds a SECRET_KEY (tests/integration/test_local_env.py).
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"} | {"INGEST_ENV_FILE": ""}
     result = subprocess.run(
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
