@@ -23,6 +23,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -87,7 +88,8 @@ def _setup_prometheus_multiprocess() -> None:
         raise EnvError(f"{MULTIPROC_ENV}={value!r} is not a usable directory: {exc}") from None
     from fastpaths import prometheus_values
 
-    _host_named[0] = prometheus_values.install(functools.partial(operator.getitem, _process_id, 0))
+    identifier: Callable[[], str] = functools.partial(operator.getitem, _process_id, 0)  # type: ignore[assignment]
+    _host_named[0] = prometheus_values.install(identifier)
 
 
 _setup_prometheus_multiprocess()

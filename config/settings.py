@@ -11,8 +11,6 @@ import dj_database_url
 from csp.constants import NONE, SELF, UNSAFE_INLINE
 
 import fastpaths
-from fastpaths import kombu_redis_transport
-
 from config.env import (
     EnvError,
     env_bool,
@@ -24,6 +22,7 @@ from config.env import (
     env_rate,
     env_str,
 )
+from fastpaths import kombu_redis_transport
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -147,9 +146,9 @@ STORAGES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Content-Security-Policy on every page of the full middleware stack (admin, dashboard, API docs; the event
-# endpoints skip it, see fastpaths/django_lean_handler.py): scripts only from this origin's files, so injected markup cannot run
-# script. Inline styles stay allowed: Django 5.2's admin (changelist without actions), the Swagger UI page and
-# our admin templates use them, and a style cannot run code.
+# endpoints skip it with fastpaths/django_lean_handler.py): scripts only from this origin's files, so injected
+# markup cannot run script. Inline styles stay allowed: Django 5.2's admin (changelist without actions), the
+# Swagger UI page and our admin templates use them, and a style cannot run code.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": [SELF],

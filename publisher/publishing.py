@@ -20,9 +20,9 @@ from django.conf import settings
 from kafka.errors import MessageSizeTooLargeError
 
 from config.timefmt import utc_iso_ms
-from publisher import breaker as breaker_module
 from fastpaths import kafka_batches
 from fastpaths.kafka_batches import HeaderBlocks
+from publisher import breaker as breaker_module
 from publisher import dead_letters, kafka_gateway, metrics, retry_budget, stats
 from publisher.errors import DATABASE_OUTAGE_ERRORS, ProducerReset, error_class, is_outage, is_retryable
 from publisher.models import DeadLetter, RetryPolicy
