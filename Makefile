@@ -24,7 +24,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 help:
 	@echo "make run              install, start services, migrate, seed, print demo credentials, serve :8083"
-	@echo "make test             lint + the whole test suite against real PostgreSQL, Redis and Kafka"
+	@echo "make test             lint + the whole test suite against real PostgreSQL, Redis and Kafka (fast paths on, then off)"
 	@echo "make services-up|services-down|services-status"
 	@echo "make lint | audit | lock | format | proto | bench | profile | test-faults"
 
@@ -96,8 +96,11 @@ format: $(STAMP)
 test-tools:
 	@bash scripts/ensure_test_tools.sh
 
+# The whole suite twice: with the fast paths (fastpaths/) and with INGEST_FAST_PATHS=none, so every public path
+# they replace is tested too (a fast path's own tests skip themselves in the second run).
 test: lint audit test-tools services-up topics
 	$(PY) -m pytest $(PYTEST_ARGS)
+	INGEST_FAST_PATHS=none $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: services-up $(ENV_FILE)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

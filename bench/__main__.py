@@ -54,6 +54,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     parser.add_argument("--batch-size", type=int, default=100, help="events per batch request (default 100)")
     parser.add_argument(
+        "--fast-paths",
+        default=None,
+        help="INGEST_FAST_PATHS of the web and worker processes: all, none, a comma list of names, or -NAME (all "
+        "but NAME); default: as this process's environment says",
+    )
+    parser.add_argument(
+        "--fast-paths-matrix",
+        action="store_true",
+        help="run the batch and single rows once per setting: all, none, and each fast path off alone (-NAME)",
+    )
+    parser.add_argument(
         "--client-processes", type=int, default=1, help="processes running the bare producer loop (default 1)"
     )
     parser.add_argument("--web-workers", type=int, default=2, help="web worker processes (default 2)")
@@ -89,10 +100,36 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default bench/results/<ts>.json)")
     args = parser.parse_args(argv)
+    for setting in [args.fast_paths] if args.fast_paths else []:
+        try:
+            fast_paths_env(setting)
+        except Exception as exc:
+            parser.error(f"--fast-paths: {exc}")
     unknown = set(args.only.split(",")) - set(ALL)
     if unknown:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))} (choose from {', '.join(ALL)})")
     return args
+
+
+def fast_paths_env(setting: str) -> str:
+    """A --fast-paths value as INGEST_FAST_PATHS: `-NAME` means every fast path but NAME. Raises on unknown names."""
+    import fastpaths
+
+    if setting.startswith("-"):
+        off = setting[1:]
+        fastpaths.parse(off)  # a known name
+        return ",".join(name for name in fastpaths.REGISTRY if name != off) or "none"
+    fastpaths.parse(setting)
+    return setting
+
+
+def fast_paths_settings(args: argparse.Namespace) -> list[str | None]:
+    """The fast-path settings the pipeline rows run with: one (None: the environment's), or the matrix."""
+    import fastpaths
+
+    if args.fast_paths_matrix:
+        return ["all", "none", *(f"-{name}" for name in fastpaths.REGISTRY)]
+    return [args.fast_paths]
 
 
 def _log(message: str) -> None:
@@ -298,10 +335,18 @@ def main(argv: list[str] | None = None) -> None:
             settings.KAFKA_TOPIC_ACTIVITIES,
             settings.KAFKA_TOPIC_ML_TRAINING,
         ]
-        for name in ("batch", "single", "peer-batch", "peer-single"):
-            if name not in only:
-                continue
-            single = name.endswith("single")
+        phases = [
+            (name, setting)
+            for name in ("batch", "single", "peer-batch", "peer-single")
+            if name in only
+            # The peer has no fast paths: it runs once.
+            for setting in (fast_paths_settings(args) if not name.startswith("peer") else [None])
+        ]
+        for phase, setting in phases:
+            # A row per fast-path setting: `batch[none]`, `single[-kafka_batches]`...; plain names without one.
+            name = phase if setting is None else f"{phase}[{setting}]"
+            extra_env = {} if setting is None else {"INGEST_FAST_PATHS": fast_paths_env(setting)}
+            single = phase.endswith("single")
             phase_settings = pipeline.Settings(
                 duration=args.duration,
                 warmup=args.warmup,
@@ -327,9 +372,10 @@ def main(argv: list[str] | None = None) -> None:
                 watch_mode=args.watch,
                 offsets_interval=args.offsets_interval,
                 log=_log,
+                extra_env=extra_env,
             )
             tiers = None
-            if name.startswith("peer"):
+            if phase.startswith("peer"):
                 _log(f"{name}: HTTP -> Apache Camel bridge (Java Kafka client) -> Kafka")
                 try:
                     peer.ensure_libs(_log)
@@ -339,7 +385,10 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 tiers = peer.PeerTiers(phase_settings, name, topic=settings.KAFKA_TOPIC_ATTEMPTS, producer=produce)
             else:
-                _log(f"{name}: HTTP -> granian -> Celery -> Kafka")
+                _log(
+                    f"{name}: HTTP -> granian -> Celery -> Kafka"
+                    + (f", INGEST_FAST_PATHS={extra_env}" if setting else "")
+                )
             row = pipeline.run_phase(phase_settings, name=name, tiers=tiers, broker_pid=broker_pid, redis_pid=redis_pid)
             results["rows"][name] = row
             _log(f"  {row['events_per_s']:,.0f} events/s accepted, {row['records_per_s']:,.0f} records/s in Kafka")

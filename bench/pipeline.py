@@ -398,9 +398,11 @@ def run_phase(
     settings: Settings, *, name: str, broker_pid: int | None, redis_pid: int | None, tiers: Any = None
 ) -> dict[str, Any]:
     """One row: `name` is batch, single, peer-batch or peer-single. `tiers` defaults to the project's web and
-    worker tiers; the peer rows pass the bridge's (bench.peer.PeerTiers)."""
-    single = name.endswith("single")
-    phase = bench_events.PHASES[name]
+    worker tiers; the peer rows pass the bridge's (bench.peer.PeerTiers). A fast-path variant of a row is named
+    after its setting, `batch[none]`: the same phase, other work files."""
+    kind = name.split("[")[0]
+    single = kind.endswith("single")
+    phase = bench_events.PHASES[kind]
     per_request = 1 if single else settings.batch_size
     log = settings.log
     client = redis.Redis.from_url(settings.redis_url)
@@ -447,7 +449,7 @@ def run_phase(
         start = time.time() + 1.0
         warm_end = start + settings.warmup
         end = warm_end + settings.duration
-        config = _api_config(settings, tiers, name, single, variants=64 if single else 16) | {
+        config = _api_config(settings, tiers, kind, single, variants=64 if single else 16) | {
             "concurrency": settings.concurrency,
             "start_at": start,
             "stop_at": end,

@@ -8,18 +8,23 @@ from typing import Any
 HTTP_ROWS = ("batch", "single", "peer-batch", "peer-single")
 
 
+def http_rows(rows: dict[str, Any]) -> list[str]:
+    """The pipeline rows present, in run order: the plain names and their fast-path variants (`batch[none]`)."""
+    return [name for name in rows if name.split("[")[0] in HTTP_ROWS]
+
+
 def add_ratios(results: dict[str, Any]) -> None:
     rows = results.get("rows", {})
     broker = rows.get("broker", {}).get("records_per_s")
     client = rows.get("client", {}).get("records_per_s")
-    for name in HTTP_ROWS:
+    for name in http_rows(rows):
         row = rows.get(name)
         if not row or "skipped" in row:
             continue
         row["ratio_to_broker"] = row["records_per_s"] / broker if broker else None
         row["ratio_to_client"] = row["records_per_s"] / client if client else None
         if not name.startswith("peer"):
-            peer = rows.get(f"peer-{name}", {}).get("records_per_s")
+            peer = rows.get(f"peer-{name.split('[')[0]}", {}).get("records_per_s")
             row["ratio_to_peer"] = row["records_per_s"] / peer if peer else None
 
 
@@ -36,8 +41,9 @@ def _pct(p: dict[str, Any] | None) -> str:
 def table(results: dict[str, Any]) -> str:
     rows = results.get("rows", {})
     record = results.get("record", {})
+    width = max([11, *(len(name) for name in http_rows(rows))])
     head = (
-        f"{'row':<11} {'events/s':>9} {'records/s':>10} {'HTTP ms p50/95/99':>18} {'->Kafka ms p50/95/99':>21} "
+        f"{'row':<{width}} {'events/s':>9} {'records/s':>10} {'HTTP ms p50/95/99':>18} {'->Kafka ms p50/95/99':>21} "
         f"{'web cores':>9} {'wrk cores':>9} {'web MiB':>8} {'wrk MiB':>8} {'B/queued':>9} {'/broker':>7} {'/client':>7}"
     )
     lines = [
@@ -50,36 +56,34 @@ def table(results: dict[str, Any]) -> str:
         b = rows["broker"]
         lat = {"p50": b["p50_ms"], "p95": b["p95_ms"], "p99": b["p99_ms"]}
         lines.append(
-            f"{'broker':<11} {'-':>9} {_n(b['records_per_s']):>10} {'-':>18} {_pct(lat):>21} "
+            f"{'broker':<{width}} {'-':>9} {_n(b['records_per_s']):>10} {'-':>18} {_pct(lat):>21} "
             f"{'-':>9} {'-':>9} {'-':>8} {'-':>8} {'-':>9} {'-':>7} {'-':>7}"
         )
     if "client" in rows:
         c = rows["client"]
         lines.append(
-            f"{'client':<11} {'-':>9} {_n(c['records_per_s']):>10} {'-':>18} {_pct(c['ack_latency_ms']):>21} "
+            f"{'client':<{width}} {'-':>9} {_n(c['records_per_s']):>10} {'-':>18} {_pct(c['ack_latency_ms']):>21} "
             f"{'-':>9} {_n(c['cpu_cores'], '.2f'):>9} {'-':>8} {'-':>8} {'-':>9} "
             f"{_n(c['records_per_s'] / rows['broker']['records_per_s'] if 'broker' in rows else None, '.2f'):>7} "
             f"{'-':>7}"
         )
-    for name in HTTP_ROWS:
-        if name not in rows:
-            continue
+    for name in http_rows(rows):
         r = rows[name]
         if "skipped" in r:
-            lines.append(f"{name:<11} skipped: {r['skipped']}")
+            lines.append(f"{name:<{width}} skipped: {r['skipped']}")
             continue
         cores = r["cpu_cores"]
         rss = r["peak_rss_mib"]
         lines.append(
-            f"{name:<11} {_n(r['events_per_s']):>9} {_n(r['records_per_s']):>10} {_pct(r['http_latency_ms']):>18} "
+            f"{name:<{width}} {_n(r['events_per_s']):>9} {_n(r['records_per_s']):>10} {_pct(r['http_latency_ms']):>18} "
             f"{_pct(r['e2e_latency_ms']):>21} {_n(cores.get('web'), '.2f'):>9} {_n(cores.get('worker'), '.2f'):>9} "
             f"{_n(rss['web']['sum']):>8} {_n(rss.get('worker', {}).get('sum')):>8} "
             f"{_n(r['queue_memory'].get('bytes_per_event')):>9} "
             f"{_n(r.get('ratio_to_broker'), '.3f'):>7} {_n(r.get('ratio_to_client'), '.3f'):>7}"
         )
     details = []
-    for name in HTTP_ROWS:
-        if name not in rows or "skipped" in rows[name]:
+    for name in http_rows(rows):
+        if "skipped" in rows[name]:
             continue
         r = rows[name]
         cores = r["cpu_cores"]

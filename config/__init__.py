@@ -5,7 +5,8 @@ DJANGO_SETTINGS_MODULE, `celery -A config`, the web server's `python -m config.s
 prometheus_client is switched to multiprocess mode: each process writes its series to its own files in
 PROMETHEUS_MULTIPROC_DIR and /metrics adds them up, so one scrape of any web process shows the whole pipeline
 (every web worker and every Celery pool process). This must happen before prometheus_client is first
-imported, which is why it lives here and not in settings.
+imported, which is why it lives here and not in settings. Files are named `<host>-<pid>` through the fast path
+prometheus_values (fastpaths/), `<pid>` without it.
 
 PROMETHEUS_MULTIPROC_DIR: default `<repo>/.data/prometheus` (created when missing); an empty value turns
 multiprocess mode off (each process then reports only its own series). Under pytest the default is a fresh
@@ -22,6 +23,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from config.env import install_env_error_hook, load_env_file
@@ -45,12 +47,19 @@ def _refresh_process_id() -> None:
 
 
 # prometheus_client asks for the process id on every increment: a C-level lookup of a value refreshed after
-# each fork (granian's workers and Celery's pool fork with os.fork) costs less than its own default, os.getpid().
+# each fork (granian's workers and Celery's pool fork with os.fork) costs less than its own default, os.getpid()
+# (fast path prometheus_values, installed below).
 os.register_at_fork(after_in_child=_refresh_process_id)
 
 
+_host_named = [False]  # fast path prometheus_values installed: files named <host>-<pid>, else <pid>
+
+
 def prometheus_process_id(pid: int | None = None) -> str:
-    """The name prometheus_client gives this process's (or `pid`'s) files: `<host>-<pid>`."""
+    """The name prometheus_client gives this process's (or `pid`'s) files: `<host>-<pid>` with the fast path
+    prometheus_values, prometheus_client's own `<pid>` without it."""
+    if not _host_named[0]:
+        return str(os.getpid() if pid is None else pid)
     return _process_id[0] if pid is None else f"{PROCESS_HOST}-{pid}"
 
 
@@ -84,9 +93,10 @@ def _setup_prometheus_multiprocess() -> None:
         from config.env import EnvError
 
         raise EnvError(f"{MULTIPROC_ENV}={value!r} is not a usable directory: {exc}") from None
-    from prometheus_client import values
+    from fastpaths import prometheus_values
 
-    values.ValueClass = values.MultiProcessValue(functools.partial(operator.getitem, _process_id, 0))
+    identifier: Callable[[], str] = functools.partial(operator.getitem, _process_id, 0)  # type: ignore[assignment]
+    _host_named[0] = prometheus_values.install(identifier)
 
 
 _setup_prometheus_multiprocess()

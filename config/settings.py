@@ -10,6 +10,7 @@ from typing import Any
 import dj_database_url
 from csp.constants import NONE, SELF, UNSAFE_INLINE
 
+import fastpaths
 from config.env import (
     EnvError,
     env_bool,
@@ -21,6 +22,7 @@ from config.env import (
     env_rate,
     env_str,
 )
+from fastpaths import kombu_redis_transport
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -144,9 +146,9 @@ STORAGES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Content-Security-Policy on every page of the full middleware stack (admin, dashboard, API docs; the event
-# endpoints skip it, see config/wsgi.py): scripts only from this origin's files, so injected markup cannot run
-# script. Inline styles stay allowed: Django 5.2's admin (changelist without actions), the Swagger UI page and
-# our admin templates use them, and a style cannot run code.
+# endpoints skip it with fastpaths/django_lean_handler.py): scripts only from this origin's files, so injected
+# markup cannot run script. Inline styles stay allowed: Django 5.2's admin (changelist without actions), the
+# Swagger UI page and our admin templates use them, and a style cannot run code.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": [SELF],
@@ -214,13 +216,18 @@ INGEST_AUTH_FAILURES_PER_MINUTE = env_int("INGEST_AUTH_FAILURES_PER_MINUTE", 100
 # Reverse proxies in front of the web server, each appending the address it saw to X-Forwarded-For: the client
 # is the NUM_PROXIES-th address from the right. 0: the client is REMOTE_ADDR, X-Forwarded-For is ignored.
 NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0, maximum=10)
+# Fast paths switched on (fastpaths/): `all`, `none` or a comma list of names; an unknown name fails here.
+# Each also checks the installed library versions and falls back to the public path on a mismatch.
+INGEST_FAST_PATHS = sorted(fastpaths.switched_on())
 
 # ---------------------------------------------------------------- Celery
 # Normally the same Redis; a deployment may give Celery its own instance.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
-if CELERY_BROKER_URL.startswith("redis://"):
-    # kombu's Redis transport minus three per-task costs (see the module); other schemes keep kombu's own.
-    CELERY_BROKER_TRANSPORT = "config.kombu_redis:Transport"
+# Fast path kombu_redis_transport (fastpaths/): kombu's Redis transport minus three per-task costs and with
+# orphaned messages put back; off, or for other schemes, kombu's own transport.
+_FAST_TRANSPORT = kombu_redis_transport.transport_for(CELERY_BROKER_URL)
+if _FAST_TRANSPORT is not None:
+    CELERY_BROKER_TRANSPORT = _FAST_TRANSPORT
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]  # never pickle: a task message must not be able to run code

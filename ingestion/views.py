@@ -91,7 +91,9 @@ def _error(status_code: int, message: str, errors: list[dict[str, str]] | None =
     return response
 
 
-def _read_json(request: HttpRequest) -> Any:
+def _read_json(request: HttpRequest | Request) -> Any:
+    """DRF's Request passes META, read() and body on to Django's (documented: "all the other standard
+    attributes and methods are also available"), so either may be given."""
     content_type = request.META.get("CONTENT_TYPE", "")
     media_type, _, params = content_type.partition(";")
     if media_type.strip().lower() != "application/json":
@@ -197,7 +199,7 @@ class EventView(_IngestView):
             return self._accept(request)
 
     def _accept(self, request: Request) -> Response:
-        raw = _read_json(request._request)
+        raw = _read_json(request)
         services.check_backpressure()
         result = validate_event(raw)
         if isinstance(result, list):
@@ -231,7 +233,7 @@ class BatchView(_IngestView):
             return self._accept(request)
 
     def _accept(self, request: Request) -> Response:
-        raw = _read_json(request._request)
+        raw = _read_json(request)
         services.check_backpressure()
         checked = validate_batch(raw, max_batch=settings.INGEST_MAX_BATCH)
         if checked.body_errors:

@@ -106,9 +106,15 @@ def guarded(func: Callable[..., T], *args: Any) -> T:
         _record_failure(exc)
         raise
     if failures:
-        get_breaker()._state_storage.reset_counter()  # consecutive failures: a success starts the count again
+        # Consecutive failures: a success starts the count again. Told through pybreaker's public call() (a
+        # no-op that succeeds, in the closed state: it resets the shared counter and tells the listeners).
+        get_breaker().call(_succeed)
         _forget()
     return result
+
+
+def _succeed() -> None:
+    return None
 
 
 def _record_failure(exc: BaseException) -> None:

@@ -1,81 +1,17 @@
-"""Enqueueing a publish task in one atomic Redis script, when Celery's broker is the project's Redis.
-
-`apply_async` costs ~300 µs of CPU and the admission around it three more round trips (claim dedup marks,
-reserve queue capacity, confirm the marks); with single events that was most of the web tier's work per group.
-Here the task message is built directly — the same JSON kombu's Redis transport writes for `apply_async`
-(protocol 2, body compressed as CELERY_TASK_COMPRESSION says, base64; tests/integration/test_handoff.py
-compares the two field by field) — and one Lua
-script checks the guard keys, reserves capacity, sets the guards and pushes the message, or does none of it.
-Atomic, so there is no pending state to confirm or release: if the script ran, the events are queued and
-their marks set; if it did not, nothing was.
-
-With any other broker (another Redis, another database, AMQP) `queue_for()` is None and callers use
-`apply_async` as before.
+"""Where `apply_async` puts a publish task: the Redis list of its queue, when Celery's broker is the project's
+own Redis database (REDIS_URL). The admission uses it to enqueue atomically (fast path `celery_handoff`) and
+the backlog check to count waiting tasks. With any other broker (another Redis, another database, AMQP)
+`queue_for()` is None and callers use `apply_async` and skip the count.
 """
 
 from __future__ import annotations
 
-import base64
-import os
-import socket
-import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
 from django.conf import settings
-from kombu import compression
 from redis.connection import parse_url
-
-from config.redis import script
-from publisher import queue
-
-# The third part of a task body: no callbacks, errbacks, chain or chord (publish tasks never carry any).
-NO_EMBEDDED_CALLS = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
-# KEYS: queued-events counter, Celery queue list, guard keys...   ARGV: count, limit, guard ttl, message,
-# guard values... Returns {0} when enqueued, {1, i, value, ...} for guards already held (nothing done),
-# {2} when the queue has no room (nothing done).
-_ENQUEUE_GUARDED = (
-    queue.RESERVE_LUA
-    + """
-local held = {1}
--- MGET in slices (one command instead of one per guard; slices stay under Lua's unpack limit).
-local first = 3
-while first <= #KEYS do
-  local last = math.min(first + 999, #KEYS)
-  local values = redis.call('MGET', unpack(KEYS, first, last))
-  for j = 1, #values do
-    if values[j] then
-      held[#held + 1] = first + j - 3
-      held[#held + 1] = values[j]
-    end
-  end
-  first = last + 1
-end
-if #held > 1 then
-  return held
-end
-if not reserve(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) then
-  return {2}
-end
-for i = 3, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ARGV[3])
-end
-redis.call('LPUSH', KEYS[2], ARGV[4])
-return {0}
-"""
-)
-
-
-@dataclass
-class GuardedResult:
-    enqueued: bool = False
-    queue_full: bool = False
-    held: dict[int, str] = field(default_factory=dict)  # position in `guards` -> value that already holds it
 
 
 def _redis_target(url: str) -> dict[str, Any] | None:
@@ -107,78 +43,3 @@ def _queue_for(task_name: str, broker_url: str, redis_url: str) -> str | None:
 def same_redis(broker_url: str, redis_url: str) -> bool:
     broker = _redis_target(broker_url)
     return broker is not None and broker == _redis_target(redis_url)
-
-
-@cache
-def _origin() -> str:
-    return f"gen{os.getpid()}@{socket.gethostname()}"
-
-
-def task_message(*, task_name: str, queue_name: str, kwargs: dict[str, Any], kwargsrepr: str) -> bytes:
-    """The message `apply_async(kwargs=..., argsrepr="", kwargsrepr=...)` puts on a Redis queue."""
-    from config.celery import app, json_dumps
-
-    task_id = str(uuid.uuid4())
-    body = json_dumps([[], kwargs, NO_EMBEDDED_CALLS]).encode()
-    extra_headers: dict[str, Any] = {}
-    if app.conf.task_compression:
-        body, extra_headers["compression"] = compression.compress(body, app.conf.task_compression)
-    message = {
-        "body": base64.b64encode(body).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {
-            "lang": "py",
-            "task": task_name,
-            "id": task_id,
-            "shadow": None,
-            "eta": None,
-            "expires": None,
-            "group": None,
-            "group_index": None,
-            "retries": 0,
-            "timelimit": [None, None],
-            "root_id": task_id,
-            "parent_id": None,
-            "argsrepr": "",
-            "kwargsrepr": kwargsrepr,
-            "origin": _origin(),
-            "ignore_result": True,
-            "replaced_task_nesting": 0,
-            "stamped_headers": None,
-            "stamps": {},
-        }
-        | extra_headers,
-        "properties": {
-            "correlation_id": task_id,
-            "reply_to": app.thread_oid,
-            "argsrepr": "",
-            "kwargsrepr": kwargsrepr,
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue_name},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
-    return orjson.dumps(message)
-
-
-def enqueue_guarded(
-    *, message: bytes, queue_name: str, count: int, limit: int, guards: Sequence[tuple[str, str]], guard_ttl: int
-) -> GuardedResult:
-    reply = script(_ENQUEUE_GUARDED)(
-        keys=[queue.QUEUED_EVENTS_KEY, queue_name, *(key for key, _ in guards)],
-        args=[count, limit, guard_ttl, message, *(value for _, value in guards)],
-    )
-    code = int(reply[0])
-    if code == 0:
-        return GuardedResult(enqueued=True)
-    if code == 2:
-        return GuardedResult(queue_full=True)
-    pairs = reply[1:]
-    return GuardedResult(held={int(pairs[i]) - 1: _text(pairs[i + 1]) for i in range(0, len(pairs), 2)})
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

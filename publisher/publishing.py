@@ -20,6 +20,8 @@ from django.conf import settings
 from kafka.errors import MessageSizeTooLargeError
 
 from config.timefmt import utc_iso_ms
+from fastpaths import kafka_batches
+from fastpaths.kafka_batches import HeaderBlocks
 from publisher import breaker as breaker_module
 from publisher import dead_letters, kafka_gateway, metrics, retry_budget, stats
 from publisher.errors import DATABASE_OUTAGE_ERRORS, ProducerReset, error_class, is_outage, is_retryable
@@ -44,7 +46,7 @@ class Record:
     fmt: str
     attempts: int = 0
     error: BaseException | None = None
-    # `headers` as Kafka's record format writes them (kafka_gateway.encode_headers); None once headers change.
+    # `headers` encoded (fastpaths.kafka_batches.HeaderBlocks) when that fast path is on; None once headers change.
     header_block: bytes | None = None
 
 
@@ -114,7 +116,7 @@ def plan_routes(events: Sequence[Mapping[str, Any]]) -> tuple[Routes, dict[str, 
     return routes, snapshot.topic_formats, unrouted
 
 
-_EVENT_ID_NAME = kafka_gateway.varint(len(b"event_id")) + b"event_id"
+_encode_event_id = HeaderBlocks.encoder("event_id")
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,8 @@ class _TypedHeaders:
         return cls(
             first=first,
             rest=typed + shared_tail,
-            encoded_first=kafka_gateway.varint(count) + kafka_gateway.encode_header(*first),
-            encoded_rest=b"".join(kafka_gateway.encode_header(name, value) for name, value in typed) + encoded_tail,
+            encoded_first=HeaderBlocks.count(count) + HeaderBlocks.encode(*first),
+            encoded_rest=b"".join(HeaderBlocks.encode(name, value) for name, value in typed) + encoded_tail,
         )
 
 
@@ -159,7 +161,8 @@ def build_records(
     # Seven headers per record; all but event_id depend only on (event_type, schema_version, format) or on the
     # batch, so they are made — and encoded as Kafka writes them — once per batch.
     shared_tail = (("ingested_at", ingested_at), ("source", source_header))
-    encoded_tail = b"".join(kafka_gateway.encode_header(name, value) for name, value in shared_tail)
+    encoded_tail = b"".join(HeaderBlocks.encode(name, value) for name, value in shared_tail)
+    encode_blocks = kafka_batches.enabled()  # else send() takes the headers list
     typed_headers: dict[tuple[str, str, str], _TypedHeaders] = {}
     records: list[Record] = []
     broken: list[Record] = []
@@ -169,7 +172,7 @@ def build_records(
         key = str(event["user_id"]).encode()
         event_type = str(event["event_type"])
         event_id = str(event["event_id"]).encode()
-        encoded_id = b"".join((_EVENT_ID_NAME, kafka_gateway.varint(len(event_id)), event_id))
+        encoded_id = _encode_event_id(event_id) if encode_blocks else b""
         schema_version = str(event.get("schema_version", 1))
         for topic in topics:
             fmt = formats.get(topic, "json")
@@ -188,7 +191,7 @@ def build_records(
             if isinstance(value, SerializationError):
                 broken.append(Record(index, topic, key, b"", headers, fmt, attempts=1, error=value))
             else:
-                block = b"".join((typed.encoded_first, encoded_id, typed.encoded_rest))
+                block = b"".join((typed.encoded_first, encoded_id, typed.encoded_rest)) if encode_blocks else None
                 records.append(Record(index, topic, key, value, headers, fmt, header_block=block))
     return records, broken
 

@@ -17,8 +17,9 @@ from typing import Any
 
 from django.db import DatabaseError
 
+from fastpaths import celery_handoff
+from fastpaths.celery_handoff import GuardedResult
 from publisher import handoff, kafka_gateway, publishing, queue
-from publisher.handoff import GuardedResult
 from publisher.publishing import BatchResult, PublishDeferred
 
 logger = logging.getLogger(__name__)
@@ -52,10 +53,11 @@ def release_queue_capacity(*, count: int) -> None:
 
 
 def can_enqueue_guarded() -> bool:
-    """Whether enqueue_events_guarded can be used: Celery's broker is REDIS_URL's own Redis database."""
+    """Whether enqueue_events_guarded can be used: the fast path `celery_handoff` is on and Celery's broker is
+    REDIS_URL's own Redis database. Otherwise callers admit in steps around enqueue_events (apply_async)."""
     from publisher.tasks import publish_events
 
-    return handoff.queue_for(publish_events.name) is not None
+    return celery_handoff.enabled() and handoff.queue_for(publish_events.name) is not None
 
 
 def enqueue_events_guarded(
@@ -75,15 +77,17 @@ def enqueue_events_guarded(
     from publisher.tasks import publish_events
 
     queue_name = handoff.queue_for(publish_events.name)
-    if queue_name is None:
-        raise RuntimeError("enqueue_events_guarded needs Celery's broker to be REDIS_URL (see can_enqueue_guarded)")
-    message = handoff.task_message(
+    if queue_name is None or not celery_handoff.enabled():
+        raise RuntimeError(
+            "enqueue_events_guarded needs the celery_handoff fast path and Celery's broker to be REDIS_URL"
+        )
+    message = celery_handoff.task_message(
         task_name=publish_events.name,
         queue_name=queue_name,
         kwargs={"events": events, "source": source, "accepted_at": accepted_at},
         kwargsrepr=f"<{len(events)} events>",
     )
-    return handoff.enqueue_guarded(
+    return celery_handoff.enqueue_guarded(
         message=message,
         queue_name=queue_name,
         count=len(events),

@@ -8,51 +8,17 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import Reject
-from celery.worker.request import Request
 from django.conf import settings
 
 from config.redis import deferred_writes
-from publisher import handoff, poison, publishing, queue
+from fastpaths import celery_lean_strategy
+from publisher import poison, publishing, queue
 from publisher.errors import DATABASE_OUTAGE_ERRORS
 from publisher.progress import TaskProgress
 
 logger = logging.getLogger(__name__)
 
 PUBLISH_QUEUE = "publish"
-
-
-class LeanRequest(Request):
-    """What the worker's main process hands a pool process for a task: Celery pickles the request headers with
-    the task's arguments already decoded in them, next to the message body, and the pool process decodes the
-    body again and replaces them. For a batch of events that pickling was ~300 us per task of the main
-    process's CPU (and the unpickling more in the pool's): the arguments now travel once, in the body."""
-
-    @property
-    def request_dict(self) -> dict[str, Any]:
-        headers: dict[str, Any] = self._request_dict
-        return {key: value for key, value in headers.items() if key not in ("args", "kwargs")}
-
-
-def lean_strategy(task: Task, app: Any, consumer: Any, **options: Any) -> Callable[..., Any]:
-    """Celery's default strategy for a task (the worker's main process receiving it), minus decoding its body.
-
-    The main process decodes every message (decompress, parse the JSON) only to learn arguments it then does not
-    use: the pool process gets the raw body and decodes it again to run the task. For a task of 300 events that
-    was ~340 µs of the main process's CPU (~1.1 µs per event) and the decoded events held in memory for every
-    prefetched task. The message is told it is decoded already, with empty arguments; nothing else changes
-    (headers, acks, the raw body the pool process decodes)."""
-    from celery.worker.strategy import default
-
-    handle = default(task, app, consumer, **options)
-
-    def on_message(message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
-        if body is None and getattr(message, "_decoded_cache", True) is None:
-            # What the main process sees as the arguments (its log line shows the task's kwargsrepr), fresh for
-            # each message: Celery keeps them in the request.
-            message._decoded_cache = ([], {}, dict(handoff.NO_EMBEDDED_CALLS))
-        return handle(message, body, *args, **kwargs)
-
-    return on_message
 
 
 def describe_arguments(kwargs: dict[str, Any] | None) -> str:
@@ -96,8 +62,6 @@ def publisher_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], 
     defaults: dict[str, Any] = {
         "name": name,
         "base": PublisherTask,
-        "Request": LeanRequest,
-        "Strategy": "publisher.tasks:lean_strategy",
         "bind": True,
         "ignore_result": True,
         "acks_late": True,
@@ -108,7 +72,8 @@ def publisher_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], 
         "retry_jitter": True,
         "max_retries": None,
     }
-    return shared_task(**(defaults | options))
+    # Fast path celery_lean_strategy (fastpaths/): the main process does not decode the body; off, Celery's own.
+    return shared_task(**(defaults | celery_lean_strategy.task_options() | options))
 
 
 @publisher_task(name="publisher.publish_events")

@@ -21,6 +21,20 @@ from kafka import KafkaConsumer, TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from tests.fastpath_switch import skip_unless_switched_on
+
+    skip_unless_switched_on(item)
+
+
+@pytest.fixture(autouse=True)
+def _fast_path_toggle(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests parametrized by tests.fastpath_switch.on_off run with their fast path switched as the case says."""
+    from tests.fastpath_switch import apply_toggle
+
+    apply_toggle(request, monkeypatch)
+
+
 @dataclass
 class ConsumedRecord:
     topic: str

@@ -15,8 +15,11 @@ from kafka.admin import NewTopic
 from kafka.errors import IllegalStateError as KafkaIllegalStateError
 from kafka.errors import MessageSizeTooLargeError
 
+from fastpaths import kafka_batches
+from fastpaths.kafka_batches import BatchAck, PlainRecord, encode_headers
 from publisher import kafka_gateway
-from publisher.kafka_gateway import BatchAck, BatchSender, PlainRecord, delivery_error, encode_headers
+from publisher.kafka_gateway import BatchSender, delivery_error
+from tests.fastpath_switch import on_off
 
 pytestmark = pytest.mark.django_db
 
@@ -38,7 +41,8 @@ def _send(sender: BatchSender, records: list[PlainRecord]) -> list[Any]:
     return sender.send_many(records, sizes=[300] * len(records))
 
 
-def test_records_land_as_send_would_write_them(producer: Any, kafka_reader: Any) -> None:
+@on_off("kafka_batches")
+def test_records_land_as_send_would_write_them(producer: Any, kafka_reader: Any, fast_path_on: bool) -> None:
     topic = settings.KAFKA_TOPIC_ATTEMPTS
     producer.partitions_for(topic)  # metadata known: the bulk path applies
     reader = kafka_reader(topic)
@@ -53,7 +57,10 @@ def test_records_land_as_send_would_write_them(producer: Any, kafka_reader: Any)
     reference = [producer.send(topic, key=k, value=b'{"r":%d}' % n, headers=_headers(n)) for n, k in enumerate(keys)]
     producer.flush(10)
 
-    assert all(isinstance(d, BatchAck) for d in deliveries)  # the bulk path was taken, not send()
+    if fast_path_on:
+        assert all(isinstance(d, BatchAck) for d in deliveries)  # the bulk path was taken, not send()
+    else:
+        assert not any(isinstance(d, BatchAck) for d in deliveries)  # the public path: send() per record
     assert [delivery_error(d, timeout=10) for d in deliveries] == [None] * 120
     theirs = [f.get(10) for f in reference]
     written = [r for r in reader.read(expected=240) if r.key in set(keys)]
@@ -74,6 +81,7 @@ def test_records_land_as_send_would_write_them(producer: Any, kafka_reader: Any)
         assert sent_order == sorted(sent_order)
 
 
+@pytest.mark.fastpath("kafka_batches")
 def test_many_records_fill_several_batches(kafka_reader: Any) -> None:
     topic = settings.KAFKA_TOPIC_ATTEMPTS
     producer = KafkaProducer(**kafka_gateway.producer_config(client_id="test-batch-sender", batch_size=16384))
@@ -93,7 +101,8 @@ def test_many_records_fill_several_batches(kafka_reader: Any) -> None:
         producer.close(timeout=5)
 
 
-def test_a_refused_batch_is_reported_on_each_of_its_records() -> None:
+@on_off("kafka_batches")
+def test_a_refused_batch_is_reported_on_each_of_its_records(fast_path_on: bool) -> None:
     # A topic whose limit is below the record: told (wrongly) that the limit is high, the sender batches it, and
     # the broker's refusal must reach the caller as that record's error rather than vanish.
     topic = f"test-small-{uuid.uuid4().hex[:8]}"
@@ -114,7 +123,8 @@ def test_a_refused_batch_is_reported_on_each_of_its_records() -> None:
         admin.close()
 
 
-def test_send_is_used_where_the_bulk_path_does_not_apply(producer: Any, kafka_reader: Any) -> None:
+@on_off("kafka_batches")
+def test_send_is_used_where_the_bulk_path_does_not_apply(producer: Any, kafka_reader: Any, fast_path_on: bool) -> None:
     topic = settings.KAFKA_TOPIC_ACTIVITIES
     assert not producer._metadata.partitions_for_topic(topic)
     reader = kafka_reader(topic)
@@ -146,15 +156,16 @@ def test_send_is_used_where_the_bulk_path_does_not_apply(producer: Any, kafka_re
         assert delivery_error(delivery, timeout=10) is None
 
 
+@pytest.mark.fastpath("kafka_batches")
 def test_the_clients_own_builder_is_used_if_our_encoding_ever_differs(
     producer: Any, kafka_reader: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def wrong(builder: Any, timestamp_ms: int, record: Any) -> int | None:
-        return kafka_gateway._append_with_client(builder, timestamp_ms + 1, record)
+        return kafka_batches._append_with_client(builder, timestamp_ms + 1, record)
 
-    monkeypatch.setattr(kafka_gateway, "_append_encoded", wrong)
-    monkeypatch.setattr(kafka_gateway, "_encoder_check", None)
-    assert kafka_gateway._encoder_matches_client() is False
+    monkeypatch.setattr(kafka_batches, "_append_encoded", wrong)
+    monkeypatch.setattr(kafka_batches, "_encoder_check", None)
+    assert kafka_batches.encoder_matches_client() is False
     topic = settings.KAFKA_TOPIC_ATTEMPTS
     producer.partitions_for(topic)
     reader = kafka_reader(topic)
@@ -169,7 +180,8 @@ def test_the_clients_own_builder_is_used_if_our_encoding_ever_differs(
     assert record.headers == dict(_headers(3))
 
 
-def test_a_producer_closed_under_the_sender_fails_its_records_instead_of_the_round() -> None:
+@on_off("kafka_batches")
+def test_a_producer_closed_under_the_sender_fails_its_records_instead_of_the_round(fast_path_on: bool) -> None:
     topic = settings.KAFKA_TOPIC_ATTEMPTS
     producer = KafkaProducer(**kafka_gateway.producer_config(client_id="test-batch-sender"))
     producer.partitions_for(topic)

@@ -259,6 +259,9 @@ def test_kafka_stopped_for_30_seconds_under_load(stack: Stack, kafka_reader: Any
     assert not DeadLetter.objects.exists(), "the outage went to the dead-letter queue"
 
 
+# Delivered-once across a Redis crash needs the orphaned-message fix of the fast path kombu_redis_transport
+# (see its docstring: kombu's own transport can lose a message taken in the crash window).
+@pytest.mark.fastpath("kombu_redis_transport")
 def test_redis_killed_and_restarted_under_load(stack: Stack, kafka_reader: Any) -> None:
     reader = kafka_reader("user.activities")
     pid = int((ROOT / ".data" / "redis" / "redis.pid").read_text().split()[0])

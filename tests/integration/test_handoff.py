@@ -1,5 +1,5 @@
-"""publisher.handoff against the real Redis: the hand-built task message is the one apply_async writes, and the
-guarded enqueue does everything or nothing."""
+"""The fast path celery_handoff against the real Redis: the hand-built task message is the one apply_async writes,
+and the guarded enqueue does everything or nothing."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import pytest
 from kombu import compression
 
 from config.redis import get_redis
+from fastpaths import celery_handoff
 from publisher import handoff, queue
 from publisher import services as publisher_services
 from publisher.tasks import publish_events
+from tests.fastpath_switch import on_off
 
 SCRATCH_QUEUE = "handoff-check"  # no worker listens here
 
@@ -39,6 +41,7 @@ def _decoded(raw: bytes) -> dict[str, Any]:
     return message
 
 
+@pytest.mark.fastpath("celery_handoff")
 def test_the_hand_built_message_is_the_one_apply_async_writes(scratch_queue: Any) -> None:
     kwargs = {
         "events": [{"event_id": str(uuid.uuid4()), "event_type": "activity", "n": 1.5}],
@@ -49,7 +52,7 @@ def test_the_hand_built_message_is_the_one_apply_async_writes(scratch_queue: Any
         kwargs=kwargs, argsrepr="", kwargsrepr="<1 events>", retry=False, queue=SCRATCH_QUEUE, routing_key=SCRATCH_QUEUE
     )
     [celery_raw] = scratch_queue.lrange(SCRATCH_QUEUE, 0, -1)
-    ours_raw = handoff.task_message(
+    ours_raw = celery_handoff.task_message(
         task_name=publish_events.name, queue_name=SCRATCH_QUEUE, kwargs=kwargs, kwargsrepr="<1 events>"
     )
     celery, ours = _decoded(celery_raw), _decoded(ours_raw)
@@ -68,21 +71,22 @@ def test_the_hand_built_message_is_the_one_apply_async_writes(scratch_queue: Any
     assert ours["headers"]["compression"] == "application/zstd"  # CELERY_TASK_COMPRESSION, as apply_async does
 
 
-def _guarded(*, guards: list[tuple[str, str]], limit: int = 1_000_000) -> handoff.GuardedResult:
-    message = handoff.task_message(
+def _guarded(*, guards: list[tuple[str, str]], limit: int = 1_000_000) -> celery_handoff.GuardedResult:
+    message = celery_handoff.task_message(
         task_name=publish_events.name, queue_name=SCRATCH_QUEUE, kwargs={"events": []}, kwargsrepr="<2 events>"
     )
-    return handoff.enqueue_guarded(
+    return celery_handoff.enqueue_guarded(
         message=message, queue_name=SCRATCH_QUEUE, count=2, limit=limit, guards=guards, guard_ttl=60
     )
 
 
+@pytest.mark.fastpath("celery_handoff")
 def test_guarded_enqueue_sets_every_guard_counts_and_pushes(scratch_queue: Any) -> None:
     keys = [f"test:guard:{uuid.uuid4()}" for _ in range(2)]
     scratch_queue.set(SCRATCH_COUNTER, 5)
     try:
         result = _guarded(guards=[(keys[0], "a"), (keys[1], "b")])
-        assert result == handoff.GuardedResult(enqueued=True)
+        assert result == celery_handoff.GuardedResult(enqueued=True)
         assert scratch_queue.mget(keys) == [b"a", b"b"]
         assert 0 < scratch_queue.ttl(keys[0]) <= 60
         assert scratch_queue.llen(SCRATCH_QUEUE) == 1
@@ -91,13 +95,14 @@ def test_guarded_enqueue_sets_every_guard_counts_and_pushes(scratch_queue: Any) 
         scratch_queue.delete(*keys)
 
 
+@pytest.mark.fastpath("celery_handoff")
 def test_a_held_guard_means_nothing_is_done(scratch_queue: Any) -> None:
     keys = [f"test:guard:{uuid.uuid4()}" for _ in range(3)]
     scratch_queue.set(keys[1], "earlier")
     scratch_queue.set(SCRATCH_COUNTER, 5)
     try:
         result = _guarded(guards=[(keys[0], "a"), (keys[1], "b"), (keys[2], "c")])
-        assert result == handoff.GuardedResult(held={1: "earlier"})
+        assert result == celery_handoff.GuardedResult(held={1: "earlier"})
         assert scratch_queue.exists(keys[0], keys[2]) == 0
         assert scratch_queue.get(keys[1]) == b"earlier"
         assert scratch_queue.llen(SCRATCH_QUEUE) == 0
@@ -106,6 +111,7 @@ def test_a_held_guard_means_nothing_is_done(scratch_queue: Any) -> None:
         scratch_queue.delete(*keys)
 
 
+@pytest.mark.fastpath("celery_handoff")
 def test_held_guards_are_found_in_a_group_of_thousands(scratch_queue: Any) -> None:
     """The script reads guards in slices of 1,000: holders at both edges of a slice are reported at their
     own positions, and with none held a group this large is enqueued whole."""
@@ -117,7 +123,7 @@ def test_held_guards_are_found_in_a_group_of_thousands(scratch_queue: Any) -> No
     scratch_queue.set(SCRATCH_COUNTER, 0)
     try:
         result = _guarded(guards=[(key, f"new-{n}") for n, key in enumerate(keys)])
-        assert result == handoff.GuardedResult(held={p: f"holder-{p}" for p in held_at})
+        assert result == celery_handoff.GuardedResult(held={p: f"holder-{p}" for p in held_at})
         assert scratch_queue.exists(*keys) == len(held_at)  # nothing set
         assert scratch_queue.llen(SCRATCH_QUEUE) == 0
         scratch_queue.delete(*(keys[p] for p in held_at))
@@ -128,17 +134,19 @@ def test_held_guards_are_found_in_a_group_of_thousands(scratch_queue: Any) -> No
         scratch_queue.delete(*keys)
 
 
+@pytest.mark.fastpath("celery_handoff")
 def test_a_full_queue_means_nothing_is_done(scratch_queue: Any) -> None:
     key = f"test:guard:{uuid.uuid4()}"
     scratch_queue.set(SCRATCH_COUNTER, 9)
     result = _guarded(guards=[(key, "a")], limit=10)  # two more events do not fit
-    assert result == handoff.GuardedResult(queue_full=True)
+    assert result == celery_handoff.GuardedResult(queue_full=True)
     assert scratch_queue.exists(key) == 0
     assert scratch_queue.llen(SCRATCH_QUEUE) == 0
     assert scratch_queue.get(SCRATCH_COUNTER) == b"9"
 
 
-def test_only_the_projects_own_redis_database_as_broker_allows_it() -> None:
+@on_off("celery_handoff")
+def test_only_the_projects_own_redis_database_as_broker_allows_it(fast_path_on: bool) -> None:
     available = handoff.same_redis
     assert available("redis://127.0.0.1:6380/2", "redis://127.0.0.1:6380/2")
     assert available("redis://127.0.0.1:6380", "redis://127.0.0.1:6380/0")
@@ -146,6 +154,7 @@ def test_only_the_projects_own_redis_database_as_broker_allows_it() -> None:
     assert not available("redis://127.0.0.1:6381/2", "redis://127.0.0.1:6380/2")
     assert not available("amqp://guest@127.0.0.1//", "redis://127.0.0.1:6380/2")
     assert not available("rediss://127.0.0.1:6380/2", "rediss://127.0.0.1:6380/2")
-    assert publisher_services.can_enqueue_guarded()  # the test settings: one Redis for both
+    # The test settings: one Redis for both. Off, the admission takes its steps around apply_async instead.
+    assert publisher_services.can_enqueue_guarded() is fast_path_on
     # Routed as apply_async routes it (test_metrics.py runs a stack whose CELERY_TASK_ROUTES name another queue).
     assert handoff.queue_for(publish_events.name) == "publish"

@@ -1,5 +1,5 @@
-"""config.kombu_redis against the real Redis: a message taken off the queue whose unacknowledged bookkeeping
-fails (Redis went away between BRPOP and ZADD/HSET) is put back by the next channel, not lost."""
+"""The fast path kombu_redis_transport against the real Redis: a message taken off the queue whose unacknowledged
+bookkeeping fails (Redis went away between BRPOP and ZADD/HSET) is put back by the next channel, not lost."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ import redis
 from django.conf import settings
 from kombu import Connection
 
-from config import kombu_redis
+from fastpaths import kombu_redis_transport as kombu_redis
+
+# The transport is the fast path itself (settings choose kombu's own "redis" transport when it is off, and
+# every other test of the suite then runs on that): skipped in a run that switched it off.
+pytestmark = pytest.mark.fastpath("kombu_redis_transport")
 
 
 def _connection() -> Connection:
@@ -63,3 +67,12 @@ def test_nothing_is_restored_twice(scratch_queue: str) -> None:
         conn.SimpleQueue(scratch_queue).put({"n": 1})
         assert conn.default_channel.restore_orphans() == 0
         assert conn.default_channel.client.llen(scratch_queue) == 1
+
+
+def test_the_settings_choose_the_transport_by_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fastpath_switch import switch
+
+    assert kombu_redis.transport_for("redis://127.0.0.1:6380/0") == kombu_redis.TRANSPORT
+    assert kombu_redis.transport_for("amqp://guest@127.0.0.1//") is None
+    switch(monkeypatch, "kombu_redis_transport", False)
+    assert kombu_redis.transport_for("redis://127.0.0.1:6380/0") is None  # kombu's own "redis" transport

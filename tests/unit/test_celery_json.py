@@ -1,4 +1,5 @@
-"""Celery's "json" serializer is orjson with kombu's encoder as the fallback; kombu's decoder reads both."""
+"""Celery's "json" serializer is orjson with kombu's encoder as the fallback (fast path celery_orjson), or kombu's
+own when that is off; either way kombu's decoder reads both."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from kombu import serialization
 from kombu.exceptions import DecodeError
 from kombu.utils import json as kombu_json
 
-import config.celery  # noqa: F401  (registers the encoder)
+import config.celery  # noqa: F401  (registers the encoder when the fast path celery_orjson is on)
+from fastpaths import celery_orjson
+
+# Both sides: these tests go through the serializer registered for "json" in this run: the fast path's
+# (orjson/msgspec) normally, kombu's own in CI's INGEST_FAST_PATHS=none run.
+
+
+def test_the_registered_json_is_the_fast_paths_exactly_when_it_is_on() -> None:
+    registered = serialization.registry._encoders["json"]
+    assert (registered.encoder is celery_orjson.json_dumps) == celery_orjson.enabled()
 
 
 def roundtrip(obj: Any) -> Any:

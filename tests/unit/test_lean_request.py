@@ -9,14 +9,19 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pytest
 from celery.worker.request import Request
+from celery.worker.strategy import default
 from kombu import compression
 from kombu.message import Message
 from kombu.serialization import loads
 
 from config.celery import app
-from publisher import handoff
-from publisher.tasks import LeanRequest, lean_strategy, publish_events
+from fastpaths import celery_handoff as handoff
+from fastpaths import celery_lean_strategy
+from fastpaths.celery_lean_strategy import LeanRequest, lean_strategy
+from publisher.tasks import publish_events
+from tests.fastpath_switch import switch
 
 
 def _received(kwargs: dict[str, object]) -> Message:
@@ -34,8 +39,16 @@ def _received(kwargs: dict[str, object]) -> Message:
     )
 
 
+@pytest.mark.fastpath("celery_lean_strategy")
 def test_publish_tasks_use_the_lean_request() -> None:
     assert publish_events.Request is LeanRequest
+
+
+def test_without_the_fast_path_publish_tasks_are_declared_with_celerys_own(monkeypatch: Any) -> None:
+    switch(monkeypatch, "celery_lean_strategy", False)
+    assert celery_lean_strategy.task_options() == {}  # publisher_task then leaves Celery's defaults
+    switch(monkeypatch, "celery_lean_strategy", True)
+    assert celery_lean_strategy.task_options() == {"Request": LeanRequest, "Strategy": celery_lean_strategy.STRATEGY}
 
 
 def test_the_pool_gets_the_events_once_in_the_body() -> None:
@@ -61,7 +74,7 @@ def test_celerys_default_request_would_ship_the_events_twice() -> None:
     assert default.request_dict["kwargs"] == kwargs  # what LeanRequest leaves out
 
 
-def _main_process_receives(message: Message) -> Any:
+def _main_process_receives(message: Message, *, lean: bool = True) -> Any:
     """Run Celery's own strategy for a publish task as the worker's main process does, with a consumer that
     only records the request it is handed; returns that request."""
     handed: list[Any] = []
@@ -79,14 +92,16 @@ def _main_process_receives(message: Message) -> Any:
         controller=SimpleNamespace(state=SimpleNamespace(revoked=set())),
         disable_rate_limits=True,
     )
-    assert publish_events.Strategy == "publisher.tasks:lean_strategy"
-    on_message = lean_strategy(publish_events, app, consumer, task_reserved=lambda request: None)
+    strategy = lean_strategy if lean else default
+    on_message = strategy(publish_events, app, consumer, task_reserved=lambda request: None)
     on_message(message, None, lambda: None, lambda requeue=False: None, [])
     [request] = handed
     return request
 
 
+@pytest.mark.fastpath("celery_lean_strategy")
 def test_the_main_process_hands_on_a_publish_task_without_decoding_its_body(monkeypatch: Any) -> None:
+    assert publish_events.Strategy == celery_lean_strategy.STRATEGY
     events = [{"event_id": f"e-{n}", "event_type": "activity", "payload": "z" * 200} for n in range(3)]
     kwargs = {"events": events, "source": "s", "accepted_at": 2.5}
     message = _received(kwargs)
@@ -106,5 +121,19 @@ def test_the_main_process_hands_on_a_publish_task_without_decoding_its_body(monk
     assert request.kwargsrepr == "<2>"  # what its log line and events show
     assert request.kwargs == {}
     # The pool process still gets the whole call in the body, as before.
+    args, in_body, _ = loads(request.body, request.content_type, request.content_encoding, accept={"application/json"})
+    assert (args, in_body) == ([], kwargs)
+
+
+def test_celerys_own_strategy_hands_on_the_same_task_decoded() -> None:
+    """The public path (fast path off): Celery's default strategy decodes the body in the main process."""
+    events = [{"event_id": f"e-{n}", "event_type": "activity", "payload": "z" * 200} for n in range(3)]
+    kwargs = {"events": events, "source": "s", "accepted_at": 2.5}
+    message = _received(kwargs)
+
+    request = _main_process_receives(message, lean=False)
+
+    assert request.id == message.headers["id"] and request.name == publish_events.name
+    assert request.kwargs == kwargs
     args, in_body, _ = loads(request.body, request.content_type, request.content_encoding, accept={"application/json"})
     assert (args, in_body) == ([], kwargs)

@@ -6,6 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from publisher import metrics
+from tests.fastpath_switch import on_off
 
 BUCKETS = (0.005, 0.01, 0.1, 1, 10)
 
@@ -25,9 +26,10 @@ def _samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, str], fl
     }
 
 
+@on_off("prometheus_histogram")
 @pytest.mark.parametrize("amount", [0.0, 0.005, 0.007, 0.5, 10, 99.0])
-def test_observe_many_matches_repeated_observe(amount: float) -> None:
-    tag = str(amount).replace(".", "_")
+def test_observe_many_matches_repeated_observe(amount: float, fast_path_on: bool) -> None:
+    tag = str(amount).replace(".", "_") + ("_fast" if fast_path_on else "_public")
     one_by_one, batched = CollectorRegistry(), CollectorRegistry()
     single = _histogram(one_by_one, f"single_{tag}")
     for _ in range(7):
@@ -38,10 +40,12 @@ def test_observe_many_matches_repeated_observe(amount: float) -> None:
     assert _samples(batched, f"batched_{tag}")[("_count", "")] == 7
 
 
-def test_observe_many_of_nothing_observes_nothing() -> None:
+@on_off("prometheus_histogram")
+def test_observe_many_of_nothing_observes_nothing(fast_path_on: bool) -> None:
     registry = CollectorRegistry()
-    metrics.observe_many(_histogram(registry, "nothing_seconds"), 0.5, 0)
-    assert registry.get_sample_value("nothing_seconds_count") == 0
+    name = f"nothing_{'fast' if fast_path_on else 'public'}_seconds"
+    metrics.observe_many(_histogram(registry, name), 0.5, 0)
+    assert registry.get_sample_value(f"{name}_count") == 0
 
 
 def test_count_each_adds_per_label_value() -> None:

@@ -1,5 +1,6 @@
-"""The publisher writes Kafka records itself (record format v2) instead of through kafka-python's per-byte builder;
-what it writes must be exactly what the client's own builder writes, or the client's builder must be used."""
+"""The fast path kafka_batches writes Kafka records itself (record format v2) instead of through kafka-python's
+per-byte builder; what it writes must be exactly what the client's own builder writes, or the client's builder
+must be used. Off, the publisher hands send() the headers list and encodes nothing."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from kafka.record.default_records import DefaultRecordBatch
 from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.record.util import encode_varint
 
-from publisher import kafka_gateway
-from publisher.kafka_gateway import encode_headers, varint
+from fastpaths import kafka_batches
+from fastpaths.kafka_batches import encode_headers, varint
 from publisher.publishing import build_records
+from tests.fastpath_switch import on_off
 
 
 def _kafka_varint(value: int) -> bytes:
@@ -30,8 +32,8 @@ def _built(records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]], *, ours:
     builder = MemoryRecordsBuilder(2, 0, 1 << 20)
     for key, value, headers in records:
         if ours:
-            sample = kafka_gateway.PlainRecord("t", key, value, headers, encode_headers(headers))
-            assert kafka_gateway._append_encoded(builder, 1_700_000_000_000, sample) is not None
+            sample = kafka_batches.PlainRecord("t", key, value, headers, encode_headers(headers))
+            assert kafka_batches._append_encoded(builder, 1_700_000_000_000, sample) is not None
         else:
             assert builder.append(1_700_000_000_000, key, value, headers) is not None
     builder.close()
@@ -51,19 +53,20 @@ def test_a_batch_written_by_us_is_the_clients_byte_for_byte_and_reads_back() -> 
 
 
 def test_the_startup_check_holds_on_the_pinned_client() -> None:
-    assert kafka_gateway._encoder_matches_client() is True
+    assert kafka_batches.encoder_matches_client() is True
 
 
 def test_the_startup_check_catches_an_encoding_that_differs(monkeypatch: pytest.MonkeyPatch) -> None:
     def off_by_one(builder: Any, timestamp_ms: int, record: Any) -> int | None:
-        return kafka_gateway._append_with_client(builder, timestamp_ms, record) if timestamp_ms % 2 else None
+        return kafka_batches._append_with_client(builder, timestamp_ms, record) if timestamp_ms % 2 else None
 
-    monkeypatch.setattr(kafka_gateway, "_append_encoded", off_by_one)
-    monkeypatch.setattr(kafka_gateway, "_encoder_check", None)
-    assert kafka_gateway._encoder_matches_client() is False
+    monkeypatch.setattr(kafka_batches, "_append_encoded", off_by_one)
+    monkeypatch.setattr(kafka_batches, "_encoder_check", None)
+    assert kafka_batches.encoder_matches_client() is False
 
 
-def test_the_publishers_records_carry_their_headers_encoded() -> None:
+@on_off("kafka_batches")
+def test_the_publishers_records_carry_their_headers_encoded(fast_path_on: bool) -> None:
     events = [
         {"event_id": f"id-{n}", "event_type": kind, "user_id": f"u{n}", "schema_version": 1 + n % 2, "x": n}
         for n, kind in enumerate(["attempt", "session", "attempt", "placement"])
@@ -74,5 +77,15 @@ def test_the_publishers_records_carry_their_headers_encoded() -> None:
     )
     assert not broken and len(records) == 5
     for record in records:
-        assert record.header_block == encode_headers(record.headers)
+        if fast_path_on:
+            assert record.header_block == encode_headers(record.headers)
+        else:
+            assert record.header_block is None  # send() takes the headers list
         assert dict(record.headers)["event_id"] == f"id-{record.index}".encode()
+
+
+def test_the_header_blocks_api_writes_what_encode_headers_writes() -> None:
+    headers = [("event_type", b"attempt"), ("event_id", b"e" * 300), ("source", b"")]
+    blocks = kafka_batches.HeaderBlocks
+    by_parts = blocks.count(3) + blocks.encode(*headers[0]) + blocks.encoder("event_id")(b"e" * 300)
+    assert by_parts + blocks.encode(*headers[2]) == encode_headers(headers)

@@ -62,7 +62,7 @@ class Command(BaseCommand):
         removed = kept = 0
         for path in sorted(directory.glob("*.db")):
             owner = _owner(path)
-            stale = everything or path.stem.endswith(me)
+            stale = everything or path.stem.endswith("_" + me)
             if not stale and owner is not None:
                 host, pid = owner
                 stale = host in ("", config.PROCESS_HOST) and not _alive(pid)

@@ -1,4 +1,9 @@
-"""kombu's Redis transport without three costs it pays per task (`CELERY_BROKER_TRANSPORT`, settings).
+"""Fast path `kombu_redis_transport`: kombu's Redis transport without three costs it pays per task, and with one
+gap closed (`CELERY_BROKER_TRANSPORT`, settings: this Transport when on, kombu's own "redis" when off).
+
+Replaces: kombu's `kombu.transport.redis.Transport` as it is. Non-public parts used (kombu 5.5): the channel's
+`_create_client`, `_queue_bind`, `_delete`, `_do_restore_message`, `get_table`, `pipe_or_acquire`,
+`conn_or_acquire`, and the QoS's `unacked_key`/`unacked_index_key` bookkeeping layout and `message._raw`.
 
 For each command on the publishing side kombu builds a new `redis.Redis` client (copying ~160 response
 callbacks), and before each publish it reads the exchange's binding table from Redis (SMEMBERS): two clients
@@ -15,6 +20,15 @@ And one gap closed: kombu takes a message off the queue (BRPOP) and only then re
 while it reconnects: an accepted batch lost (seen once in the Redis-kill fault test). Such a message is kept
 here and pushed back onto its queue by the next channel that reaches Redis. If the bookkeeping did reach
 Redis after all, the task runs twice; its task progress (publisher.progress) keeps Kafka from seeing it twice.
+
+That last part is a correctness fix, not speed. With this fast path off (INGEST_FAST_PATHS without it, or
+another kombu/redis version) it is lost: a message taken off the queue while Redis dies before kombu recorded it
+as unacknowledged is dropped, so an accepted task can be lost on a Redis crash (rare: the window is one round
+trip). The fault test that kills Redis requires this fast path.
+
+Upstream change that would let it go: kombu taking a message and recording it as unacknowledged atomically
+(BLMOVE into a per-consumer list, or a Lua script doing BRPOP + ZADD + HSET), plus one client per pool on the
+publishing side and a binding-table cache; then kombu's own "redis" transport is all we need.
 """
 
 from __future__ import annotations
@@ -26,9 +40,25 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
+import fastpaths
+
+NAME = "kombu_redis_transport"
+VERIFIED = {"kombu": "5.5.4", "redis": "5.2.1"}
+TRANSPORT = "fastpaths.kombu_redis_transport:Transport"
+
 logger = logging.getLogger(__name__)
 
 BINDINGS_CACHE_SECONDS = 1.0
+
+
+def enabled() -> bool:
+    return fastpaths.gate(NAME, VERIFIED)
+
+
+def transport_for(broker_url: str) -> str | None:
+    """CELERY_BROKER_TRANSPORT for this broker: this module's Transport for redis:// when on, else None (kombu's
+    own transport for the URL's scheme)."""
+    return TRANSPORT if broker_url.startswith("redis://") and enabled() else None
 
 
 # Messages taken off a queue whose unacked bookkeeping failed: (raw message, exchange, routing key).
@@ -38,7 +68,7 @@ _orphans_lock = threading.Lock()
 
 class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
-        from config.celery import json_dumps
+        from fastpaths.celery_orjson import json_dumps
 
         delivery = message.delivery_info
         taken = (message._raw, delivery["exchange"], delivery["routing_key"])
