@@ -79,6 +79,24 @@ def is_retryable(exc: BaseException) -> bool:
     return bool(getattr(exc, "retriable", False))
 
 
+# The broker answered and did not write: sending again cannot duplicate.
+NOT_WRITTEN_ERRORS: tuple[type[BaseException], ...] = _kafka_errors(
+    "NotEnoughReplicasError",
+    "LeaderNotAvailableError",
+    "NotLeaderForPartitionError",
+    "BrokerNotAvailableError",
+    "NoBrokersAvailable",
+    "SaslAuthenticationFailedError",
+    "AuthenticationFailedError",
+)
+
+
+def maybe_written(exc: BaseException) -> bool:
+    """A retryable failure after which the record may be in Kafka all the same (a timeout, a connection lost
+    after sending, NotEnoughReplicasAfterAppend): look before sending it again."""
+    return is_retryable(exc) and not isinstance(exc, NOT_WRITTEN_ERRORS)
+
+
 def error_class(exc: BaseException) -> str:
     return type(exc).__name__
 

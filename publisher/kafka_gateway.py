@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import TopicAlreadyExistsError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
@@ -283,6 +283,71 @@ def admin_client(**overrides: Any) -> KafkaAdminClient:
     timeout_ms = int(settings.KAFKA_PRODUCER_TIMEOUT * 1000)
     defaults = {"request_timeout_ms": timeout_ms, "bootstrap_timeout_ms": timeout_ms}
     return KafkaAdminClient(**(connection_config() | defaults | overrides))
+
+
+# How far a redelivered task looks back into Kafka, at most (records, seconds): past that it sends again.
+FIND_MAX_RECORDS = 2_000_000
+FIND_MAX_SECONDS = 30.0
+
+
+def find_written(*, topics: Iterable[str], since: float, event_ids: set[str]) -> set[tuple[str, str]] | None:
+    """(event_id, topic) pairs among `event_ids` that some producer wrote to `topics` since the wall-clock time
+    `since` (record timestamps), read with a short-lived consumer. None when Kafka could not be read in bounded
+    time: the caller must then assume nothing was written."""
+    timeout_ms = int(settings.KAFKA_PRODUCER_TIMEOUT * 1000)
+    found: set[tuple[str, str]] = set()
+    try:
+        consumer = KafkaConsumer(
+            **connection_config(),
+            enable_auto_commit=False,
+            # Kafka still down: give up soon, the caller sends again (nothing can be written while it is down).
+            bootstrap_timeout_ms=min(timeout_ms, 2000),
+            request_timeout_ms=max(timeout_ms, 1000) + 500,
+            fetch_max_bytes=16 * 1024 * 1024,
+        )
+    except Exception as exc:
+        logger.warning("cannot look for records a dead run wrote: %r", exc)
+        return None
+    try:
+        partitions = [
+            TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        consumer.assign(partitions)
+        starts = consumer.offsets_for_times({tp: int(since * 1000) for tp in partitions})
+        ends = consumer.end_offsets(partitions)
+        pending = {}
+        for tp in partitions:
+            start = starts.get(tp)
+            if start is not None and start.offset < ends[tp]:
+                consumer.seek(tp, start.offset)
+                pending[tp] = ends[tp]
+        consumer.pause(*(tp for tp in partitions if tp not in pending))
+        deadline = time.monotonic() + FIND_MAX_SECONDS
+        scanned = 0
+        while pending:
+            if time.monotonic() > deadline or scanned > FIND_MAX_RECORDS:
+                logger.warning("gave up looking for records a dead run wrote (%d read)", scanned)
+                return None
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for record in records:
+                    if record.offset >= pending.get(tp, 0):
+                        break
+                    scanned += 1
+                    for name, value in record.headers or ():
+                        if name == "event_id":
+                            event_id = value.decode(errors="replace")
+                            if event_id in event_ids:
+                                found.add((event_id, tp.topic))
+                            break
+                if tp in pending and consumer.position(tp) >= pending[tp]:
+                    del pending[tp]
+                    consumer.pause(tp)
+        return found
+    except Exception as exc:
+        logger.warning("cannot look for records a dead run wrote: %r", exc)
+        return None
+    finally:
+        consumer.close()
 
 
 def list_topics(**admin_overrides: Any) -> set[str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from publisher import dead_letters
 from publisher.models import DeadLetter
-from publisher.publishing import build_records, plan_routes
+from publisher.publishing import build_records, owed_records, plan_routes
 from routing.services import current_routing
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ def dead_letter_task(
     routes: Mapping[str, Sequence[str]] | None,
     deliveries: int,
     delivered: Set[tuple[int, str]] = frozenset(),
+    in_doubt_since: float | None = None,
 ) -> None:
     """Dead-letter what the task still owed. `delivered`: the (index, topic) pairs Kafka already acknowledged in
     its earlier runs; a dead letter of those would be published a second time by its replay."""
@@ -39,6 +40,9 @@ def dead_letter_task(
         planned = {i: [t for t in topics if (i, t) not in delivered] for i, topics in planned.items()}
         planned = {i: topics for i, topics in planned.items() if topics}
     records, unencodable = build_records(events, planned, formats, source=source, accepted_at=time.time())
+    if in_doubt_since is not None:
+        # A run killed mid-send may have written some of them: those are delivered, not poison.
+        records = owed_records(events, records, since=in_doubt_since, on_delivered=None)
     error = PoisonTaskError(
         f"the publish task ran {deliveries} times and never finished (its worker died or it failed each time)"
     )

@@ -5,6 +5,7 @@ task that keeps killing its worker is recognised and dead-lettered instead of lo
 from __future__ import annotations
 
 import logging
+import time
 
 from config.redis import get_redis, writes
 
@@ -18,25 +19,30 @@ class TaskProgress:
         self.task_id = task_id
         self._done_key = f"publisher:task-done:{task_id}"
         self._runs_key = f"publisher:task-runs:{task_id}"
+        self._started_key = f"publisher:task-started:{task_id}"
 
-    def start(self) -> tuple[int, set[tuple[int, str]]]:
-        """Count this delivery of the task; return (deliveries so far including this one, done pairs)."""
+    def start(self) -> tuple[int, set[tuple[int, str]], float | None]:
+        """Count this delivery of the task; return (deliveries so far including this one, done pairs, when the
+        first delivery started). What a dead run sent after its last record of progress is only in Kafka, written
+        after that first start: a redelivered task looks there (publishing.publish_events, `in_doubt_since`)."""
         if not self.task_id:
-            return 1, set()
+            return 1, set(), None
         try:
             pipe = get_redis().pipeline(transaction=False)
             pipe.incr(self._runs_key)
             pipe.expire(self._runs_key, _TTL)
             pipe.smembers(self._done_key)
-            runs, _, members = pipe.execute()
+            pipe.set(self._started_key, repr(time.time()), nx=True, ex=_TTL)
+            pipe.get(self._started_key)
+            runs, _, members, _, started = pipe.execute()
         except Exception:
             logger.warning("task progress unavailable (Redis); delivering the whole task")
-            return 1, set()
+            return 1, set(), None
         done: set[tuple[int, str]] = set()
         for member in members:
             index, _, topic = member.decode().partition(":")
             done.add((int(index), topic))
-        return int(runs), done
+        return int(runs), done, float(started) if started else None
 
     def delivered(self, pairs: list[tuple[int, str]]) -> None:
         if not self.task_id or not pairs:
@@ -65,4 +71,4 @@ class TaskProgress:
         if not self.task_id:
             return
         with writes() as pipe:
-            pipe.delete(self._done_key, self._runs_key)
+            pipe.delete(self._done_key, self._runs_key, self._started_key)

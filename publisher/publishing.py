@@ -24,7 +24,14 @@ from fastpaths import kafka_batches
 from fastpaths.kafka_batches import HeaderBlocks
 from publisher import breaker as breaker_module
 from publisher import dead_letters, kafka_gateway, metrics, retry_budget, stats
-from publisher.errors import DATABASE_OUTAGE_ERRORS, ProducerReset, error_class, is_outage, is_retryable
+from publisher.errors import (
+    DATABASE_OUTAGE_ERRORS,
+    ProducerReset,
+    error_class,
+    is_outage,
+    is_retryable,
+    maybe_written,
+)
 from publisher.models import DeadLetter, RetryPolicy
 from publisher.retry_budget import ACK_GRACE_SECONDS
 from publisher.serialization import CONTENT_TYPES, SerializationError, encode_event, schema_name
@@ -63,11 +70,14 @@ class PublishDeferred(Exception):
     """Some deliveries must wait (breaker open, or the dead-letter table unreachable). `pending` maps event
     index to the topics still owed; everything not listed is done (acknowledged or dead-lettered)."""
 
-    def __init__(self, *, pending: Routes, delay: float, reason: str) -> None:
+    def __init__(self, *, pending: Routes, delay: float, reason: str, in_doubt_since: float | None = None) -> None:
         super().__init__(f"{sum(map(len, pending.values()))} deliveries deferred: {reason}")
         self.pending = pending
         self.delay = delay
         self.reason = reason
+        # Some deliveries failed in a way that may have written them (a lost acknowledgement): the retry must
+        # look in Kafka for what was written since then before sending again.
+        self.in_doubt_since = in_doubt_since
 
 
 class _RoundFailed(Exception):
@@ -287,6 +297,44 @@ def _count_failures(records: Sequence[Record]) -> None:
             metrics.FAILED.labels(topic=record.topic, error_class=error_class(record.error)).inc()
 
 
+# Record timestamps come from the producing worker's clock; workers on other hosts may be this far behind.
+CLOCK_MARGIN_SECONDS = 5.0
+
+
+def owed_records(
+    events: Sequence[Mapping[str, Any]],
+    records: list[Record],
+    *,
+    since: float,
+    on_delivered: Callable[[list[tuple[int, str]]], None] | None,
+) -> list[Record]:
+    """The records still owed: those whose outcome is unknown are looked up in Kafka first, and what some earlier
+    attempt wrote (its acknowledgement lost) is counted as delivered instead of being sent again. If Kafka cannot
+    be read, every record is still owed (at least once)."""
+    doubtful = [r for r in records if r.error is None or maybe_written(r.error)]
+    if not doubtful:
+        return records
+    found = kafka_gateway.find_written(
+        topics={r.topic for r in doubtful},
+        since=since - CLOCK_MARGIN_SECONDS,
+        event_ids={str(events[r.index]["event_id"]) for r in doubtful},
+    )
+    if not found:
+        return records
+    written = [r for r in doubtful if (str(events[r.index]["event_id"]), r.topic) in found]
+    if not written:
+        return records
+    logger.warning(
+        "%d deliveries already in Kafka (an earlier attempt's acknowledgement was lost); not sending them again",
+        len(written),
+        extra={"event": "publish_already_written", "count": len(written)},
+    )
+    if on_delivered is not None:
+        on_delivered([(r.index, r.topic) for r in written])
+    written_ids = {id(r) for r in written}
+    return [r for r in records if id(r) not in written_ids]
+
+
 def _pending_of(records: Sequence[Record]) -> Routes:
     pending: Routes = {}
     for record in records:
@@ -302,13 +350,19 @@ def publish_events(
     routes: Mapping[int, Sequence[str]] | None = None,
     skip: Set[tuple[int, str]] = frozenset(),
     on_delivered: Callable[[list[tuple[int, str]]], None] | None = None,
+    in_doubt_since: float | None = None,
 ) -> BatchResult:
     """Deliver a batch. With `routes` (a deferred task coming back), only those deliveries are attempted and
     routing is not evaluated again, so destinations that already succeeded are never sent twice. `skip` lists
     (index, topic) pairs already delivered by an earlier run of the same task; `on_delivered` is told, after
     each round, the pairs Kafka acknowledged in it. Retrying stops at
-    PUBLISHER_RETRY_DEADLINE after the start, whatever the policy says (publisher.retry_budget)."""
+    PUBLISHER_RETRY_DEADLINE after the start, whatever the policy says (publisher.retry_budget).
+
+    A delivery whose outcome is unknown (an earlier run died after sending; a timeout or a lost connection) may
+    be in Kafka already: before it is sent again or dead-lettered, Kafka is read for it (written since
+    `in_doubt_since`, or since this run started), and what is found there counts as delivered."""
     started = time.monotonic()
+    doubt_since = time.time() if in_doubt_since is None else in_doubt_since
     result = BatchResult()
     if routes is None:
         planned, formats, result.unrouted = plan_routes(events)
@@ -321,12 +375,14 @@ def publish_events(
     if not planned:
         return result
     records, unencodable = build_records(events, planned, formats, source=source, accepted_at=accepted_at)
+    pending = records
+    if in_doubt_since is not None:
+        pending = owed_records(events, records, since=in_doubt_since, on_delivered=on_delivered)
     retry_deadline = started + retry_budget.deadline_seconds()
     policy = current_retry_policy()
     timeout = float(settings.KAFKA_PRODUCER_TIMEOUT)
     breaker = breaker_module.get_breaker()
     to_dead_letter: list[tuple[Record, str]] = [(r, DeadLetter.Reason.PERMANENT_ERROR) for r in unencodable]
-    pending = records
     round_number = 0
     deferred: list[Record] = []
     latencies: list[float] = []
@@ -367,7 +423,9 @@ def publish_events(
             elif breaker_module.current_state() != "closed":
                 deferred = failed_retryable
             else:
-                to_dead_letter.extend((r, DeadLetter.Reason.RETRIES_EXHAUSTED) for r in failed_retryable)
+                # A dead letter of what Kafka has after all would be published twice by its replay.
+                exhausted = owed_records(events, failed_retryable, since=doubt_since, on_delivered=on_delivered)
+                to_dead_letter.extend((r, DeadLetter.Reason.RETRIES_EXHAUSTED) for r in exhausted)
             break
         metrics.RETRIED.inc(len(failed_retryable))
         result.retries += len(failed_retryable)
@@ -383,7 +441,7 @@ def publish_events(
             },
         )
         time.sleep(delay)
-        pending = failed_retryable
+        pending = owed_records(events, failed_retryable, since=doubt_since, on_delivered=on_delivered)
 
     try:
         if to_dead_letter:
@@ -395,12 +453,16 @@ def publish_events(
                 logger.warning("dead-letter table unreachable; deferring %d deliveries", len(to_dead_letter))
                 deferred = deferred + [r for r, _ in to_dead_letter]
                 metrics.DEFERRED.inc(len(deferred))
-                raise PublishDeferred(pending=_pending_of(deferred), delay=2.0, reason=f"database: {exc}") from exc
+                raise PublishDeferred(
+                    pending=_pending_of(deferred), delay=2.0, reason=f"database: {exc}", in_doubt_since=doubt_since
+                ) from exc
             result.dead_lettered += len(to_dead_letter)
         if deferred:
             metrics.DEFERRED.inc(len(deferred))
             delay = float(breaker.reset_timeout) if breaker_module.current_state() == "open" else 1.0
-            raise PublishDeferred(pending=_pending_of(deferred), delay=delay, reason="circuit breaker open")
+            raise PublishDeferred(
+                pending=_pending_of(deferred), delay=delay, reason="circuit breaker open", in_doubt_since=doubt_since
+            )
         return result
     finally:
         # One pipelined Redis round trip per task, whatever the outcome (a deferred task's acks count too).

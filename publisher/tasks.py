@@ -83,10 +83,13 @@ def publish_events(
     source: str,
     accepted_at: float,
     routes: dict[str, list[str]] | None = None,
+    in_doubt_since: float | None = None,
 ) -> None:
     # Statistics, the queue counter and progress cleanup go to Redis in one round trip when the task ends.
     with deferred_writes():
-        _publish_events(self, events=events, source=source, accepted_at=accepted_at, routes=routes)
+        _publish_events(
+            self, events=events, source=source, accepted_at=accepted_at, routes=routes, in_doubt_since=in_doubt_since
+        )
 
 
 def _publish_events(
@@ -96,13 +99,22 @@ def _publish_events(
     source: str,
     accepted_at: float,
     routes: dict[str, list[str]] | None,
+    in_doubt_since: float | None,
 ) -> None:
     progress = TaskProgress(task.request.id)
-    runs, already_delivered = progress.start()
+    runs, already_delivered, first_started = progress.start()
+    if runs > 1 and first_started is not None:
+        # An earlier run died: what it sent after its last record of progress may be in Kafka.
+        in_doubt_since = first_started if in_doubt_since is None else min(in_doubt_since, first_started)
     if runs > settings.PUBLISHER_POISON_MAX_DELIVERIES:
         # This task has killed its worker every time it ran: set aside for an operator what it has not delivered.
         poison.dead_letter_task(
-            events=events, source=source, routes=routes, deliveries=runs - 1, delivered=already_delivered
+            events=events,
+            source=source,
+            routes=routes,
+            deliveries=runs - 1,
+            delivered=already_delivered,
+            in_doubt_since=in_doubt_since,
         )
         progress.finish()
         queue.done(len(events))
@@ -115,6 +127,7 @@ def _publish_events(
             routes=None if routes is None else {int(i): topics for i, topics in routes.items()},
             skip=already_delivered,
             on_delivered=progress.delivered,
+            in_doubt_since=in_doubt_since,
         )
     except publishing.PublishDeferred as deferred:
         # Only the deliveries still owed travel with the retry; the rest are done and must not repeat.
@@ -127,7 +140,13 @@ def _publish_events(
         try:
             retry = task.retry(
                 args=(),
-                kwargs={"events": retry_events, "source": source, "accepted_at": accepted_at, "routes": retry_routes},
+                kwargs={
+                    "events": retry_events,
+                    "source": source,
+                    "accepted_at": accepted_at,
+                    "routes": retry_routes,
+                    "in_doubt_since": deferred.in_doubt_since,
+                },
                 countdown=deferred.delay,
                 max_retries=None,
                 throw=False,

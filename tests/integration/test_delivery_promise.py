@@ -321,3 +321,47 @@ def _breaker_closed() -> Iterator[None]:
     breaker.reset()
     yield
     breaker.reset()
+
+
+# ---------------------------------------------------------------- a run that died after sending
+
+
+def test_a_redelivered_task_does_not_send_again_what_its_dead_run_wrote(
+    default_routing: None, celery_worker: WorkerProcess, kafka_reader: Any
+) -> None:
+    """The run was killed after Kafka wrote its records but before it recorded that (the acknowledgement was on
+    its way): the redelivered task finds them in Kafka and sends only the rest."""
+    from publisher.progress import TaskProgress
+    from publisher.tasks import publish_events as publish_task
+
+    readers = kafka_reader("user.activities"), kafka_reader("user.activities")
+    written, owed = normalized(factories.activity()), normalized(factories.activity())
+    task_id = str(uuid.uuid4())
+    TaskProgress(task_id).start()  # the first run started...
+    publish_events(events=[written], source="test", accepted_at=time.time())  # ...wrote one, and died
+    publish_task.apply_async(
+        kwargs={"events": [written, owed], "source": "test", "accepted_at": time.time()}, task_id=task_id
+    )
+    assert count_in_kafka(readers[0], owed["event_id"], timeout=30) == 1
+    assert count_in_kafka(readers[1], written["event_id"], timeout=10) == 1
+    assert "already in Kafka" in celery_worker.output()
+
+
+def test_owed_records_are_what_kafka_does_not_have(default_routing: None) -> None:
+    from publisher.publishing import build_records, owed_records
+
+    since = time.time()
+    written, owed = normalized(factories.activity()), normalized(factories.activity())
+    publish_events(events=[written], source="test", accepted_at=time.time())
+    records, _ = build_records(
+        [written, owed], {0: ["user.activities"], 1: ["user.activities"]}, {}, source="test", accepted_at=since
+    )
+    told: list[list[tuple[int, str]]] = []
+    assert [r.index for r in owed_records([written, owed], records, since=since, on_delivered=told.append)] == [1]
+    assert told == [[(0, "user.activities")]]
+    # Kafka unreadable: everything is still owed (at least once), and nothing claims to be delivered.
+    from tests.conftest import free_port
+
+    with override_settings(KAFKA_BROKERS=[f"127.0.0.1:{free_port()}"], KAFKA_PRODUCER_TIMEOUT=1.0):
+        assert len(owed_records([written, owed], records, since=since, on_delivered=told.append)) == 2
+    assert len(told) == 1
