@@ -1,5 +1,6 @@
 """OpenAPI description of the event API (drf-spectacular). These serializers document the contract only;
-requests are validated by ingestion.schema, which is ~100x faster than DRF serializers."""
+requests are validated by events.schema, which is ~100x faster than DRF serializers. The limits are imported from
+events.limits, so the description cannot drift from the checks."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiExample, PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
-MAX_INT = 2**63 - 1
+from events.limits import (
+    MAX_FUTURE_SKEW,
+    MAX_INT,
+    MAX_METADATA_KEYS,
+    MAX_PROPERTIES_BYTES,
+    MAX_RESPONSE_BYTES,
+    MAX_STRING_CHARS,
+    SCHEMA_VERSION,
+)
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):
@@ -30,7 +39,7 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
 @extend_schema_field(
     {
         "type": "object",
-        "maxProperties": 32,
+        "maxProperties": MAX_METADATA_KEYS,
         "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]},
     }
 )
@@ -44,28 +53,34 @@ class _Common(serializers.Serializer):
         allow_null=True,
         help_text="Generated when absent; a client-supplied id is the dedup key of non-attempts (global: a UUID).",
     )
-    user_id = serializers.CharField(min_length=1, max_length=128, help_text="The Kafka message key.")
-    occurred_at = serializers.DateTimeField(help_text="RFC 3339 with offset; at most 5 minutes in the future.")
-    schema_version = serializers.IntegerField(required=False, allow_null=True, default=1, min_value=1, max_value=1)
+    user_id = serializers.CharField(min_length=1, max_length=MAX_STRING_CHARS, help_text="The Kafka message key.")
+    occurred_at = serializers.DateTimeField(
+        help_text=f"RFC 3339 with offset; at most {MAX_FUTURE_SKEW.seconds // 60} minutes in the future."
+    )
+    schema_version = serializers.IntegerField(
+        required=False, allow_null=True, default=SCHEMA_VERSION, min_value=1, max_value=SCHEMA_VERSION
+    )
     metadata = MetadataField(required=False, allow_null=True, help_text="Flat: string keys to string/number/bool.")
 
 
 class AttemptEventSchema(_Common):
     event_type = serializers.ChoiceField(choices=["attempt"])
     client_attempt_id = serializers.CharField(
-        min_length=1, max_length=128, help_text="With user_id, the dedup key: per learner, as clients number attempts."
+        min_length=1,
+        max_length=MAX_STRING_CHARS,
+        help_text="With user_id, the dedup key: per learner, as clients number attempts.",
     )
-    session_id = serializers.CharField(min_length=1, max_length=128)
-    item_id = serializers.CharField(min_length=1, max_length=128)
+    session_id = serializers.CharField(min_length=1, max_length=MAX_STRING_CHARS)
+    item_id = serializers.CharField(min_length=1, max_length=MAX_STRING_CHARS)
     correct = serializers.BooleanField()
     quality = serializers.IntegerField(min_value=0, max_value=5)
     time_taken_ms = serializers.IntegerField(min_value=0, max_value=MAX_INT)
-    response = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=4096)
+    response = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=MAX_RESPONSE_BYTES)
 
 
 class SessionEventSchema(_Common):
     event_type = serializers.ChoiceField(choices=["session"])
-    session_id = serializers.CharField(min_length=1, max_length=128)
+    session_id = serializers.CharField(min_length=1, max_length=MAX_STRING_CHARS)
     started_at = serializers.DateTimeField()
     ended_at = serializers.DateTimeField(required=False, allow_null=True, help_text=">= started_at")
     items_attempted = serializers.IntegerField(
@@ -78,17 +93,20 @@ class SessionEventSchema(_Common):
 
 class PlacementEventSchema(_Common):
     event_type = serializers.ChoiceField(choices=["placement"])
-    placement_id = serializers.CharField(min_length=1, max_length=128)
+    placement_id = serializers.CharField(min_length=1, max_length=MAX_STRING_CHARS)
     completed = serializers.BooleanField()
     score = serializers.FloatField(required=False, allow_null=True)
-    level = serializers.CharField(required=False, allow_null=True, min_length=1, max_length=128)
+    level = serializers.CharField(required=False, allow_null=True, min_length=1, max_length=MAX_STRING_CHARS)
 
 
 class ActivityEventSchema(_Common):
     event_type = serializers.ChoiceField(choices=["activity"])
-    activity_type = serializers.CharField(min_length=1, max_length=128)
+    activity_type = serializers.CharField(min_length=1, max_length=MAX_STRING_CHARS)
     properties = serializers.DictField(
-        child=serializers.JSONField(), required=False, allow_null=True, help_text="<= 8 KiB as JSON"
+        child=serializers.JSONField(),
+        required=False,
+        allow_null=True,
+        help_text=f"<= {MAX_PROPERTIES_BYTES // 1024} KiB as JSON",
     )
 
 

@@ -17,7 +17,7 @@ from django.conf import settings
 
 from config.group_commit import GroupCommit, GroupCommits
 from config.redis import get_redis, script
-from ingestion.schema import ValidatedEvent
+from events.schema import ValidatedEvent
 from publisher import metrics
 from publisher import services as publisher_services
 

@@ -32,7 +32,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from solo.admin import SingletonModelAdmin
 
-from ingestion.schema import EVENT_TYPES
+from events.limits import EVENT_TYPES
 from publisher import replay
 from publisher.forms import DeadLetterForm, DiscardForm, ReplayByFilterForm
 from publisher.models import DeadLetter, DeadLetterSettings, ReplayAttempt, ReplayJob, RetryPolicy

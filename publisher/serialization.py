@@ -143,7 +143,7 @@ def decode_value(value: bytes, *, content_type: str, schema: str) -> dict[str, A
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Timestamps: normalized events carry fixed-width "YYYY-MM-DDTHH:MM:SS.ffffffZ" (ingestion.schema pads the
+# Timestamps: normalized events carry fixed-width "YYYY-MM-DDTHH:MM:SS.ffffffZ" (events.schema pads the
 # fraction so timestamps sort as text); the wire carries an exact google.protobuf.Timestamp and decoding renders
 # the same fixed-width form, so normalized strings round-trip exactly.
 # --------------------------------------------------------------------------------------------------------------

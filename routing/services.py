@@ -19,6 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from config.redis import get_redis
+from events.schema import validate_event
 from routing.engine import CompiledRule, RoutingDecision, RuleSet
 from routing.models import RoutingRule, Topic, validate_pattern
 from routing.patterns import Matcher, PatternError, compile_pattern
@@ -192,8 +193,6 @@ UNSAVED_PATTERN_NAME = "(unsaved pattern)"
 
 def _sample_event(event: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """Route what a worker would route: the API's normalised event when it is valid, else the event as given."""
-    from ingestion.schema import validate_event
-
     checked = validate_event(event)
     if isinstance(checked, list):
         return event, tuple(str(error) for error in checked)

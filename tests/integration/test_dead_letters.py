@@ -29,7 +29,7 @@ from django.urls import reverse
 from django.utils import timezone
 from kafka.errors import KafkaTimeoutError
 
-from ingestion.schema import validate_event
+from events.schema import validate_event
 from publisher import breaker, dead_letters, kafka_gateway, replay
 from publisher.admin import STATUS_COUNTS_CACHE_KEY
 from publisher.models import DeadLetter, DeadLetterSettings, ReplayAttempt, ReplayJob

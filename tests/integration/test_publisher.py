@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ingestion.schema import validate_event
+from events.schema import validate_event
 from publisher.models import DeadLetter, RetryPolicy
 from publisher.serialization import decode_value
 from publisher.services import publish_batch
