@@ -33,10 +33,10 @@ from django.utils.safestring import SafeString
 from solo.admin import SingletonModelAdmin
 
 from events.limits import EVENT_TYPES
+from events.serialization import CONTENT_TYPES, SerializationError, decode_value
 from publisher import replay
 from publisher.forms import DeadLetterForm, DiscardForm, ReplayByFilterForm
 from publisher.models import DeadLetter, DeadLetterSettings, ReplayAttempt, ReplayJob, RetryPolicy
-from publisher.serialization import CONTENT_TYPES, SerializationError, decode_value
 
 Status = DeadLetter.Status
 _REPR_FIELDS = ("id", "event_type", "event_id", "original_topic", "status")  # what str(DeadLetter) reads

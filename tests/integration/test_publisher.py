@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from events.schema import validate_event
+from events.serialization import decode_value
 from publisher.models import DeadLetter, RetryPolicy
-from publisher.serialization import decode_value
 from publisher.services import publish_batch
 from routing.models import RoutingRule, Topic
 from tests import factories

@@ -965,7 +965,7 @@ def _nested(levels: int) -> dict[str, Any]:
 
 
 def test_properties_nesting_is_bounded_as_protobuf_consumers_read_it() -> None:
-    from publisher.serialization import encode_event
+    from events.serialization import encode_event
 
     accepted = ok(activity(properties=_nested(32)))
     encode_event(accepted.data, "protobuf")  # what the API accepts, a protobuf topic carries
