@@ -18,8 +18,9 @@ from django.conf import settings
 from config.group_commit import GroupCommit, GroupCommits
 from config.redis import get_redis, script
 from events.schema import ValidatedEvent
-from publisher import metrics
+from ingestion import metrics
 from publisher import services as publisher_services
+from publisher.metrics import count_each
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def _record_outcome(events: Sequence[tuple[int, ValidatedEvent]], duplicate_ids:
             accepted_types.append(ev.data["event_type"])
     outcome.duplicates = len(events) - len(accepted_types)
     outcome.accepted = len(accepted_types)
-    metrics.count_each(metrics.EVENTS_ACCEPTED, "event_type", accepted_types)
+    count_each(metrics.EVENTS_ACCEPTED, "event_type", accepted_types)
     if outcome.duplicates:
         metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
     return outcome

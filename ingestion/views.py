@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from events.schema import BodyError, error_body, parse_json_body, validate_batch, validate_event
-from ingestion import services
+from ingestion import metrics, services
 from ingestion.auth import ApiKeyAuthentication, client_of
 from ingestion.openapi import (
     BATCH_EXAMPLE,
@@ -32,7 +32,6 @@ from ingestion.openapi import (
     SingleResponseSchema,
 )
 from ingestion.throttling import ApiKeyRateThrottle
-from publisher import metrics
 
 ALLOWED_CHARSETS = {"utf-8", "utf8"}
 

@@ -26,6 +26,7 @@ from publisher import dead_letters, kafka_gateway, metrics, retry_budget, stats
 from publisher.errors import DATABASE_OUTAGE_ERRORS, ProducerReset, error_class, is_outage, is_retryable
 from publisher.models import DeadLetter, RetryPolicy
 from publisher.retry_budget import ACK_GRACE_SECONDS
+from routing import metrics as routing_metrics
 from routing.services import current_routing
 
 logger = logging.getLogger(__name__)
@@ -109,8 +110,8 @@ def plan_routes(events: Sequence[Mapping[str, Any]]) -> tuple[Routes, dict[str, 
             routes[index] = list(decision.topics)
         else:
             unrouted += 1
-            metrics.UNROUTED.labels(event_type=str(event.get("event_type", "unknown"))).inc()
-    metrics.count_each(metrics.RULE_MATCHES, "rule", matched)
+            routing_metrics.UNROUTED.labels(event_type=str(event.get("event_type", "unknown"))).inc()
+    metrics.count_each(routing_metrics.RULE_MATCHES, "rule", matched)
     return routes, snapshot.topic_formats, unrouted
 
 
