@@ -32,7 +32,7 @@ import redis
 from django.conf import settings
 
 from config.redis import get_redis
-from config.timefmt import utc_iso_ms
+from events.timefmt import utc_iso_ms
 from publisher import breaker, queue, stats
 
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"

@@ -19,8 +19,8 @@ import pybreaker
 from django.conf import settings
 from kafka.errors import MessageSizeTooLargeError
 
-from config.timefmt import utc_iso_ms
 from events.serialization import CONTENT_TYPES, SerializationError, encode_event, schema_name
+from events.timefmt import utc_iso_ms
 from publisher import breaker as breaker_module
 from publisher import dead_letters, kafka_gateway, metrics, retry_budget, stats
 from publisher.errors import DATABASE_OUTAGE_ERRORS, ProducerReset, error_class, is_outage, is_retryable

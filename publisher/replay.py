@@ -38,8 +38,8 @@ from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-from config.timefmt import utc_iso_ms
 from events.schema import FieldError, validate_event
+from events.timefmt import utc_iso_ms
 from publisher import breaker as breaker_module
 from publisher import kafka_gateway, metrics
 from publisher.errors import error_class

@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from config.redis import get_redis, writes
-from config.timefmt import utc_iso_ms
+from events.timefmt import utc_iso_ms
 
 logger = logging.getLogger(__name__)
 
