@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from django.apps import apps as django_apps
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
@@ -318,10 +319,7 @@ ROUTING_EDITOR_PERMISSIONS: dict[str, tuple[str, ...]] = {
 def ensure_routing_editors_group(apps: Any = None) -> Any:
     """Create (or complete) the "Routing editors" group. `apps` is a migration's app registry; the permission
     rows are created here when missing, because Django only adds them after all migrations ran."""
-    if apps is None:
-        from django.apps import apps as registry
-    else:
-        registry = apps
+    registry = django_apps if apps is None else apps
     group_model = registry.get_model("auth", "Group")
     permission_model = registry.get_model("auth", "Permission")
     content_type_model = registry.get_model("contenttypes", "ContentType")
