@@ -553,7 +553,9 @@ def _unserializable(exc: orjson.JSONEncodeError) -> str:
 
 
 def _check(raw: Any, limit: str, new_id: _IdSource) -> ValidatedEvent | _Errors:
-    """Validate one event against schema v1. ``limit``: the latest acceptable occurred_at, canonical text."""
+    """Validate one event against schema v1. ``limit``: the latest acceptable occurred_at, canonical text.
+
+    Long on purpose: the ingest hot path, one pass with the common fields inline (see the module docstring)."""
     if not isinstance(raw, dict):
         return [("", "event must be a JSON object")]
     errs: _Errors = []
