@@ -139,7 +139,7 @@ def _log(message: str) -> None:
 def _sample_records(count: int, tag: str, source: str) -> list[Any]:
     """Our events as the publisher turns them into Kafka records (validated, normalized, JSON-encoded)."""
     from bench import events as bench_events
-    from ingestion.schema import ValidatedEvent, validate_event
+    from events.schema import ValidatedEvent, validate_event
     from publisher.publishing import build_records
 
     normalized = []

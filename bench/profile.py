@@ -180,8 +180,8 @@ def profile_in_process(args: argparse.Namespace, stamp: str) -> list[Path]:
 
     from bench import events as bench_events
     from bench import pipeline
+    from events.schema import parse_json_body, validate_batch
     from ingestion import services
-    from ingestion.schema import parse_json_body, validate_batch
     from publisher import publishing
 
     tag = pipeline.new_tag()

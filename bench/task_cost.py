@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench import events as bench_events
     from bench import pipeline, procfs
-    from ingestion.schema import parse_json_body, validate_batch
+    from events.schema import parse_json_body, validate_batch
     from publisher import services
 
     tag = pipeline.new_tag()

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from ingestion.schema import parse_json_body, validate_batch
+from events.schema import parse_json_body, validate_batch
 
 BATCH_SIZE = 100
 CEST = timezone(timedelta(hours=2))

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from celery import current_task
 
-from config.timefmt import utc_iso_ms
+from events.timefmt import utc_iso_ms
 
 # Attributes every LogRecord has; anything else on a record came from `extra`.
 _STANDARD = frozenset(

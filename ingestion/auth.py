@@ -30,7 +30,7 @@ from rest_framework_api_key.models import APIKey
 
 from config.client_address import client_address, parse_address, rate_limit_key
 from config.redis import get_redis
-from publisher import metrics
+from ingestion import metrics
 
 logger = logging.getLogger(__name__)
 

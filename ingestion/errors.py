@@ -1,9 +1,10 @@
 """The API's error shape, `{"error": message, "errors": [{"path", "message"}]}`, for every error under /api/.
 
-One body builder (`error_body`) serves the views, DRF's exception handler (`api_exception_handler`, set as
-REST_FRAMEWORK["EXCEPTION_HANDLER"]) and Django's error handlers (`handler400`... in config.urls), which answer
-JSON for /api/ paths and keep Django's HTML pages for the admin and everything else. The handlers also serve
-the event endpoints' short middleware chain (config.wsgi): both resolve them from the same ROOT_URLCONF.
+One body builder (`events.schema.error_body`, shared with routing's rule tester) serves the views, DRF's
+exception handler (`api_exception_handler`, set as REST_FRAMEWORK["EXCEPTION_HANDLER"]) and Django's error
+handlers (`handler400`... in config.urls), which answer JSON for /api/ paths and keep Django's HTML pages for the
+admin and everything else. The handlers also serve the event endpoints' short middleware chain (config.wsgi): both
+resolve them from the same ROOT_URLCONF.
 """
 
 from __future__ import annotations
@@ -17,15 +18,10 @@ from django.views import defaults
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from events.schema import error_body
+
 API_PREFIX = "/api/"
 SERVER_ERROR = "Internal server error."
-
-
-def error_body(message: str, errors: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"error": message}
-    if errors:
-        body["errors"] = errors
-    return body
 
 
 def json_error(status: int, message: str, errors: list[dict[str, str]] | None = None) -> HttpResponse:

@@ -1,5 +1,6 @@
 """OpenAPI description of the event API (drf-spectacular). These serializers document the contract only;
-requests are validated by ingestion.schema, which is ~100x faster than DRF serializers."""
+requests are validated by events.schema, which is ~100x faster than DRF serializers. The limits are imported from
+events.limits, so the description cannot drift from the checks."""
 
 from __future__ import annotations
 
@@ -9,15 +10,25 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiExample, PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
-MAX_INT = 2**63 - 1
-# ingestion.schema refuses control characters: none in names and ids, tab and line breaks only in free text.
+from events.limits import (
+    MAX_FUTURE_SKEW,
+    MAX_INT,
+    MAX_METADATA_KEYS,
+    MAX_PROPERTIES_BYTES,
+    MAX_RESPONSE_BYTES,
+    MAX_STRING_CHARS,
+    MIN_INT,
+    SCHEMA_VERSION,
+)
+
+# events.schema refuses control characters: none in names and ids, tab and line breaks only in free text.
 NO_CONTROL = r"^[^\u0000-\u001f\u007f]*$"
 TEXT_CONTROL_ALLOWED = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]*$"
 
 
 def identifier(**options: Any) -> serializers.RegexField:
-    """A name or id: 1-128 characters, no control characters."""
-    return serializers.RegexField(NO_CONTROL, min_length=1, max_length=128, **options)
+    """A name or id: 1 to MAX_STRING_CHARS characters, no control characters."""
+    return serializers.RegexField(NO_CONTROL, min_length=1, max_length=MAX_STRING_CHARS, **options)
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):
@@ -38,12 +49,12 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
 @extend_schema_field(
     {
         "type": "object",
-        "maxProperties": 32,
+        "maxProperties": MAX_METADATA_KEYS,
         "propertyNames": {"pattern": NO_CONTROL},
         "additionalProperties": {
             "oneOf": [
                 {"type": "string", "pattern": TEXT_CONTROL_ALLOWED},
-                {"type": "integer", "minimum": -(2**63), "maximum": MAX_INT},
+                {"type": "integer", "minimum": MIN_INT, "maximum": MAX_INT},
                 {"type": "number", "not": {"type": "integer"}},
                 {"type": "boolean"},
             ]
@@ -61,21 +72,27 @@ class _Common(serializers.Serializer):
         help_text="Generated when absent; a client-supplied id is the dedup key of non-attempts (global: a UUID).",
     )
     user_id = identifier(help_text="The Kafka message key.")
-    occurred_at = serializers.DateTimeField(help_text="RFC 3339 with offset; at most 5 minutes in the future.")
-    schema_version = serializers.IntegerField(required=False, allow_null=True, default=1, min_value=1, max_value=1)
+    occurred_at = serializers.DateTimeField(
+        help_text=f"RFC 3339 with offset; at most {MAX_FUTURE_SKEW.seconds // 60} minutes in the future."
+    )
+    schema_version = serializers.IntegerField(
+        required=False, allow_null=True, default=SCHEMA_VERSION, min_value=1, max_value=SCHEMA_VERSION
+    )
     metadata = MetadataField(required=False, allow_null=True, help_text="Flat: string keys to string/number/bool.")
 
 
 class AttemptEventSchema(_Common):
     event_type = serializers.ChoiceField(choices=["attempt"])
-    client_attempt_id = identifier(help_text="With user_id, the dedup key: per learner, as clients number attempts.")
+    client_attempt_id = identifier(
+        help_text="With user_id, the dedup key: per learner, as clients number attempts.",
+    )
     session_id = identifier()
     item_id = identifier()
     correct = serializers.BooleanField()
     quality = serializers.IntegerField(min_value=0, max_value=5)
     time_taken_ms = serializers.IntegerField(min_value=0, max_value=MAX_INT)
     response = serializers.RegexField(
-        TEXT_CONTROL_ALLOWED, required=False, allow_null=True, allow_blank=True, max_length=4096
+        TEXT_CONTROL_ALLOWED, required=False, allow_null=True, allow_blank=True, max_length=MAX_RESPONSE_BYTES
     )
 
 
@@ -104,7 +121,10 @@ class ActivityEventSchema(_Common):
     event_type = serializers.ChoiceField(choices=["activity"])
     activity_type = identifier()
     properties = serializers.DictField(
-        child=serializers.JSONField(), required=False, allow_null=True, help_text="<= 8 KiB as JSON"
+        child=serializers.JSONField(),
+        required=False,
+        allow_null=True,
+        help_text=f"<= {MAX_PROPERTIES_BYTES // 1024} KiB as JSON",
     )
 
 

@@ -15,11 +15,12 @@ from typing import Any
 
 from django.conf import settings
 
-from config.group_commit import GroupCommit, GroupCommits
 from config.redis import get_redis, script
-from ingestion.schema import ValidatedEvent
-from publisher import metrics
+from events.schema import ValidatedEvent
+from ingestion import metrics
+from ingestion.group_commit import GroupCommit, GroupCommits
 from publisher import services as publisher_services
+from publisher.metrics import count_each
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def accept_events(*, events: Sequence[tuple[int, ValidatedEvent]], source: str) 
     """Dedup, then enqueue the new events. Raises ServiceUnavailable without side effects left.
 
     Requests from the same source accepted at the same time in this process are admitted together (one
-    round of Redis work, one task): see config.group_commit. A request's answer still waits for its own events to be
+    round of Redis work, one task): see ingestion.group_commit. A request's answer still waits for its own events to be
     queued, and a group is admitted or refused as a whole.
     """
     if not events:
@@ -220,7 +221,7 @@ def _record_outcome(events: Sequence[tuple[int, ValidatedEvent]], duplicate_ids:
             accepted_types.append(ev.data["event_type"])
     outcome.duplicates = len(events) - len(accepted_types)
     outcome.accepted = len(accepted_types)
-    metrics.count_each(metrics.EVENTS_ACCEPTED, "event_type", accepted_types)
+    count_each(metrics.EVENTS_ACCEPTED, "event_type", accepted_types)
     if outcome.duplicates:
         metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
     return outcome

@@ -18,9 +18,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ingestion import services
+from events.schema import BodyError, error_body, parse_json_body, validate_batch, validate_event
+from ingestion import metrics, services
 from ingestion.auth import ApiKeyAuthentication, client_of
-from ingestion.errors import error_body
 from ingestion.openapi import (
     BATCH_EXAMPLE,
     EVENT_EXAMPLES,
@@ -31,9 +31,7 @@ from ingestion.openapi import (
     EventRequestSchema,
     SingleResponseSchema,
 )
-from ingestion.schema import BodyError, parse_json_body, validate_batch, validate_event
 from ingestion.throttling import ApiKeyRateThrottle
-from publisher import metrics
 
 ALLOWED_CHARSETS = {"utf-8", "utf8"}
 

@@ -4,25 +4,22 @@ retry-policy and dead-letter settings singletons.
 Built for a dead-letter table of millions of rows: no full COUNT (a capped count and a status GROUP BY), no
 facet counts, filter choices from a loose index scan instead of SELECT DISTINCT, exact-match search on indexed
 columns, and the list never loads payloads. Every operation is permission-checked (403 otherwise) and written
-to the admin history with its actor; replay logic lives in publisher.replay.
+to the admin history with its actor; replay logic lives in publisher.replay, the queries behind the list in
+publisher.selectors.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import uuid
 from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import connection
-from django.db.models import Count, Q, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -32,11 +29,11 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from solo.admin import SingletonModelAdmin
 
-from ingestion.schema import EVENT_TYPES
-from publisher import replay
+from events.limits import EVENT_TYPES
+from events.serialization import CONTENT_TYPES, SerializationError, decode_value
+from publisher import replay, selectors
 from publisher.forms import DeadLetterForm, DiscardForm, ReplayByFilterForm
-from publisher.models import DeadLetter, DeadLetterSettings, ReplayAttempt, ReplayJob, RetryPolicy
-from publisher.serialization import CONTENT_TYPES, SerializationError, decode_value
+from publisher.models import DeadLetter, DeadLetterSettings, ReplayJob, RetryPolicy
 
 Status = DeadLetter.Status
 _REPR_FIELDS = ("id", "event_type", "event_id", "original_topic", "status")  # what str(DeadLetter) reads
@@ -59,54 +56,16 @@ class CappedCountPaginator(Paginator):
         object_list = self.object_list
         if not isinstance(object_list, QuerySet):
             return len(object_list)
-        found = object_list.order_by().values("pk")[: self.cap + 1].count()
+        found = selectors.capped_count(object_list, cap=self.cap)
         self.capped = found > self.cap
         return min(found, self.cap)
-
-
-def distinct_values(column: str, *, limit: int = 200) -> list[str]:
-    """SELECT DISTINCT column, done as a loose index scan (a recursive CTE hopping through the btree): a few
-    milliseconds for a handful of values in millions of rows, where a plain DISTINCT reads the whole index."""
-    table = connection.ops.quote_name(DeadLetter._meta.db_table)
-    col = connection.ops.quote_name(column)
-    sql = f"""
-        WITH RECURSIVE t(v) AS (
-            (SELECT {col} FROM {table} ORDER BY {col} LIMIT 1)
-            UNION ALL
-            SELECT (SELECT {col} FROM {table} WHERE {col} > t.v ORDER BY {col} LIMIT 1) FROM t WHERE t.v IS NOT NULL
-        )
-        SELECT v FROM t WHERE v IS NOT NULL LIMIT %s
-    """  # noqa: S608  (identifiers come from this module, the value is a parameter)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [limit])
-        return [row[0] for row in cursor.fetchall()]
-
-
-STATUS_COUNTS_CACHE_KEY = "publisher:deadletter-status-counts"
-STATUS_COUNTS_TTL = 5  # seconds: operators reloading the list share one count
-
-
-def status_counts() -> dict[str, int]:
-    """Entries per status: one GROUP BY (an index-only scan of the (status, id) index, ~0.2 s per million rows),
-    not a COUNT per status, shared for a few seconds through the cache."""
-    try:
-        cached = cache.get(STATUS_COUNTS_CACHE_KEY)
-    except Exception:  # Redis down: count anyway
-        cached = None
-    if isinstance(cached, dict):
-        return cached
-    rows = DeadLetter.objects.order_by().values("status").annotate(n=Count("*"))
-    counts = {row["status"]: row["n"] for row in rows}
-    with contextlib.suppress(Exception):  # Redis down: the next page load counts again
-        cache.set(STATUS_COUNTS_CACHE_KEY, counts, STATUS_COUNTS_TTL)
-    return counts
 
 
 class _ValueFilter(admin.SimpleListFilter):
     column = ""
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
-        return [(v, v) for v in distinct_values(self.column)]
+        return [(v, v) for v in selectors.distinct_values(self.column)]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
@@ -137,12 +96,7 @@ class EventTypeFilter(admin.SimpleListFilter):
 
 class DeadLetterChangeList(ChangeList):
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
-        # The list shows none of these, and each can be tens of KiB per row.
-        return (
-            super()
-            .get_queryset(request, exclude_parameters)
-            .defer("payload", "original_payload", "value", "headers", "error_message", "delivered_topics")
-        )
+        return selectors.for_list(super().get_queryset(request, exclude_parameters))
 
 
 def _user_pk(request: HttpRequest) -> int:
@@ -220,13 +174,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[DeadLetter], search_term: str
     ) -> tuple[QuerySet[DeadLetter], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        condition = Q(user_id=term) | Q(key=term)
-        with contextlib.suppress(ValueError):  # not a UUID: search user id and key only
-            condition |= Q(event_id=uuid.UUID(term))
-        return queryset.filter(condition), False
+        return selectors.search(queryset, search_term), False
 
     @admin.display(description="handled by")
     def handled_by(self, obj: DeadLetter) -> str:
@@ -234,7 +182,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         return user.get_username() if user is not None else ""
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
-        counts = status_counts()
+        counts = selectors.status_counts()
         context = {
             "dlq_status_counts": [(value, label, counts.get(value, 0)) for value, label in Status.choices],
             "dlq_total": sum(counts.values()),
@@ -340,7 +288,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     @admin.display(description="replay history")
     def replay_history(self, obj: DeadLetter) -> SafeString | str:
-        attempts = list(ReplayAttempt.objects.filter(dead_letter=obj).select_related("job").order_by("-at")[:50])
+        attempts = selectors.replay_attempts(obj)
         if not attempts:
             return "(never replayed)"
         rows = format_html_join(
@@ -584,7 +532,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
             "title": "Replay dead letters by filter",
             "form": form,
             "preview": preview,
-            "jobs": ReplayJob.objects.select_related("created_by").order_by("-created_at")[:20],
+            "jobs": selectors.recent_jobs(),
         }
         return TemplateResponse(request, "admin/publisher/deadletter/replay_by_filter.html", context)
 

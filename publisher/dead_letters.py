@@ -18,7 +18,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import Q
 
 from config.redis import get_redis
-from config.timefmt import utc_iso_ms
+from events.timefmt import utc_iso_ms
 from publisher import breaker, kafka_gateway, metrics
 from publisher.errors import error_class, is_database_outage
 from publisher.models import DeadLetter

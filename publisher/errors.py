@@ -7,7 +7,7 @@ import ssl
 from django.db import InterfaceError, OperationalError
 from kafka import errors as kafka_errors
 
-from publisher.serialization import SerializationError
+from events.serialization import SerializationError
 
 
 class ProducerReset(kafka_errors.KafkaError):

@@ -8,7 +8,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from ingestion.schema import EVENT_TYPES
+from events.limits import EVENT_TYPES
 from publisher import replay
 from publisher.models import DeadLetter, DeadLetterSettings
 

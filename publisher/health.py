@@ -28,12 +28,13 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import redis
 from django.conf import settings
 
 from config.redis import get_redis
-from config.timefmt import utc_iso_ms
-from publisher import breaker, queue, stats
+from events.timefmt import utc_iso_ms
+from publisher import breaker, kafka_gateway, queue, stats
 
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 _SEVERITY = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2}
@@ -170,8 +171,6 @@ def probe_kafka(brokers: tuple[str, ...], protocol: str) -> Check:
 
 def _probe_kafka_client(deadline: float) -> Check:
     """SSL/SASL brokers need the real client handshake: a short-lived admin client listing topics."""
-    from publisher import kafka_gateway
-
     timeout_ms = max(200, int((deadline - time.monotonic()) * 1000))
     topics = kafka_gateway.list_topics(request_timeout_ms=timeout_ms, api_version_auto_timeout_ms=timeout_ms)
     return Check(HEALTHY, f"brokers answered ({len(topics)} topics)")
@@ -191,8 +190,6 @@ def probe_redis(url: str) -> Check:
 
 
 def probe_postgres(params: tuple[tuple[str, Any], ...]) -> Check:
-    import psycopg
-
     started = time.monotonic()
     # libpq's connect_timeout has a 2 s floor; the request budget bounds what a caller waits anyway.
     with psycopg.connect(**dict(params), connect_timeout=2, autocommit=True) as conn:

@@ -1,5 +1,6 @@
-"""The pipeline's Prometheus series (names are documented in docs/operations.md, "Metrics"). Label values are bounded:
-topics, event types, error classes and rule names, never event ids.
+"""The publisher's Prometheus series (names are documented in docs/operations.md, "Metrics"). Label values are
+bounded: topics, event types and error classes, never event ids. The API's series are in ingestion.metrics,
+routing's in routing.metrics: each app owns what it counts; /metrics (below) exports them all.
 
 Every process (web workers, Celery pool processes) counts into its own files in PROMETHEUS_MULTIPROC_DIR
 (config/__init__.py) and /metrics (publisher.views.prometheus_metrics) adds them up. Counters are exported
@@ -17,18 +18,6 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from fastpaths import prometheus_histogram
 
-EVENTS_ACCEPTED = Counter("ingestion_events_accepted", "Events accepted by the API", ["event_type"])
-EVENTS_REJECTED = Counter("ingestion_events_rejected", "Events or requests rejected by the API", ["reason"])
-EVENTS_DUPLICATE = Counter("ingestion_events_duplicate", "Events answered as duplicates")
-REQUEST_DURATION = Histogram(
-    "ingestion_request_duration_seconds",
-    "Time to answer a request to the event API (the endpoints django_http_* leave out)",
-    ["endpoint", "status"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-)
-API_KEY_LOOKUPS = Counter(
-    "ingestion_api_key_lookups", "API keys looked up in the database (not in the process's cache)", ["result"]
-)
 QUEUE_DEPTH = Gauge("ingestion_queue_depth", "Tasks waiting in the Celery publish queue", multiprocess_mode="max")
 
 PUBLISHED = Counter("publisher_events_published", "Records acknowledged by Kafka", ["topic"])
@@ -44,8 +33,6 @@ PUBLISH_LATENCY = Histogram(
 BREAKER_STATE = Gauge(
     "publisher_circuit_breaker_state", "0 closed, 1 half-open, 2 open", multiprocess_mode="mostrecent"
 )
-RULE_MATCHES = Counter("routing_rule_matches", "Events matched per routing rule", ["rule"])
-UNROUTED = Counter("routing_events_unrouted", "Events that no rule matched", ["event_type"])
 DLQ_PENDING = Gauge("dlq_pending_entries", "Dead letters waiting for an operator", multiprocess_mode="mostrecent")
 
 # Computed by /metrics when it is scraped: queue.depth(fresh=True), breaker.current_state() as 0/1/2, and a

@@ -19,7 +19,8 @@ import pybreaker
 from django.conf import settings
 from kafka.errors import MessageSizeTooLargeError
 
-from config.timefmt import utc_iso_ms
+from events.serialization import CONTENT_TYPES, SerializationError, encode_event, schema_name
+from events.timefmt import utc_iso_ms
 from fastpaths import kafka_batches
 from fastpaths.kafka_batches import HeaderBlocks
 from publisher import breaker as breaker_module
@@ -34,7 +35,7 @@ from publisher.errors import (
 )
 from publisher.models import DeadLetter, RetryPolicy
 from publisher.retry_budget import ACK_GRACE_SECONDS
-from publisher.serialization import CONTENT_TYPES, SerializationError, encode_event, schema_name
+from routing import metrics as routing_metrics
 from routing.services import current_routing
 
 logger = logging.getLogger(__name__)
@@ -121,8 +122,8 @@ def plan_routes(events: Sequence[Mapping[str, Any]]) -> tuple[Routes, dict[str, 
             routes[index] = list(decision.topics)
         else:
             unrouted += 1
-            metrics.UNROUTED.labels(event_type=str(event.get("event_type", "unknown"))).inc()
-    metrics.count_each(metrics.RULE_MATCHES, "rule", matched)
+            routing_metrics.UNROUTED.labels(event_type=str(event.get("event_type", "unknown"))).inc()
+    metrics.count_each(routing_metrics.RULE_MATCHES, "rule", matched)
     return routes, snapshot.topic_formats, unrouted
 
 

@@ -21,14 +21,14 @@ from fastpaths import celery_handoff
 from fastpaths.celery_handoff import GuardedResult
 from publisher import handoff, kafka_gateway, publishing, queue
 from publisher.publishing import BatchResult, PublishDeferred
+from publisher.tasks import publish_events
+from routing.services import topic_names
 
 logger = logging.getLogger(__name__)
 
 
 def ensure_topics(*, partitions: int, replication_factor: int) -> kafka_gateway.EnsureTopicsResult:
     """Create every configured topic, every topic named in the routing table, and dlq.events if missing."""
-    from routing.services import topic_names
-
     try:
         routed = topic_names()
     except DatabaseError:  # not migrated yet: the configured topics are enough
@@ -55,8 +55,6 @@ def release_queue_capacity(*, count: int) -> None:
 def can_enqueue_guarded() -> bool:
     """Whether enqueue_events_guarded can be used: the fast path `celery_handoff` is on and Celery's broker is
     REDIS_URL's own Redis database. Otherwise callers admit in steps around enqueue_events (apply_async)."""
-    from publisher.tasks import publish_events
-
     return celery_handoff.enabled() and handoff.queue_for(publish_events.name) is not None
 
 
@@ -74,8 +72,6 @@ def enqueue_events_guarded(
     `guard_ttl` seconds. Otherwise nothing is done and the result says why: which guards are already held
     (by what value), or that the queue is full. Raises if Redis cannot be reached (then nothing was done, or
     everything was)."""
-    from publisher.tasks import publish_events
-
     queue_name = handoff.queue_for(publish_events.name)
     if queue_name is None or not celery_handoff.enabled():
         raise RuntimeError(
@@ -102,8 +98,6 @@ def enqueue_events(
 ) -> None:
     """Hand an accepted request's events to the workers: one task for the whole batch. Raises if the broker
     (Redis) cannot take it, so the caller can refuse the request instead of half-accepting it."""
-    from publisher.tasks import publish_events
-
     publish_events.apply_async(
         kwargs={"events": events, "source": source, "accepted_at": accepted_at},
         argsrepr="",
@@ -127,8 +121,6 @@ def waiting_tasks() -> int | None:
     """Publish tasks that no worker has taken yet (each worker process holds up to its prefetch of tasks, so any
     here mean every worker is busy and has work lined up), cached for 0.2 s per process. None when Celery's
     broker is not REDIS_URL's Redis: that queue is not ours to read."""
-    from publisher.tasks import publish_events
-
     queue_name = handoff.queue_for(publish_events.name)
     return None if queue_name is None else queue.waiting_tasks(queue_name)
 

@@ -29,7 +29,8 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from config.redis import get_redis, writes
-from config.timefmt import utc_iso_ms
+from events.timefmt import utc_iso_ms
+from publisher.models import DeadLetter
 
 logger = logging.getLogger(__name__)
 
@@ -332,8 +333,6 @@ def pending_dead_letters(*, max_age: float = DLQ_COUNT_CACHE_SECONDS) -> int | N
         checked, value = _dlq_cache
         if time.monotonic() - checked < max_age and checked:
             return value
-        from publisher.models import DeadLetter
-
         try:
             with transaction.atomic():
                 with connection.cursor() as cursor:

@@ -181,12 +181,3 @@ def _publish_events(
             "retries": result.retries,
         },
     )
-
-
-@publisher_task(name="publisher.replay_dead_letters")
-def replay_dead_letters(self: Task, job_id: int, token: str) -> None:
-    """One slice of a "Replay by filter" job (publisher.replay.run_job_slice): paced, cancellable between
-    chunks, and it queues the next slice itself, so no task runs longer than a slice."""
-    from publisher import replay
-
-    replay.run_job_slice(job_id=job_id, token=token)

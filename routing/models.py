@@ -10,6 +10,7 @@ from django.db import models
 from django.utils.module_loading import import_string
 from simple_history.models import HistoricalRecords
 
+from events.limits import EVENT_TYPES
 from routing.patterns import MAX_JSON_NESTING, MAX_PATTERN_CHARS, PatternError, compile_pattern, json_depth
 
 TOPIC_NAME_RE = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
@@ -43,13 +44,6 @@ def validate_pattern(pattern: Any) -> None:
         compile_pattern(pattern)
     except PatternError as exc:
         raise ValidationError(f"Invalid pattern: {exc}", code="invalid_pattern") from None
-
-
-class EventType(models.TextChoices):
-    ATTEMPT = "attempt", "attempt"
-    SESSION = "session", "session"
-    PLACEMENT = "placement", "placement"
-    ACTIVITY = "activity", "activity"
 
 
 class Topic(models.Model):
@@ -97,7 +91,7 @@ class Topic(models.Model):
 class RoutingRule(models.Model):
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True)
-    event_type = models.CharField(max_length=16, choices=EventType.choices, db_index=True)
+    event_type = models.CharField(max_length=16, choices=[(t, t) for t in EVENT_TYPES], db_index=True)
     pattern = models.JSONField(
         default=dict,
         blank=True,

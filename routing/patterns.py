@@ -15,11 +15,13 @@ Semantics follow EventBridge (and Event Ruler, the engine behind it):
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import math
 import struct
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 __all__ = [
@@ -596,85 +598,106 @@ def _compile_numeric(value: Any, where: str) -> tuple[float, float]:
     return low, _last_at_most(top - 1 if upper == "<" else top)
 
 
+@dataclass
+class _LeafParts:
+    """One field's alternatives sorted by kind while a pattern compiles; _compile_leaf freezes them into a _Leaf."""
+
+    leaf: _Leaf
+    strings: set[str] = dataclasses.field(default_factory=set)
+    constants: set[bool | None] = dataclasses.field(default_factory=set)
+    number_keys: set[int] = dataclasses.field(default_factory=set)
+    number_raw: set[int | float] = dataclasses.field(default_factory=set)
+    ranges: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    prefixes: list[str] = dataclasses.field(default_factory=list)
+    suffixes: list[str] = dataclasses.field(default_factory=list)
+    folded_equals: set[str] = dataclasses.field(default_factory=set)
+    folded_prefixes: list[str] = dataclasses.field(default_factory=list)
+    folded_suffixes: list[str] = dataclasses.field(default_factory=list)
+    globs: list[_Wildcard] = dataclasses.field(default_factory=list)
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = dataclasses.field(default_factory=list)
+    negations: list[_Predicate] = dataclasses.field(default_factory=list)
+
+
 def _compile_leaf(alternatives: list[Any], where: str) -> _Leaf:
     if not alternatives:
         raise PatternError(where, "empty arrays are not allowed; list at least one value")
-    strings: set[str] = set()
-    constants: set[bool | None] = set()
-    number_keys: set[int] = set()
-    number_raw: set[int | float] = set()
-    ranges: list[tuple[float, float]] = []
-    prefixes: list[str] = []
-    suffixes: list[str] = []
-    folded_equals: set[str] = set()
-    folded_prefixes: list[str] = []
-    folded_suffixes: list[str] = []
-    globs: list[_Wildcard] = []
-    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    negations: list[_Predicate] = []
-    leaf = _Leaf()
-
+    parts = _LeafParts(_Leaf())
     for item in alternatives:
         if isinstance(item, str):
-            strings.add(item)
+            parts.strings.add(item)
         elif item is None or isinstance(item, bool):
-            constants.add(item)
+            parts.constants.add(item)
         elif isinstance(item, int | float):
             if isinstance(item, float) and not math.isfinite(item):
                 raise PatternError(where, f"{item} is not a JSON number")
             key = _number_key(item)
             if key is None:
-                number_raw.add(item)
+                parts.number_raw.add(item)
             else:
-                number_keys.add(key)
+                parts.number_keys.add(key)
         elif isinstance(item, dict):
             if len(item) != 1:
                 problem = "is empty" if not item else f"has {len(item)} keys"
                 raise PatternError(where, f"a match expression must have exactly one operator key; this one {problem}")
             ((operator, arg),) = item.items()
-            if operator == "prefix":
-                text, ignore_case = _string_or_ignore_case(operator, arg, where)
-                (folded_prefixes if ignore_case else prefixes).append(text.lower() if ignore_case else text)
-            elif operator == "suffix":
-                text, ignore_case = _string_or_ignore_case(operator, arg, where)
-                (folded_suffixes if ignore_case else suffixes).append(text.lower() if ignore_case else text)
-            elif operator == "equals-ignore-case":
-                folded_equals.add(_string_arg(operator, arg, where).lower())
-            elif operator == "wildcard":
-                globs.append(_compile_wildcard(arg, where))
-            elif operator == "cidr":
-                networks.append(_compile_cidr(arg, where))
-            elif operator == "numeric":
-                ranges.append(_compile_numeric(arg, where))
-            elif operator == "exists":
-                if not isinstance(arg, bool):
-                    raise PatternError(where, f"exists expects true or false, not {json_type(arg)}")
-                if arg:
-                    leaf.any_value = True
-                else:
-                    leaf.absent_ok = True
-            elif operator == "anything-but":
-                negations.append(_compile_anything_but(arg, where))
-            else:
-                raise PatternError(where, f"unknown operator {operator!r}")
+            _add_operator(parts, operator, arg, where)
         else:
             raise PatternError(
                 where,
                 f"a match value must be a string, number, true, false, null or operator object, not {json_type(item)}",
             )
+    leaf = parts.leaf
+    leaf.strings = frozenset(parts.strings)
+    leaf.constants = frozenset(parts.constants)
+    leaf.number_keys = frozenset(parts.number_keys)
+    leaf.number_raw = frozenset(parts.number_raw)
+    leaf.ranges = tuple(parts.ranges)
+    leaf.string_tests = _string_tests(parts)
+    leaf.negations = tuple(parts.negations)
+    return leaf
 
+
+def _add_operator(parts: _LeafParts, operator: str, arg: Any, where: str) -> None:
+    if operator == "prefix":
+        text, ignore_case = _string_or_ignore_case(operator, arg, where)
+        (parts.folded_prefixes if ignore_case else parts.prefixes).append(text.lower() if ignore_case else text)
+    elif operator == "suffix":
+        text, ignore_case = _string_or_ignore_case(operator, arg, where)
+        (parts.folded_suffixes if ignore_case else parts.suffixes).append(text.lower() if ignore_case else text)
+    elif operator == "equals-ignore-case":
+        parts.folded_equals.add(_string_arg(operator, arg, where).lower())
+    elif operator == "wildcard":
+        parts.globs.append(_compile_wildcard(arg, where))
+    elif operator == "cidr":
+        parts.networks.append(_compile_cidr(arg, where))
+    elif operator == "numeric":
+        parts.ranges.append(_compile_numeric(arg, where))
+    elif operator == "exists":
+        if not isinstance(arg, bool):
+            raise PatternError(where, f"exists expects true or false, not {json_type(arg)}")
+        if arg:
+            parts.leaf.any_value = True
+        else:
+            parts.leaf.absent_ok = True
+    elif operator == "anything-but":
+        parts.negations.append(_compile_anything_but(arg, where))
+    else:
+        raise PatternError(where, f"unknown operator {operator!r}")
+
+
+def _string_tests(parts: _LeafParts) -> tuple[Callable[[str], bool], ...]:
     string_tests: list[Callable[[str], bool]] = []
-    if prefixes:
-        prefix_tuple = tuple(prefixes)
+    if parts.prefixes:
+        prefix_tuple = tuple(parts.prefixes)
         string_tests.append(lambda v: v.startswith(prefix_tuple))
-    if suffixes:
-        suffix_tuple = tuple(suffixes)
+    if parts.suffixes:
+        suffix_tuple = tuple(parts.suffixes)
         string_tests.append(lambda v: v.endswith(suffix_tuple))
-    if folded_equals or folded_prefixes or folded_suffixes:
-        equals_set = frozenset(folded_equals)
+    if parts.folded_equals or parts.folded_prefixes or parts.folded_suffixes:
+        equals_set = frozenset(parts.folded_equals)
         # startswith(()) is False, so empty groups cost nothing.
-        folded_prefix_tuple = tuple(folded_prefixes)
-        folded_suffix_tuple = tuple(folded_suffixes)
+        folded_prefix_tuple = tuple(parts.folded_prefixes)
+        folded_suffix_tuple = tuple(parts.folded_suffixes)
 
         def folded_test(v: str) -> bool:
             lowered = v.lower()
@@ -685,19 +708,11 @@ def _compile_leaf(alternatives: list[Any], where: str) -> _Leaf:
             )
 
         string_tests.append(folded_test)
-    for glob in globs:
+    for glob in parts.globs:
         string_tests.append(glob.match)
-    if networks:
-        string_tests.append(_CidrSet(networks).contains)
-
-    leaf.strings = frozenset(strings)
-    leaf.constants = frozenset(constants)
-    leaf.number_keys = frozenset(number_keys)
-    leaf.number_raw = frozenset(number_raw)
-    leaf.ranges = tuple(ranges)
-    leaf.string_tests = tuple(string_tests)
-    leaf.negations = tuple(negations)
-    return leaf
+    if parts.networks:
+        string_tests.append(_CidrSet(parts.networks).contains)
+    return tuple(string_tests)
 
 
 # --------------------------------------------------------------------------------------------------- structure

@@ -7,6 +7,8 @@ from typing import Any
 
 from django.conf import settings
 
+from routing.models import RoutingRule, Topic
+
 
 def default_topics() -> list[dict[str, str]]:
     return [
@@ -61,8 +63,6 @@ def default_rules() -> list[dict[str, Any]]:
 def seed_default_routing(topic_model: Any = None, rule_model: Any = None) -> None:
     """Create the default topics and rules that are missing; never touches existing ones."""
     if topic_model is None or rule_model is None:
-        from routing.models import RoutingRule, Topic
-
         topic_model, rule_model = Topic, RoutingRule
     topics = {}
     for spec in default_topics():

@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from django.apps import apps as django_apps
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from config.redis import get_redis
+from events.schema import validate_event
 from routing.engine import CompiledRule, RoutingDecision, RuleSet
 from routing.models import RoutingRule, Topic, validate_pattern
 from routing.patterns import Matcher, PatternError, compile_pattern
@@ -192,8 +194,6 @@ UNSAVED_PATTERN_NAME = "(unsaved pattern)"
 
 def _sample_event(event: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """Route what a worker would route: the API's normalised event when it is valid, else the event as given."""
-    from ingestion.schema import validate_event
-
     checked = validate_event(event)
     if isinstance(checked, list):
         return event, tuple(str(error) for error in checked)
@@ -230,8 +230,24 @@ def test_routing(
         matcher = compile_rule_pattern(pattern)
     routed_event, event_errors = _sample_event(event)
     event_type = routed_event.get("event_type")
-    enabled: dict[int, bool] = {}
+    mode, rule_set, candidates, enabled = _rules_under_test(rule_id, matcher, event_type)
+    decision = rule_set.route(routed_event)
+    outcomes, stopped_by = _rule_outcomes(candidates, event_type, set(decision.matched_rules), enabled)
+    return RoutingTestResult(
+        mode=mode,
+        topics=decision.topics,
+        matched_rules=decision.matched_rules,
+        stopped_by=stopped_by,
+        rules=outcomes,
+        event=routed_event,
+        event_errors=event_errors,
+    )
 
+
+def _rules_under_test(
+    rule_id: int | None, matcher: Matcher | None, event_type: Any
+) -> tuple[str, RuleSet, tuple[CompiledRule, ...], dict[int, bool]]:
+    """(mode, the rule set to route with, the rules to report on, enabled flags of saved rules by id)."""
     if rule_id is not None:
         rule = RoutingRule.objects.prefetch_related("destinations").get(pk=rule_id)
         mode = "rule" if matcher is None else "pattern"
@@ -240,12 +256,9 @@ def test_routing(
                 matcher = compile_rule_pattern(rule.pattern)
             except PatternError as exc:  # saved patterns are validated; an old row could still fail
                 raise ValidationError(f"Invalid pattern: {exc}", code="invalid") from None
-        compiled = _compiled(rule, matcher)
-        candidates: tuple[CompiledRule, ...] = (compiled,)
-        enabled[rule.pk] = rule.enabled
-        rule_set = RuleSet(candidates)
-    elif matcher is not None:
-        mode = "pattern"
+        candidates: tuple[CompiledRule, ...] = (_compiled(rule, matcher),)
+        return mode, RuleSet(candidates), candidates, {rule.pk: rule.enabled}
+    if matcher is not None:
         compiled = CompiledRule(
             rule_id=0,
             name=UNSAVED_PATTERN_NAME,
@@ -255,15 +268,15 @@ def test_routing(
             topics=(),
             matcher=matcher,
         )
-        candidates = (compiled,)
-        rule_set = RuleSet(candidates)
-    else:
-        mode = "rule set"
-        rule_set = load_snapshot().rule_set
-        candidates = rule_set.rules_for(event_type) if isinstance(event_type, str) else ()
+        return "pattern", RuleSet((compiled,)), (compiled,), {}
+    rule_set = load_snapshot().rule_set
+    return "rule set", rule_set, rule_set.rules_for(event_type) if isinstance(event_type, str) else (), {}
 
-    decision = rule_set.route(routed_event)
-    matched = set(decision.matched_rules)
+
+def _rule_outcomes(
+    candidates: tuple[CompiledRule, ...], event_type: Any, matched: set[str], enabled: dict[int, bool]
+) -> tuple[tuple[RuleOutcome, ...], str | None]:
+    """What happened to each rule, in evaluation order, and the rule whose stop-processing ended routing."""
     stopped_by: str | None = None
     outcomes: list[RuleOutcome] = []
     for candidate in candidates:
@@ -289,15 +302,7 @@ def test_routing(
                 result=result,
             )
         )
-    return RoutingTestResult(
-        mode=mode,
-        topics=decision.topics,
-        matched_rules=decision.matched_rules,
-        stopped_by=stopped_by,
-        rules=tuple(outcomes),
-        event=routed_event,
-        event_errors=event_errors,
-    )
+    return tuple(outcomes), stopped_by
 
 
 test_routing.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, whatever imports it
@@ -319,10 +324,7 @@ ROUTING_EDITOR_PERMISSIONS: dict[str, tuple[str, ...]] = {
 def ensure_routing_editors_group(apps: Any = None) -> Any:
     """Create (or complete) the "Routing editors" group. `apps` is a migration's app registry; the permission
     rows are created here when missing, because Django only adds them after all migrations ran."""
-    if apps is None:
-        from django.apps import apps as registry
-    else:
-        registry = apps
+    registry = django_apps if apps is None else apps
     group_model = registry.get_model("auth", "Group")
     permission_model = registry.get_model("auth", "Permission")
     content_type_model = registry.get_model("contenttypes", "ContentType")

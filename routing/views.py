@@ -22,8 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ingestion.errors import error_body
-from ingestion.schema import BodyError, parse_json_body
+from events.schema import BodyError, error_body, parse_json_body
 from routing import services
 from routing.models import RoutingRule
 from routing.patterns import MAX_JSON_NESTING, PatternError, json_depth, parse_pattern

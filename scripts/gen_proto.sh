@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 
 "$PYTHON" -m grpc_tools.protoc \
-    -Iproto/ingestion/v1 \
-    --python_out=publisher/schemas \
-    --pyi_out=publisher/schemas \
-    proto/ingestion/v1/events.proto
+    -Ievents/proto/ingestion/v1 \
+    --python_out=events/generated \
+    --pyi_out=events/generated \
+    events/proto/ingestion/v1/events.proto

@@ -19,7 +19,7 @@ from rest_framework_api_key.models import APIKey
 
 from config import urls as config_urls
 from config.redis import get_redis
-from ingestion.schema import attempt_dedup_key
+from events.schema import attempt_dedup_key
 from ingestion.services import DEDUP_PREFIX
 from publisher import queue
 from tests import factories

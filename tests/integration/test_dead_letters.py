@@ -29,12 +29,12 @@ from django.urls import reverse
 from django.utils import timezone
 from kafka.errors import KafkaTimeoutError
 
-from ingestion.schema import validate_event
+from events.schema import validate_event
+from events.serialization import decode_value
 from publisher import breaker, dead_letters, kafka_gateway, replay
-from publisher.admin import STATUS_COUNTS_CACHE_KEY
 from publisher.models import DeadLetter, DeadLetterSettings, ReplayAttempt, ReplayJob
 from publisher.publishing import build_records
-from publisher.serialization import decode_value
+from publisher.selectors import STATUS_COUNTS_CACHE_KEY
 from routing.models import Topic
 from routing.services import ROUTING_EDITORS_GROUP, ensure_routing_editors_group, invalidate_local_cache
 from tests import factories

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.test import Client, override_settings
 
 from config.redis import get_redis
-from ingestion.schema import validate_event
+from events.schema import validate_event
 from publisher import breaker, kafka_gateway, poison, publishing, queue
 from publisher.models import DeadLetter, RetryPolicy
 from publisher.publishing import publish_events

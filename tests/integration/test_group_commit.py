@@ -13,8 +13,8 @@ import pytest
 from django.test import override_settings
 
 from config.redis import get_redis
+from events.schema import ValidatedEvent, validate_event
 from ingestion import services
-from ingestion.schema import ValidatedEvent, validate_event
 from publisher import handoff, queue
 from publisher import services as publisher_services
 from tests import factories

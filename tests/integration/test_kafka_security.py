@@ -21,7 +21,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
-from ingestion.schema import validate_event
+from events.schema import validate_event
 from publisher import kafka_gateway
 from publisher.models import DeadLetter
 from tests import factories

@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
-from ingestion.schema import validate_event
+from events.schema import validate_event
+from events.serialization import decode_value
 from publisher.models import DeadLetter, RetryPolicy
-from publisher.serialization import decode_value
 from publisher.services import publish_batch
 from routing.models import RoutingRule, Topic
 from tests import factories

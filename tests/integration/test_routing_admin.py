@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils.html import escape
 
 from config.redis import get_redis
-from ingestion.schema import validate_event
+from events.schema import validate_event
 from publisher.services import enqueue_events
 from routing import services
 from routing.models import RoutingRule, Topic

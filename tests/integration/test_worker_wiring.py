@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ingestion.schema import validate_event
+from events.schema import validate_event
 from publisher.services import enqueue_events
 from tests import factories
 from tests.conftest import WorkerProcess

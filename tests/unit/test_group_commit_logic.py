@@ -1,4 +1,4 @@
-"""config.group_commit: who runs with whom, and what each caller gets back."""
+"""ingestion.group_commit: who runs with whom, and what each caller gets back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from config.group_commit import GroupCommit
+from ingestion.group_commit import GroupCommit
 
 release = threading.Event()  # holds the first run until every other caller is queued behind it
 

@@ -1,4 +1,4 @@
-"""Unit tests for ingestion.schema, event schema v1 (no Django, no database).
+"""Unit tests for events.schema, event schema v1 (no Django, no database).
 
 Run: .venv/bin/python -m pytest -p no:django -p no:cacheprovider tests/unit/test_schema.py -q
 """
@@ -16,9 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingestion.schema import (
-    EVENT_TYPES,
-    MAX_EVENT_BYTES,
+from events.limits import EVENT_TYPES, MAX_EVENT_BYTES
+from events.schema import (
     BatchValidation,
     BodyError,
     FieldError,
@@ -966,7 +965,7 @@ def _nested(levels: int) -> dict[str, Any]:
 
 
 def test_properties_nesting_is_bounded_as_protobuf_consumers_read_it() -> None:
-    from publisher.serialization import encode_event
+    from events.serialization import encode_event
 
     accepted = ok(activity(properties=_nested(32)))
     encode_event(accepted.data, "protobuf")  # what the API accepts, a protobuf topic carries

@@ -1,4 +1,4 @@
-"""Unit tests for publisher.serialization (no Django, no database).
+"""Unit tests for events.serialization (no Django, no database).
 
 Run: .venv/bin/python -m pytest -p no:django -p no:cacheprovider tests/unit/test_serialization.py -q
 """
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from publisher import serialization as ser
-from publisher.schemas import events_pb2
-from publisher.serialization import (
+from events.generated import events_pb2
+from events.limits import MAX_PROPERTIES_DEPTH
+from events.serialization import (
     CONTENT_TYPES,
     FORMATS,
     JSON,
@@ -220,7 +220,7 @@ def test_properties_integral_floats_come_back_as_int() -> None:
 
 def test_properties_at_max_depth_are_decodable() -> None:
     nested: dict[str, Any] = {"leaf": 1}
-    for _ in range(ser._MAX_PROPERTIES_DEPTH - 1):
+    for _ in range(MAX_PROPERTIES_DEPTH - 1):
         nested = {"n": nested}
     event = {**ACTIVITY_MIN, "properties": nested}
     assert roundtrip(event, PROTOBUF) == event
@@ -344,7 +344,7 @@ def test_unencodable_protobuf_raises_serialization_error(event: dict[str, Any]) 
 
 def test_properties_too_deep_for_protobuf_parsers_is_refused() -> None:
     nested: dict[str, Any] = {"leaf": 1}
-    for _ in range(ser._MAX_PROPERTIES_DEPTH):
+    for _ in range(MAX_PROPERTIES_DEPTH):
         nested = {"n": nested}
     with pytest.raises(SerializationError, match="nested deeper"):
         encode_event({**ACTIVITY_MIN, "properties": nested}, PROTOBUF)
@@ -400,10 +400,10 @@ def test_checked_in_generated_code_matches_proto(tmp_path: Path) -> None:
             sys.executable,
             "-m",
             "grpc_tools.protoc",
-            "-Iproto/ingestion/v1",
+            "-Ievents/proto/ingestion/v1",
             f"--python_out={tmp_path}",
             f"--pyi_out={tmp_path}",
-            "proto/ingestion/v1/events.proto",
+            "events/proto/ingestion/v1/events.proto",
         ],
         cwd=REPO_ROOT,
         check=True,
@@ -411,11 +411,11 @@ def test_checked_in_generated_code_matches_proto(tmp_path: Path) -> None:
     )
     for name in ("events_pb2.py", "events_pb2.pyi"):
         fresh = (tmp_path / name).read_bytes()
-        checked_in = (REPO_ROOT / "publisher" / "schemas" / name).read_bytes()
-        assert fresh == checked_in, f"publisher/schemas/{name} is stale: run scripts/gen_proto.sh"
+        checked_in = (REPO_ROOT / "events" / "generated" / name).read_bytes()
+        assert fresh == checked_in, f"events/generated/{name} is stale: run scripts/gen_proto.sh"
 
 
 def test_generated_module_does_not_import_the_ingestion_package() -> None:
-    source = (REPO_ROOT / "publisher" / "schemas" / "events_pb2.py").read_text()
+    source = (REPO_ROOT / "events" / "generated" / "events_pb2.py").read_text()
     imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
     assert imports and all(line.startswith("from google.protobuf") for line in imports)

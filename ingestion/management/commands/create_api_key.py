@@ -1,6 +1,7 @@
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils.dateparse import parse_datetime
 from rest_framework_api_key.models import APIKey
 
 
@@ -12,8 +13,6 @@ class Command(BaseCommand):
         parser.add_argument("--expires", help="Optional expiry, ISO 8601 (e.g. 2027-01-01T00:00:00Z).")
 
     def handle(self, *args: Any, name: str, expires: str | None, **options: Any) -> None:
-        from django.utils.dateparse import parse_datetime
-
         name = name.strip()
         if not name or len(name) > 50:
             raise CommandError("NAME must be 1 to 50 characters.")

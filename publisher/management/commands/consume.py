@@ -8,8 +8,8 @@ import orjson
 from django.core.management.base import BaseCommand, CommandError
 from kafka import KafkaConsumer, TopicPartition
 
+from events.serialization import SerializationError, decode_value
 from publisher import kafka_gateway
-from publisher.serialization import SerializationError, decode_value
 
 
 class Command(BaseCommand):

@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 import config
+from config.redis import get_redis
 from publisher import stats
 
 
@@ -76,8 +77,6 @@ class Command(BaseCommand):
         )
 
     def _reset_stats(self) -> None:
-        from config.redis import get_redis
-
         client = get_redis()
         keys = list(client.scan_iter(match=f"{stats.totals_key().rsplit(':', 1)[0]}:*", count=500))
         if keys:

@@ -18,40 +18,40 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any, Final
 
 import msgspec
 import orjson
 
+from events.limits import (
+    EVENT_TYPES,
+    JSON_MAX_DEPTH,
+    MAX_EVENT_BYTES,
+    MAX_EXACT_PROPERTY_INT,
+    MAX_FUTURE_SKEW,
+    MAX_INT,
+    MAX_METADATA_KEYS,
+    MAX_PROPERTIES_BYTES,
+    MAX_PROPERTIES_DEPTH,
+    MAX_RESPONSE_BYTES,
+    MAX_STRING_CHARS,
+    MIN_INT,
+    SCHEMA_VERSION,
+)
+
 __all__ = [
-    "EVENT_TYPES",
-    "MAX_EVENT_BYTES",
     "BatchValidation",
     "BodyError",
     "FieldError",
     "ValidatedEvent",
     "attempt_dedup_key",
+    "error_body",
     "parse_json_body",
     "validate_batch",
     "validate_event",
 ]
 
-EVENT_TYPES: Final = ("attempt", "session", "placement", "activity")
-SCHEMA_VERSION: Final = 1  # the only version supported so far
-MAX_EVENT_BYTES: Final = 32 * 1024  # whole event, as compact JSON
-MAX_PROPERTIES_BYTES: Final = 8 * 1024  # activity ``properties``, as compact JSON
-MAX_RESPONSE_BYTES: Final = 4 * 1024  # attempt ``response``, UTF-8
-MAX_METADATA_KEYS: Final = 32
-MAX_STRING_CHARS: Final = 128  # ids and short labels, counted in code points
-MAX_FUTURE_SKEW: Final = timedelta(minutes=5)
-MAX_INT: Final = 2**63 - 1  # counters go to int64 columns/fields downstream
-MIN_INT: Final = -(2**63)
-# What a protobuf topic can carry (publisher/serialization.py): properties go into google.protobuf.Struct, whose
-# numbers are doubles and whose nesting consumers' parsers bound; metadata and score integers are int64.
-MAX_EXACT_PROPERTY_INT: Final = 2**53
-MAX_PROPERTIES_DEPTH: Final = 32  # containers, counting ``properties`` itself as 1
-JSON_MAX_DEPTH: Final = 1024  # orjson.loads rejects deeper documents
 NIL_UUID: Final = "00000000-0000-0000-0000-000000000000"
 
 
@@ -87,6 +87,15 @@ class BatchValidation:
     invalid: list[tuple[int, str | None, list[FieldError]]] = field(default_factory=list)
     # Non-empty means the body itself was rejected and no event was looked at.
     body_errors: list[FieldError] = field(default_factory=list)
+
+
+def error_body(message: str, errors: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """A rejection as the API reports it, `{"error": message, "errors": [{"path", "message"}]}` (the errors are
+    FieldError.as_dict()s); the shape of every error under /api/, the event endpoints' and the rule tester's."""
+    body: dict[str, Any] = {"error": message}
+    if errors:
+        body["errors"] = errors
+    return body
 
 
 class BodyError(ValueError):
@@ -165,7 +174,7 @@ _REQUIRED: Final = "is required"
 _STRING: Final = f"must be a string of 1 to {MAX_STRING_CHARS} characters"
 _BOOL: Final = "must be a boolean (true or false)"
 _TIMESTAMP: Final = "must be an RFC 3339 timestamp with a UTC offset, e.g. 2026-11-27T03:38:52Z"
-_FUTURE: Final = "is more than 5 minutes in the future"
+_FUTURE: Final = f"is more than {MAX_FUTURE_SKEW.seconds // 60} minutes in the future"
 _COUNT: Final = f"must be an integer between 0 and {MAX_INT}"
 _OBJECT: Final = "must be an object"
 _UNKNOWN: Final = "unknown field"
@@ -544,7 +553,9 @@ def _unserializable(exc: orjson.JSONEncodeError) -> str:
 
 
 def _check(raw: Any, limit: str, new_id: _IdSource) -> ValidatedEvent | _Errors:
-    """Validate one event against schema v1. ``limit``: the latest acceptable occurred_at, canonical text."""
+    """Validate one event against schema v1. ``limit``: the latest acceptable occurred_at, canonical text.
+
+    Long on purpose: the ingest hot path, one pass with the common fields inline (see the module docstring)."""
     if not isinstance(raw, dict):
         return [("", "event must be a JSON object")]
     errs: _Errors = []
@@ -650,7 +661,7 @@ def attempt_dedup_key(user_id: str, client_attempt_id: str) -> str:
 
 
 def _future_limit(now: datetime | None) -> str:
-    """now + 5 minutes as canonical text, so each event costs a string comparison."""
+    """now + MAX_FUTURE_SKEW as canonical text, so each event costs a string comparison."""
     if now is None:
         now = datetime.now(UTC)
     elif now.tzinfo is None:

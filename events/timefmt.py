@@ -1,4 +1,8 @@
-"""The one timestamp format the service writes (headers, logs, JSON endpoints): UTC, milliseconds, `Z`."""
+"""The one timestamp format the service writes: UTC, milliseconds, `Z`.
+
+First of all in the headers of every published and dead-lettered record (`ingested_at`, `dlq_timestamp`), which
+consumers parse, hence its place beside the event schema; the logs and the JSON endpoints use it too.
+"""
 
 from __future__ import annotations
 
