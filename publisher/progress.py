@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+
+from django.conf import settings
 
 from config.redis import get_redis, writes
 
@@ -14,35 +17,45 @@ logger = logging.getLogger(__name__)
 _TTL = 24 * 3600
 
 
+@dataclass(frozen=True)
+class Started:
+    runs: int  # deliveries of this task so far, this one included
+    done: set[tuple[int, str]]  # (index, topic) pairs Kafka acknowledged in earlier runs
+    first_started: float | None  # when the first run started (wall clock)
+    complete: bool  # an earlier run finished the task: this is a redelivery after its worker died
+
+
 class TaskProgress:
     def __init__(self, task_id: str | None) -> None:
         self.task_id = task_id
         self._done_key = f"publisher:task-done:{task_id}"
         self._runs_key = f"publisher:task-runs:{task_id}"
         self._started_key = f"publisher:task-started:{task_id}"
+        self._complete_key = f"publisher:task-complete:{task_id}"
 
-    def start(self) -> tuple[int, set[tuple[int, str]], float | None]:
-        """Count this delivery of the task; return (deliveries so far including this one, done pairs, when the
-        first delivery started). What a dead run sent after its last record of progress is only in Kafka, written
-        after that first start: a redelivered task looks there (publishing.publish_events, `in_doubt_since`)."""
+    def start(self) -> Started:
+        """Count this delivery of the task and say what earlier runs did. What a dead run sent after its last record
+        of progress is only in Kafka, written after the first start: a redelivered task looks there
+        (publishing.publish_events, `in_doubt_since`)."""
         if not self.task_id:
-            return 1, set(), None
+            return Started(1, set(), None, complete=False)
         try:
             pipe = get_redis().pipeline(transaction=False)
+            pipe.exists(self._complete_key)
             pipe.incr(self._runs_key)
             pipe.expire(self._runs_key, _TTL)
             pipe.smembers(self._done_key)
             pipe.set(self._started_key, repr(time.time()), nx=True, ex=_TTL)
             pipe.get(self._started_key)
-            runs, _, members, _, started = pipe.execute()
+            complete, runs, _, members, _, started = pipe.execute()
         except Exception:
             logger.warning("task progress unavailable (Redis); delivering the whole task")
-            return 1, set(), None
+            return Started(1, set(), None, complete=False)
         done: set[tuple[int, str]] = set()
         for member in members:
             index, _, topic = member.decode().partition(":")
             done.add((int(index), topic))
-        return int(runs), done, float(started) if started else None
+        return Started(int(runs), done, float(started) if started else None, complete=bool(complete))
 
     def delivered(self, pairs: list[tuple[int, str]]) -> None:
         if not self.task_id or not pairs:
@@ -65,10 +78,14 @@ class TaskProgress:
         except Exception:
             logger.warning("could not record a clean task exit")
 
-    def finish(self) -> None:
-        """The task ended (done, or handed its remainder to a retry with new numbering): forget it. Joins the
-        task's deferred writes; if lost, the keys expire with their TTL."""
+    def finish(self, *, complete: bool) -> None:
+        """The task ended: forget its progress. `complete`: everything is delivered or dead-lettered, and a
+        redelivery of this very message (its worker died before the broker heard it was done) must do nothing; the
+        mark outlives the visibility timeout. Not complete: the remainder went on as a retry, which starts afresh
+        under the same id. Joins the task's deferred writes; if lost, the keys expire with their TTL."""
         if not self.task_id:
             return
         with writes() as pipe:
             pipe.delete(self._done_key, self._runs_key, self._started_key)
+            if complete:
+                pipe.set(self._complete_key, b"1", ex=int(settings.CELERY_VISIBILITY_TIMEOUT) + 60)

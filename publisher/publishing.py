@@ -320,9 +320,13 @@ def owed_records(
         since=since - CLOCK_MARGIN_SECONDS,
         event_ids={str(events[r.index]["event_id"]) for r in doubtful},
     )
-    if not found:
-        return records
-    written = [r for r in doubtful if (str(events[r.index]["event_id"]), r.topic) in found]
+    written = [r for r in doubtful if (str(events[r.index]["event_id"]), r.topic) in found] if found else []
+    logger.info(
+        "looked in Kafka for %d deliveries of unknown outcome: %s",
+        len(doubtful),
+        "unreadable" if found is None else f"{len(written)} already there",
+        extra={"event": "publish_in_doubt", "count": len(doubtful), "found": len(written)},
+    )
     if not written:
         return records
     logger.warning(

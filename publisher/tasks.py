@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -102,10 +103,17 @@ def _publish_events(
     in_doubt_since: float | None,
 ) -> None:
     progress = TaskProgress(task.request.id)
-    runs, already_delivered, first_started = progress.start()
-    if runs > 1 and first_started is not None:
+    started = progress.start()
+    if started.complete:
+        logger.info(
+            "publish task already done by an earlier run; nothing to do", extra={"event": "publish_redelivered"}
+        )
+        return
+    runs, already_delivered = started.runs, started.done
+    if runs > 1 and started.first_started is not None:
         # An earlier run died: what it sent after its last record of progress may be in Kafka.
-        in_doubt_since = first_started if in_doubt_since is None else min(in_doubt_since, first_started)
+        since = started.first_started
+        in_doubt_since = since if in_doubt_since is None else min(in_doubt_since, since)
     if runs > settings.PUBLISHER_POISON_MAX_DELIVERIES:
         # This task has killed its worker every time it ran: set aside for an operator what it has not delivered.
         poison.dead_letter_task(
@@ -116,7 +124,7 @@ def _publish_events(
             delivered=already_delivered,
             in_doubt_since=in_doubt_since,
         )
-        progress.finish()
+        progress.finish(complete=True)
         queue.done(len(events))
         return
     try:
@@ -150,13 +158,15 @@ def _publish_events(
                 countdown=deferred.delay,
                 max_retries=None,
                 throw=False,
+                # The remainder is a task of its own: this one is complete, and a redelivery of it does nothing.
+                task_id=str(uuid.uuid4()),
             )
         except Reject:
             # This very task goes back to the queue: its progress must outlive this run (what Kafka already has
             # is skipped next time), and a refused enqueue is no poison.
             progress.ended_cleanly()
             raise
-        progress.finish()
+        progress.finish(complete=True)
         queue.done(len(events) - len(retry_events))
         raise retry from deferred
     except DATABASE_OUTAGE_ERRORS:
@@ -168,7 +178,7 @@ def _publish_events(
         # dead-lettered as poison after PUBLISHER_POISON_MAX_DELIVERIES runs.
         logger.exception("publish task failed; it will run again", extra={"event": "publish_error"})
         raise task.retry(exc=exc, countdown=min(60, 2 ** min(task.request.retries, 6)), max_retries=None) from exc
-    progress.finish()
+    progress.finish(complete=True)
     queue.done(len(events))
     logger.info(
         "published batch",

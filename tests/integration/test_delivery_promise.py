@@ -347,6 +347,27 @@ def test_a_redelivered_task_does_not_send_again_what_its_dead_run_wrote(
     assert "already in Kafka" in celery_worker.output()
 
 
+def test_a_task_redelivered_after_it_finished_does_nothing(
+    default_routing: None, celery_worker: WorkerProcess, kafka_reader: Any
+) -> None:
+    """Its pool process was killed after the task finished but before the broker heard so: Celery runs the same
+    message again. It must not publish a second time."""
+    from publisher.progress import TaskProgress
+    from publisher.tasks import publish_events as publish_task
+
+    reader, whole_run = kafka_reader("user.activities"), kafka_reader("user.activities")
+    event, marker = normalized(factories.activity()), normalized(factories.activity())
+    task_id = str(uuid.uuid4())
+    publish_task.apply_async(kwargs={"events": [event], "source": "test", "accepted_at": time.time()}, task_id=task_id)
+    assert count_in_kafka(reader, event["event_id"], timeout=30, settle=0.5) == 1
+    publish_task.apply_async(kwargs={"events": [event], "source": "test", "accepted_at": time.time()}, task_id=task_id)
+    wait_for(lambda: "done by an earlier run" in celery_worker.output(), timeout=20, what="the redelivery skipped")
+    publish_task.apply_async(kwargs={"events": [marker], "source": "test", "accepted_at": time.time()})
+    assert count_in_kafka(reader, marker["event_id"], timeout=30, settle=0.5) == 1
+    assert count_in_kafka(whole_run, event["event_id"], timeout=10) == 1
+    assert TaskProgress(task_id).start().complete
+
+
 def test_owed_records_are_what_kafka_does_not_have(default_routing: None) -> None:
     from publisher.publishing import build_records, owed_records
 
