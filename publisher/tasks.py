@@ -36,6 +36,12 @@ def describe_arguments(kwargs: dict[str, Any] | None) -> str:
 
 
 class PublisherTask(Task):
+    def apply_async(self, args: Any = None, kwargs: Any = None, *positional: Any, **options: Any) -> Any:
+        """Task.apply_async; the message's log representation names the arguments, never the events."""
+        options.setdefault("argsrepr", "()")
+        options.setdefault("kwargsrepr", describe_arguments(kwargs))
+        return super().apply_async(args, kwargs, *positional, **options)
+
     def retry(self, args: Any = None, kwargs: Any = None, *positional: Any, **options: Any) -> Any:
         """Task.retry, minus two ways it loses or leaks work. Its new message logs no payload. And when that
         message cannot be enqueued, Celery raises Reject(requeue=False), which acknowledges the task: its events

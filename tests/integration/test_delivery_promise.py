@@ -20,7 +20,7 @@ from events.schema import validate_event
 from publisher import breaker, kafka_gateway, poison, publishing, queue
 from publisher.models import DeadLetter, RetryPolicy
 from publisher.publishing import publish_events
-from publisher.services import enqueue_events, enqueue_events_guarded
+from publisher.services import enqueue_events
 from routing.models import RoutingRule, Topic
 from tests import factories
 from tests.conftest import KafkaReader, WorkerProcess, create_topic
@@ -93,11 +93,14 @@ def own_redis_db() -> Iterator[str]:
 
 
 def enqueue_here(events: list[dict[str, Any]]) -> None:
-    """Enqueue a publish task into this process's Redis (REDIS_URL), as the API does."""
-    result = enqueue_events_guarded(
-        events=events, source="test", accepted_at=time.time(), guards=[], guard_ttl=60, capacity_limit=10**6
-    )
-    assert result.enqueued, result
+    """Enqueue a publish task into this process's Redis (REDIS_URL) through Celery's public API."""
+    from config.celery import app
+    from publisher.tasks import publish_events as publish_task
+
+    with app.connection_for_write(settings.REDIS_URL) as connection:
+        publish_task.apply_async(
+            kwargs={"events": events, "source": "test", "accepted_at": time.time()}, connection=connection
+        )
 
 
 # ---------------------------------------------------------------- data the database refuses

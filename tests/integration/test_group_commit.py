@@ -29,10 +29,11 @@ def validated(event: dict[str, Any]) -> ValidatedEvent:
     return result
 
 
-@pytest.fixture(autouse=True, params=["atomic", "in_steps"])
+@pytest.fixture(autouse=True, params=[pytest.param("atomic", marks=pytest.mark.fastpath("celery_handoff")), "in_steps"])
 def admission(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs both ways of admitting: one atomic script (Celery's broker is REDIS_URL's Redis, the
-    default) and claim / enqueue / confirm in steps (any other broker)."""
+    """Every test runs both ways of admitting: one atomic script (the celery_handoff fast path, with Celery's
+    broker REDIS_URL's Redis, the default) and claim / enqueue / confirm in steps (any other broker, or the fast
+    path off)."""
     if request.param == "in_steps":
         monkeypatch.setattr(publisher_services, "can_enqueue_guarded", lambda: False)
     assert publisher_services.can_enqueue_guarded() == (request.param == "atomic")
