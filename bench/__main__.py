@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench import broker as broker_bench
     from bench import peer, pipeline, procfs, report
+    from bench.redis_state import bench_redis_url
+    from bench.rows import recorded_producer_config
+    from bench.run_settings import Settings, new_tag
     from publisher.kafka_gateway import producer_config
 
     only = [name for name in ALL if name in args.only.split(",")]
@@ -267,8 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     output = args.output or RESULTS / f"{stamp}.json"
-    tag = pipeline.new_tag()
-    redis_url = args.redis_url or pipeline.bench_redis_url(settings.REDIS_URL)
+    tag = new_tag()
+    redis_url = args.redis_url or bench_redis_url(settings.REDIS_URL)
     redis_port = urlsplit(redis_url).port or 6379
     broker_pid = procfs.find_pid("kafka.Kafka")
     redis_pid = procfs.find_pid("redis-server", f":{redis_port}")
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "redis_url": redis_url,
         "kafka": {"bootstrap": bootstrap, "compression": settings.KAFKA_COMPRESSION_TYPE},
-        "producer_config": pipeline.recorded_producer_config(produce),
+        "producer_config": recorded_producer_config(produce),
         "workdir": str(workdir),
         "rows": {},
     }
@@ -347,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
             name = phase if setting is None else f"{phase}[{setting}]"
             extra_env = {} if setting is None else {"INGEST_FAST_PATHS": fast_paths_env(setting)}
             single = phase.endswith("single")
-            phase_settings = pipeline.Settings(
+            phase_settings = Settings(
                 duration=args.duration,
                 warmup=args.warmup,
                 concurrency=(args.single_concurrency or args.concurrency) if single else args.concurrency,

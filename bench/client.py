@@ -31,7 +31,7 @@ def main() -> None:
     django.setup()
     from kafka import KafkaProducer
 
-    from bench.pipeline import recorded_producer_config
+    from bench.rows import recorded_producer_config
     from publisher.kafka_gateway import producer_config
 
     topic = config["topic"]

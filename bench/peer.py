@@ -20,7 +20,8 @@ import shutil
 import subprocess
 from typing import Any
 
-from bench.pipeline import ROOT, Settings, free_port, stop_group, wait_until_serving
+from bench.processes import ROOT, free_port, stop_group, wait_until_serving
+from bench.run_settings import Settings
 
 POM = ROOT / "bench" / "peer" / "pom.xml"
 ROUTES = ROOT / "bench" / "peer" / "routes.yaml"
@@ -52,7 +53,7 @@ def ensure_libs(log: Any = print) -> None:
 
 
 class PeerTiers:
-    """pipeline.Tiers' face for the bridge: `start_web()` starts it; it is its own worker, so there is none."""
+    """bench.tiers.Tiers' face for the bridge: `start_web()` starts it; it is its own worker, so there is none."""
 
     has_queue = False
 

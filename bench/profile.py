@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import django
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -52,7 +53,12 @@ def profile_processes(args: argparse.Namespace, py_spy: str, stamp: str) -> list
     from rest_framework_api_key.models import APIKey
 
     from bench import events as bench_events
-    from bench import flame, pipeline, procfs
+    from bench import flame, procfs
+    from bench.load import api_config, run_loadgen
+    from bench.redis_state import bench_redis_url, purge
+    from bench.run_settings import Settings, new_tag
+    from bench.tiers import Tiers
+    from bench.watcher import Watcher
 
     load = "single" if args.single else "batch"
     per_request = 1 if args.single else args.batch_size
@@ -60,8 +66,8 @@ def profile_processes(args: argparse.Namespace, py_spy: str, stamp: str) -> list
     workdir.mkdir(parents=True, exist_ok=True)
     source = f"bench-profile-{stamp}"
     key_obj, api_key = APIKey.objects.create_key(name=source)
-    redis_url = args.redis_url or pipeline.bench_redis_url(settings.REDIS_URL)
-    s = pipeline.Settings(
+    redis_url = args.redis_url or bench_redis_url(settings.REDIS_URL)
+    s = Settings(
         duration=args.duration,
         warmup=args.warmup,
         concurrency=args.concurrency,
@@ -73,7 +79,7 @@ def profile_processes(args: argparse.Namespace, py_spy: str, stamp: str) -> list
         topics=[settings.KAFKA_TOPIC_ATTEMPTS],
         api_key=api_key,
         source=source,
-        tag=pipeline.new_tag(),
+        tag=new_tag(),
         sample_every=1000,
         drain_timeout=0,
         memory_events=0,
@@ -83,7 +89,7 @@ def profile_processes(args: argparse.Namespace, py_spy: str, stamp: str) -> list
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    tiers = pipeline.Tiers(s, f"profile-{load}")
+    tiers = Tiers(s, f"profile-{load}")
     watcher = None
     loadgen = None
     outputs: list[Path] = []
@@ -91,14 +97,14 @@ def profile_processes(args: argparse.Namespace, py_spy: str, stamp: str) -> list
     try:
         tiers.start_web()
         tiers.start_worker()
-        watcher = pipeline.Watcher(s, f"profile-{load}", {phase: per_request})
-        config = pipeline._api_config(s, tiers, "profile", args.single, variants=16) | {
+        watcher = Watcher(s, f"profile-{load}", {phase: per_request})
+        config = api_config(s, tiers, "profile", args.single, variants=16) | {
             "concurrency": args.concurrency,
             "start_at": time.time() + 0.5,
             "stop_at": time.time() + 0.5 + args.warmup + args.duration + 2,
             "max_requests": None,
         }
-        loadgen, loadgen_out = pipeline.run_loadgen(s, f"profile-{load}", config, wait=False)
+        loadgen, loadgen_out = run_loadgen(s, f"profile-{load}", config, wait=False)
         time.sleep(0.5 + args.warmup)
         assert tiers.web is not None and tiers.worker is not None
         web_pid = sorted(p.pid for p in procfs.tree(tiers.web.pid) if p.pid != tiers.web.pid)[0]
@@ -124,7 +130,7 @@ def profile_processes(args: argparse.Namespace, py_spy: str, stamp: str) -> list
         cpu1 = procfs.cpu_seconds(list(targets.values()))
         count1 = watcher.written()
         loadgen.wait(60)
-        requests = pipeline.orjson.loads(loadgen_out.read_bytes())["requests"]
+        requests = orjson.loads(loadgen_out.read_bytes())["requests"]
         accepted = sum(r[4] for r in requests if t0 <= r[2] < t1)
         published = count1 - count0
         report = [
@@ -169,7 +175,7 @@ def profile_processes(args: argparse.Namespace, py_spy: str, stamp: str) -> list
         if watcher is not None:
             watcher.finish()
         tiers.stop()
-        pipeline.purge(client, s.tag, task_keys=redis_url != settings.REDIS_URL)
+        purge(client, s.tag, task_keys=redis_url != settings.REDIS_URL)
         APIKey.objects.filter(pk=key_obj.pk).update(revoked=True)
 
 
@@ -179,12 +185,13 @@ def profile_in_process(args: argparse.Namespace, stamp: str) -> list[Path]:
     from django.conf import settings
 
     from bench import events as bench_events
-    from bench import pipeline
+    from bench.redis_state import purge
+    from bench.run_settings import new_tag
     from events.schema import parse_json_body, validate_batch
     from ingestion import services
     from publisher import publishing
 
-    tag = pipeline.new_tag()
+    tag = new_tag()
     templates = bench_events.body_templates(
         tag=tag, phase=bench_events.PHASES["profile"], batch_size=args.batch_size, variants=16
     )
@@ -220,7 +227,7 @@ def profile_in_process(args: argparse.Namespace, stamp: str) -> list[Path]:
             stats.sort_stats("tottime").print_stats(30)
             stats.sort_stats("cumulative").print_stats(40)
     finally:
-        pipeline.purge(client, tag)
+        purge(client, tag)
     txt = RESULTS / f"profile-{stamp}-cprofile.txt"
     txt.write_text(report.getvalue())
     outputs.append(txt)
@@ -244,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.mode == "cprofile":
-        from bench.pipeline import bench_redis_url
+        from bench.redis_state import bench_redis_url
 
         # The in-process run enqueues through this process's settings: point them at the bench's database.
         os.environ["REDIS_URL"] = args.redis_url or bench_redis_url(

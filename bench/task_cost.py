@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker-args", default="", help="extra celery worker arguments, e.g. '--pool solo'")
     args = parser.parse_args(argv)
 
-    from bench.pipeline import bench_redis_url
+    from bench.redis_state import bench_redis_url
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     # This process queues the tasks: point it at the bench's database before settings are read.
@@ -44,14 +44,18 @@ def main(argv: list[str] | None = None) -> None:
     from kafka import KafkaConsumer, TopicPartition
 
     from bench import events as bench_events
-    from bench import pipeline, procfs
+    from bench import procfs
+    from bench.processes import ROOT
+    from bench.redis_state import purge
+    from bench.run_settings import Settings, new_tag
+    from bench.tiers import Tiers
     from events.schema import parse_json_body, validate_batch
     from publisher import services
 
-    tag = pipeline.new_tag()
-    workdir = pipeline.ROOT / ".data" / "bench" / f"task-cost-{tag}"
+    tag = new_tag()
+    workdir = ROOT / ".data" / "bench" / f"task-cost-{tag}"
     workdir.mkdir(parents=True, exist_ok=True)
-    s = pipeline.Settings(
+    s = Settings(
         duration=0, warmup=0, concurrency=1, batch_size=args.events, web_workers=0,
         worker_concurrency=args.worker_concurrency, redis_url=settings.REDIS_URL,
         bootstrap=",".join(settings.KAFKA_BROKERS), topics=[settings.KAFKA_TOPIC_ATTEMPTS], api_key="",
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         return int(sum(consumer.end_offsets(partitions).values()))
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    tiers = pipeline.Tiers(s, "task-cost")
+    tiers = Tiers(s, "task-cost")
     try:
         tiers.start_worker()
         assert tiers.worker is not None
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         cpu = sum(procfs.cpu_seconds(pids).values()) - cpu0
     finally:
         tiers.stop()
-        pipeline.purge(client, tag, task_keys=True)
+        purge(client, tag, task_keys=True)
         consumer.close()
     records = args.tasks * args.events
     pool = args.worker_args or "prefork"

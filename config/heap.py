@@ -4,9 +4,9 @@ Start-up leaves a large heap that lives as long as the process (Django, DRF, Cel
 URL and routing tables). Python's collector would keep scanning it in every full collection; `gc.freeze()`
 moves it out of the collector's sight. And a publish task or a batch request allocates thousands of short-lived
 containers that reference counting frees anyway, which at the default threshold (700) triggers a young
-collection every few dozen events: `publish_events` of 100-event batches in-process spent ~5 % of its CPU in
-collections (163-195 ms over 800 batches), ~0 with the threshold below. Cyclic garbage is still collected,
-just after 20,000 net allocations instead of 700 (a few MB at most).
+collection every few dozen events: a measurable share of a publish task's CPU, next to none with the threshold
+below (docs/performance.md, fourth round). Cyclic garbage is still collected, just after 20,000 net allocations
+instead of 700 (a few MB at most).
 """
 
 from __future__ import annotations

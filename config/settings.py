@@ -231,8 +231,8 @@ if _FAST_TRANSPORT is not None:
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]  # never pickle: a task message must not be able to run code
-# Task bodies (a batch of events) compressed: a queued event takes ~5x less Redis memory, and the worker's
-# main process, which reads every message and copies it into kombu's unacked hash, handles ~5x fewer bytes.
+# Task bodies (a batch of events) compressed: a queued event takes much less Redis memory, and the worker's
+# main process, which reads every message and copies it into kombu's unacked hash, handles far fewer bytes.
 CELERY_TASK_COMPRESSION = "zstd"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None

@@ -26,5 +26,5 @@ def _application() -> Any:
 
 application = _application()
 # config.heap: the start-up heap is done. The default young threshold is kept here: a request's garbage cycles
-# hold its parsed body, and waiting for 20,000 allocations let them pile up (+26 MiB peak under batches).
+# hold its parsed body, and waiting for 20,000 allocations let them pile up (a higher peak RSS under batches).
 settle_after_startup(young_threshold=None)

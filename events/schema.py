@@ -3,7 +3,7 @@
 This runs on the ingest hot path, so it is a hand-written single pass rather than DRF serializers or a
 msgspec fast path with an exhaustive fallback. msgspec stops at the first error and speaks its own
 messages, so it needs a second implementation of every rule to report *all* errors; and when measured,
-it did not pay: msgspec.convert into a Union re-resolves the type on every call (~6 us), and per-type
+it did not pay: msgspec.convert into a Union re-resolves the type on every call, and per-type
 Struct conversion only replaces the cheap part, leaving timestamps, UUIDs, sizes and building the
 normalised dict. One pass that only formats messages when something is wrong costs a few microseconds
 per event (``python -m bench.validation``) and reports every error with its path.
@@ -70,7 +70,7 @@ class FieldError:
 
 
 class ValidatedEvent(msgspec.Struct, frozen=True):
-    """A valid, normalised event. A Struct because it is built once per event and is ~6x cheaper
+    """A valid, normalised event. A Struct because it is built once per event and is much cheaper
     to construct than a frozen slots dataclass.
 
     ``data`` is JSON-ready (orjson.dumps-able) and shares ``metadata``/``properties`` with the input.
@@ -251,7 +251,7 @@ def _shift_to_utc(value: str) -> str | None:
 
 
 class _IdSource:
-    """uuid4 strings from one os.urandom call per batch (uuid.uuid4() costs ~2.7 us, mostly the
+    """uuid4 strings from one os.urandom call per batch (uuid.uuid4() per event is costly, mostly the
     syscall and UUID object). Instances are per call, so threads never share random bytes."""
 
     __slots__ = ("_count", "_hex", "_pos")
@@ -612,7 +612,7 @@ def _check(raw: Any, limit: str, new_id: _IdSource) -> ValidatedEvent | _Errors:
         _TYPE_CHECKS[event_type](get, out, errs)
     _check_metadata(get("metadata"), out, errs)
 
-    # Size limits are on compact JSON, so serialise once; orjson is C and this is ~0.2 us.
+    # Size limits are on compact JSON, so serialise once; orjson is C, so this is cheap.
     try:
         blob = orjson.dumps(raw)
     except orjson.JSONEncodeError as exc:

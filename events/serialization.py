@@ -160,7 +160,7 @@ def _set_timestamp(ts: Timestamp, text: str) -> None:
     # spellings of an instant (no fraction, "+00:00", ...): their instant is kept, they decode in fixed width.
     dt = datetime.fromisoformat(text)
     tz = dt.tzinfo
-    if tz is UTC:  # every "...Z" string: plain arithmetic, 2x cheaper than timedelta floor division
+    if tz is UTC:  # every "...Z" string: plain arithmetic, cheaper than timedelta floor division
         ts.seconds = (dt.toordinal() - _EPOCH_ORDINAL) * 86400 + dt.hour * 3600 + dt.minute * 60 + dt.second
     elif tz is None:
         raise SerializationError(f"timestamp {text!r} has no UTC offset")
@@ -240,7 +240,7 @@ def _fill_struct(struct: Struct, obj: dict[str, Any], depth: int) -> None:
 
 
 def _fill_value(value: Value, item: Any, depth: int) -> None:
-    # Exact type checks (measured ~15% faster than an isinstance chain); `bool` is tested by identity so it is
+    # Exact type checks (measured faster than an isinstance chain); `bool` is tested by identity so it is
     # never mistaken for int. Subclasses (rare) take the slow path at the end.
     kind = type(item)
     if kind is str:

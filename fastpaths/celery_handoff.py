@@ -3,13 +3,13 @@
 Replaces: `publish_events.apply_async(...)` plus the admission around it in three more Redis round trips (claim
 dedup marks, reserve queue capacity, confirm the marks: ingestion.services._accept_in_steps, which runs when
 this fast path is off or Celery's broker is not the project's Redis).
-Why: `apply_async` costs ~300 us of CPU and the three round trips come on top; with single events that was
-most of the web tier's work per group. Here the task message is built directly — the same JSON kombu's Redis
-transport writes for `apply_async` (Celery's task protocol 2, body compressed as CELERY_TASK_COMPRESSION says,
-base64, kombu's Redis envelope with its delivery_info/delivery_tag; tests/integration/test_handoff.py compares
-the two field by field) — and one Lua script checks the guard keys, reserves capacity, sets the guards and
-pushes the message, or does none of it. Atomic, so there is no pending state to confirm or release: if the
-script ran, the events are queued and their marks set; if it did not, nothing was.
+Why: `apply_async` is CPU-heavy (docs/performance.md, first round) and the three round trips come on top; with
+single events that was most of the web tier's work per group. Here the task message is built directly — the same
+JSON kombu's Redis transport writes for `apply_async` (Celery's task protocol 2, body compressed as
+CELERY_TASK_COMPRESSION says, base64, kombu's Redis envelope with its delivery_info/delivery_tag;
+tests/integration/test_handoff.py compares the two field by field) — and one Lua script checks the guard keys,
+reserves capacity, sets the guards and pushes the message, or does none of it. Atomic, so there is no pending state
+to confirm or release: if the script ran, the events are queued and their marks set; if it did not, nothing was.
 
 Hand-built wire formats: Celery's protocol-2 headers and body (`[args, kwargs, embed]`), kombu's Redis message
 envelope, and the list kombu's Redis transport reads (LPUSH onto the queue's name).

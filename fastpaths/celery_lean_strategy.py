@@ -4,15 +4,15 @@ and without pickling the decoded arguments for the pool.
 Replaces: Celery's default task strategy (`celery.worker.strategy.default`) and request class
 (`celery.worker.request.Request`) for the publish tasks (publisher.tasks.publisher_task gives them
 `task_options()`, which is empty when this fast path is off).
-Why: the main process decodes every message (decompress, parse the JSON) only to learn arguments it then does
-not use: the pool process gets the raw body and decodes it again to run the task. For a task of 300 events that
-was ~340 us of the main process's CPU (~1.1 us per event) and the decoded events held in memory for every
-prefetched task. And Celery pickles the request headers with the task's arguments already decoded in them,
-next to the message body, for the pool process, which decodes the body again and replaces them: ~300 us per
-batch task of the main process's CPU (the unpickling more in the pool's). Here the message is told it is
-decoded already, with empty arguments (kombu's `Message._decoded_cache`), and the request the pool gets leaves
-the arguments out of its headers (Celery's `Request._request_dict`); nothing else changes (headers, acks, the
-raw body the pool process decodes).
+Why: the main process decodes every message (decompress, parse the JSON) only to learn arguments it then does not
+use: the pool process gets the raw body and decodes it again to run the task. That cost the main process CPU per
+event for nothing (docs/performance.md, seventh round), and the decoded events held in memory for every prefetched
+task. And Celery pickles the request headers with the task's arguments already decoded in them, next to the message
+body, for the pool process, which decodes the body again and replaces them: more of the main process's CPU per
+batch task (fourth round; the unpickling more in the pool's). Here the message is told it is decoded already, with
+empty arguments (kombu's `Message._decoded_cache`), and the request the pool gets leaves the arguments out of its
+headers (Celery's `Request._request_dict`); nothing else changes (headers, acks, the raw body the pool process
+decodes).
 
 Upstream change that would let it go: Celery's worker not decoding the body in the main process when the
 task runs in a pool that decodes it again (a "lazy arguments" request), e.g. celery/celery#5353-style work.

@@ -4,9 +4,9 @@
 Replaces: kombu's own "json" serializer (`kombu.utils.json`, the standard library's encoder with kombu's type
 hooks), which every task message goes through. kombu.serialization.register() is public, but re-registering
 "json" swaps kombu's global default for every user of kombu in the process, so it is fenced here.
-Why: encoding a task carrying a batch of events is ~13x faster (226 -> 17 us for 100 events), which the API
-pays on every enqueue; decoding a task body of 100 events (twice per task: the worker's main process builds the
-request from it, the pool process runs it) 225 -> ~80 us each.
+Why: encoding a task carrying a batch of events is many times faster, which the API pays on every enqueue;
+decoding a task body (twice per task: the worker's main process builds the request from it, the pool process
+runs it) takes a fraction of kombu's time each (docs/performance.md, first and fourth rounds).
 
 What comes out is what kombu would make: whatever orjson would encode differently from kombu (datetimes,
 dataclasses, subclasses of builtins, integers over 64 bits, non-string keys, unknown types) goes to kombu's own

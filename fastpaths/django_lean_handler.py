@@ -4,8 +4,8 @@ chain.
 Replaces: Django's WSGI handler with settings.MIDDLEWARE for every path (`get_wsgi_application()`, which is what
 config/wsgi.py serves alone when this fast path is off).
 Why: the event endpoints authenticate by API key in DRF, keep no session and serve no HTML forms, and the full
-stack (sessions, CSRF, cookie authentication, messages, history, clickjacking, django-prometheus) cost about
-100 us of CPU per request — a tenth of a single event's whole web cost. They keep SecurityMiddleware (HTTPS
+stack (sessions, CSRF, cookie authentication, messages, history, clickjacking, django-prometheus) was a sizeable
+share of a single event's whole web cost (docs/performance.md, second round). They keep SecurityMiddleware (HTTPS
 redirect, HSTS, nosniff) and CommonMiddleware's ALLOWED_HOSTS check and Content-Length. Every other path
 (admin, dashboard, /metrics, health) goes through the full stack. The handler's chain is built through
 Django's non-public `BaseHandler` attributes (`_middleware_chain`, `_view_middleware`,

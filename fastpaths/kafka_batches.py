@@ -7,7 +7,7 @@ future that the sender thread resolves again per record, for an outcome that is 
 answers per batch). Here a partition's lock is taken once per round, records go straight into the batch
 builder, and the deliveries share their batch's future (`BatchAck`). And kafka-python's
 `DefaultRecordBatchBuilder.append` writes every varint byte by byte through a callback and encodes every header
-name again per record (~5 us of a record's ~33 us of worker CPU): here varints come from a table and a
+name again per record (a noticeable share of a record's worker CPU): here varints come from a table and a
 record's headers arrive encoded (`HeaderBlocks`, built by the publisher from parts shared by a whole task).
 
 Non-public parts used (kafka-python 3.0): `KafkaProducer._accumulator` (`_tp_lock`, `_batches`, `_incomplete`,
@@ -73,7 +73,7 @@ class PlainRecord:
     header_block: bytes | None = None
 
 
-@dataclass(slots=True)  # not frozen: made per record, and a frozen dataclass costs twice as much to make
+@dataclass(slots=True)  # not frozen: made per record, and a frozen dataclass costs more to make
 class BatchAck:
     """Where one record went: its place in a batch the client sends as a whole. kafka-python completes a batch's
     future once, with the broker's answer for the batch and, if the broker refused single records, a function from

@@ -7,13 +7,13 @@ Replaces: kombu's `kombu.transport.redis.Transport` as it is. Non-public parts u
 
 For each command on the publishing side kombu builds a new `redis.Redis` client (copying ~160 response
 callbacks), and before each publish it reads the exchange's binding table from Redis (SMEMBERS): two clients
-and an extra round trip per enqueued task, about half of the CPU of `apply_async`. This channel keeps one
+and an extra round trip per enqueued task, a large part of the CPU of `apply_async`. This channel keeps one
 client per connection pool, as kombu already does for its consuming client, and remembers a binding table for
 a second (bindings change only when a queue is declared or deleted, which clears this channel's copy).
 
 On the consuming side, every message the worker takes is copied into the "unacked" hash (so a dead worker's
-tasks come back) through the standard library's JSON encoder with kombu's hooks: ~140 us for a task of 100
-events, in the worker's one main process. This QoS writes the same JSON through orjson.
+tasks come back) through the standard library's JSON encoder with kombu's hooks: slow for a batch task, and
+paid in the worker's one main process. This QoS writes the same JSON through orjson.
 
 And one gap closed: kombu takes a message off the queue (BRPOP) and only then records it as unacknowledged
 (ZADD + HSET). If Redis dies between the two, the message exists only in this process, and Celery drops it

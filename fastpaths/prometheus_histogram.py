@@ -3,7 +3,7 @@
 Replaces: `histogram.observe(amount)` once per observation (publisher.metrics.observe_many loops over it when
 this fast path is off).
 Why: one publish round acknowledges many records at the same moment, and in multiprocess mode each observe()
-writes twice to a memory-mapped file (~1.5-2 us each): ~6 us per record on the publish path. Here the sum and
+writes twice to a memory-mapped file, which per record added up on the publish path. Here the sum and
 the one bucket are incremented by the count, through prometheus_client's non-public `Histogram._sum`,
 `_buckets` and `_upper_bounds` (its layout: one value per bucket, non-cumulative, plus the sum).
 

@@ -1,7 +1,7 @@
 """django-prometheus' request middleware, minus the two event endpoints.
 
 In multiprocess mode its per-request series (a dozen counters and histograms, each a write to a memory-mapped
-file) cost about 100 µs of CPU per request — a quarter of what Django and DRF spend on a single-event POST.
+file) are a large share of the CPU of a single-event POST (docs/performance.md, first round).
 The event endpoints are measured instead by `ingestion_request_duration_seconds` (one histogram, written by
 the views) and the `ingestion_events_*` counters; every other path keeps django-prometheus' `django_http_*`.
 """

@@ -1,5 +1,5 @@
 """OpenAPI description of the event API (drf-spectacular). These serializers document the contract only;
-requests are validated by events.schema, which is ~100x faster than DRF serializers. The limits are imported from
+requests are validated by events.schema, which is far cheaper than DRF serializers. The limits are imported from
 events.limits, so the description cannot drift from the checks."""
 
 from __future__ import annotations

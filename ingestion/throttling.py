@@ -2,8 +2,8 @@
 
 Each process leases a share of the window's allowance from Redis (one Lua script: take up to `lease` of what
 is left) and grants requests from it locally, so most requests make no Redis round trip at all: a blocking
-round trip per request was a fifth of the web tier's CPU for single events (bench: 811 -> 1,087 events/s
-without it). The sum of the leases never exceeds the limit, so the limit is never overshot, even across
+round trip per request was a large share of the web tier's CPU for single events (docs/performance.md, second
+round). The sum of the leases never exceeds the limit, so the limit is never overshot, even across
 processes; a process's unused lease lapses with its window, so a client may get up to (lease - 1) fewer per
 process and window than the limit. Leases are 1/100 of the limit (between 1 and 100): a limit under 200 per
 window is counted request by request, as before. Once Redis says the window is used up, the process refuses

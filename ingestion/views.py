@@ -61,7 +61,8 @@ class ORJSONRenderer(JSONRenderer):
 
 class JSONFirstNegotiation(DefaultContentNegotiation):
     """Producers send no Accept header, or */*, or application/json: answer JSON without parsing media ranges
-    (DRF's negotiation was ~5 % of a single event's web CPU). Anything else (a browser) negotiates as usual."""
+    (DRF's negotiation was a visible share of a single event's web CPU). Anything else (a browser) negotiates as
+    usual."""
 
     def select_renderer(
         self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None

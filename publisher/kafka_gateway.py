@@ -190,8 +190,7 @@ def producer_config(**overrides: Any) -> dict[str, Any]:
         "retry_backoff_ms": 100,
         "max_in_flight_requests_per_connection": 5,
         # The client's own sensors (nothing reads them: our Prometheus metrics count deliveries) cost CPU per
-        # record and per flush: send+flush+ack of one record 0.64 -> 0.58 ms; bench.task_cost, tasks of 10
-        # events: 284-292 -> 269-272 us of worker CPU per record.
+        # record and per flush (docs/performance.md, third round).
         "metrics_enabled": False,
         "partitioner": KeyHashCachingPartitioner(),
     }

@@ -44,8 +44,8 @@ SCRAPE_TIME_GAUGES: dict[str, str] = {
 }
 
 
-# In multiprocess mode each labels().inc() or observe() writes to a memory-mapped file (~1.5-2 us): on the
-# publish path that was ~6 us per record. These count a whole batch with one write per distinct value.
+# In multiprocess mode each labels().inc() or observe() writes to a memory-mapped file, which per record added
+# up on the publish path. These count a whole batch with one write per distinct value.
 
 
 def count_each(counter: Counter, label: str, values: Iterable[str]) -> None:
