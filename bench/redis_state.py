@@ -39,8 +39,9 @@ def purge(client: redis.Redis, tag: str, *, task_keys: bool = False) -> int:
     counter, the dedup marks of this run's events, and with `task_keys` the publisher's per-task progress keys
     (only ever asked for when the bench has a database of its own). Returns the number of dedup marks removed."""
     client.delete(*queue_keys())
-    removed = _unlink_matching(client, f"ingest:dedup:attempt:bench-{tag}-*")
+    # An attempt's mark is keyed by learner and client attempt id (events.schema.attempt_dedup_key).
+    removed = _unlink_matching(client, f"ingest:dedup:attempt:*:bench-{tag}-*")
     if task_keys:
-        _unlink_matching(client, "publisher:task-done:*")
-        _unlink_matching(client, "publisher:task-runs:*")
+        for kind in ("done", "runs", "started", "complete"):
+            _unlink_matching(client, f"publisher:task-{kind}:*")
     return removed
