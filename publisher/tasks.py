@@ -43,12 +43,11 @@ class PublisherTask(Task):
         return super().apply_async(args, kwargs, *positional, **options)
 
     def retry(self, args: Any = None, kwargs: Any = None, *positional: Any, **options: Any) -> Any:
-        """Task.retry, minus two ways it loses or leaks work. Its new message logs no payload. And when that
-        message cannot be enqueued, Celery raises Reject(requeue=False), which acknowledges the task: its events
-        would be gone, with no dead letter. The task goes back to its queue instead (or, if Redis refuses that
-        too, stays unacknowledged until the visibility timeout hands it out again)."""
-        options.setdefault("argsrepr", "()")
-        options.setdefault("kwargsrepr", describe_arguments(kwargs if kwargs is not None else self.request.kwargs))
+        """Task.retry, minus a way it loses work (its new message goes through apply_async above, so it logs
+        no payload either). When that message cannot be enqueued, Celery raises Reject(requeue=False), which
+        acknowledges the task: its events would be gone, with no dead letter. The task goes back to its queue
+        instead (or, if Redis refuses that too, stays unacknowledged until the visibility timeout hands it out
+        again)."""
         try:
             return super().retry(args, kwargs, *positional, **options)
         except Reject as rejected:
