@@ -347,6 +347,36 @@ def _pending_of(records: Sequence[Record]) -> Routes:
     return pending
 
 
+@dataclass
+class _PublishRun:
+    """One publish_events call's state: what is owed, what was delivered, what goes to the dead-letter table."""
+
+    events: Sequence[Mapping[str, Any]]
+    source: str
+    accepted_at: float
+    on_delivered: Callable[[list[tuple[int, str]]], None] | None
+    doubt_since: float
+    result: BatchResult = field(default_factory=BatchResult)
+    records: list[Record] = field(default_factory=list)
+    to_dead_letter: list[tuple[Record, str]] = field(default_factory=list)
+    deferred: list[Record] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+    def owed(self, records: list[Record], *, since: float) -> list[Record]:
+        return owed_records(self.events, records, since=since, on_delivered=self.on_delivered)
+
+    def acknowledged(self, done: list[Record]) -> None:
+        self.result.published += len(done)
+        acked = [(record.index, record.topic) for record in done]
+        self.result.deliveries.extend(acked)
+        latency = max(0.0, time.time() - self.accepted_at)
+        metrics.observe_many(metrics.PUBLISH_LATENCY, latency, len(done))
+        self.latencies.extend([latency] * len(done))
+        if self.on_delivered is not None and acked:
+            # Remember at once what Kafka has: a worker dying from here on leaves a redelivered task that skips it.
+            self.on_delivered(acked)
+
+
 def publish_events(
     *,
     events: Sequence[Mapping[str, Any]],
@@ -367,30 +397,57 @@ def publish_events(
     be in Kafka already: before it is sent again or dead-lettered, Kafka is read for it (written since
     `in_doubt_since`, or since this run started), and what is found there counts as delivered."""
     started = time.monotonic()
-    doubt_since = time.time() if in_doubt_since is None else in_doubt_since
-    result = BatchResult()
+    run = _PublishRun(
+        events=events,
+        source=source,
+        accepted_at=accepted_at,
+        on_delivered=on_delivered,
+        doubt_since=time.time() if in_doubt_since is None else in_doubt_since,
+    )
+    planned, formats = _planned_deliveries(run, routes=routes, skip=skip)
+    if not planned:
+        return run.result
+    run.records, unencodable = build_records(events, planned, formats, source=source, accepted_at=accepted_at)
+    run.to_dead_letter = [(r, DeadLetter.Reason.PERMANENT_ERROR) for r in unencodable]
+    pending = run.records
+    if in_doubt_since is not None:
+        pending = run.owed(run.records, since=in_doubt_since)
+    try:
+        _publish_rounds(run, pending, retry_deadline=started + retry_budget.deadline_seconds())
+        _settle(run)
+        return run.result
+    finally:
+        # One pipelined Redis round trip per task, whatever the outcome (a deferred task's acks count too).
+        stats.record_batch(
+            published_by_topic=Counter(topic for _, topic in run.result.deliveries),
+            failed=sum(r.attempts for r in run.records) - run.result.published,
+            retried=run.result.retries,
+            dead_lettered=run.result.dead_lettered,
+            latencies_s=run.latencies,
+        )
+
+
+def _planned_deliveries(
+    run: _PublishRun, *, routes: Mapping[int, Sequence[str]] | None, skip: Set[tuple[int, str]]
+) -> tuple[Routes, dict[str, str]]:
+    """The (event, topic) pairs to deliver: routed now, or the routes a deferred task carries, minus `skip`."""
     if routes is None:
-        planned, formats, result.unrouted = plan_routes(events)
+        planned, formats, run.result.unrouted = plan_routes(run.events)
     else:
         planned = {int(i): list(topics) for i, topics in routes.items()}
         formats = current_routing().topic_formats
     if skip:
         planned = {i: [t for t in topics if (i, t) not in skip] for i, topics in planned.items()}
         planned = {i: topics for i, topics in planned.items() if topics}
-    if not planned:
-        return result
-    records, unencodable = build_records(events, planned, formats, source=source, accepted_at=accepted_at)
-    pending = records
-    if in_doubt_since is not None:
-        pending = owed_records(events, records, since=in_doubt_since, on_delivered=on_delivered)
-    retry_deadline = started + retry_budget.deadline_seconds()
+    return planned, formats
+
+
+def _publish_rounds(run: _PublishRun, pending: list[Record], *, retry_deadline: float) -> None:
+    """Send, wait for the acks, retry what failed with the policy's delays until done, out of retries or out of
+    time; what is left ends in `run.deferred` or `run.to_dead_letter`."""
     policy = current_retry_policy()
     timeout = float(settings.KAFKA_PRODUCER_TIMEOUT)
-    breaker = breaker_module.get_breaker()
-    to_dead_letter: list[tuple[Record, str]] = [(r, DeadLetter.Reason.PERMANENT_ERROR) for r in unencodable]
     round_number = 0
-    deferred: list[Record] = []
-    latencies: list[float] = []
     while pending:
         round_number += 1
         try:
@@ -398,42 +455,22 @@ def publish_events(
             failed_retryable: list[Record] = []
         except pybreaker.CircuitBreakerError:
             # Open: Kafka is known to be down. Keep the work for later; don't hammer it, don't flood the DLQ.
-            deferred = pending
-            break
+            run.deferred = pending
+            return
         except _RoundFailed as failure:
             permanent = [r for r in failure.failed if r.error is not None and not is_retryable(r.error)]
             failed_retryable = [r for r in failure.failed if r.error is not None and is_retryable(r.error)]
-        to_dead_letter.extend((r, DeadLetter.Reason.PERMANENT_ERROR) for r in permanent)
-        done = [r for r in pending if r.error is None]
-        result.published += len(done)
-        acked = [(record.index, record.topic) for record in done]
-        result.deliveries.extend(acked)
-        latency = max(0.0, time.time() - accepted_at)
-        metrics.observe_many(metrics.PUBLISH_LATENCY, latency, len(done))
-        latencies.extend([latency] * len(done))
-        if on_delivered is not None and acked:
-            # Remember at once what Kafka has: a worker dying from here on leaves a redelivered task that skips it.
-            on_delivered(acked)
+        run.to_dead_letter.extend((r, DeadLetter.Reason.PERMANENT_ERROR) for r in permanent)
+        run.acknowledged([r for r in pending if r.error is None])
         if not failed_retryable:
-            break
+            return
         delay = policy.delay_seconds(round_number)
         out_of_time = time.monotonic() + delay + retry_budget.round_seconds() > retry_deadline
         if round_number > policy.max_retries or out_of_time:
-            if result.published == 0 and all(is_outage(r.error) for r in failed_retryable if r.error is not None):
-                # Nothing got through, round after round, for lack of a reachable broker: Kafka is down, not this
-                # data. Open the breaker for everyone and keep the work instead of dead-lettering an outage.
-                if breaker_module.current_state() == "closed":
-                    breaker_module.force_open()
-                deferred = failed_retryable
-            elif breaker_module.current_state() != "closed":
-                deferred = failed_retryable
-            else:
-                # A dead letter of what Kafka has after all would be published twice by its replay.
-                exhausted = owed_records(events, failed_retryable, since=doubt_since, on_delivered=on_delivered)
-                to_dead_letter.extend((r, DeadLetter.Reason.RETRIES_EXHAUSTED) for r in exhausted)
-            break
+            _give_up_retrying(run, failed_retryable)
+            return
         metrics.RETRIED.inc(len(failed_retryable))
-        result.retries += len(failed_retryable)
+        run.result.retries += len(failed_retryable)
         first_error = failed_retryable[0].error
         logger.info(
             "retrying %d deliveries after %r",
@@ -446,35 +483,45 @@ def publish_events(
             },
         )
         time.sleep(delay)
-        pending = owed_records(events, failed_retryable, since=doubt_since, on_delivered=on_delivered)
+        pending = run.owed(failed_retryable, since=run.doubt_since)
 
-    try:
-        if to_dead_letter:
-            try:
-                dead_letters.record(events=events, failures=to_dead_letter, source=source)
-            except DATABASE_OUTAGE_ERRORS as exc:
-                # Postgres is down: nothing may be dropped, so these deliveries go back to the queue with the rest.
-                # (What it refuses as data is quarantined by dead_letters.record; only outages wait.)
-                logger.warning("dead-letter table unreachable; deferring %d deliveries", len(to_dead_letter))
-                deferred = deferred + [r for r, _ in to_dead_letter]
-                metrics.DEFERRED.inc(len(deferred))
-                raise PublishDeferred(
-                    pending=_pending_of(deferred), delay=2.0, reason=f"database: {exc}", in_doubt_since=doubt_since
-                ) from exc
-            result.dead_lettered += len(to_dead_letter)
-        if deferred:
+
+def _give_up_retrying(run: _PublishRun, failed: list[Record]) -> None:
+    """Out of retries or time: an outage keeps the work (deferred), a fault of this data dead-letters it."""
+    if run.result.published == 0 and all(is_outage(r.error) for r in failed if r.error is not None):
+        # Nothing got through, round after round, for lack of a reachable broker: Kafka is down, not this
+        # data. Open the breaker for everyone and keep the work instead of dead-lettering an outage.
+        if breaker_module.current_state() == "closed":
+            breaker_module.force_open()
+        run.deferred = failed
+    elif breaker_module.current_state() != "closed":
+        run.deferred = failed
+    else:
+        # A dead letter of what Kafka has after all would be published twice by its replay.
+        exhausted = run.owed(failed, since=run.doubt_since)
+        run.to_dead_letter.extend((r, DeadLetter.Reason.RETRIES_EXHAUSTED) for r in exhausted)
+
+
+def _settle(run: _PublishRun) -> None:
+    """Store the dead letters, then hand back what must wait (raising PublishDeferred)."""
+    deferred = run.deferred
+    if run.to_dead_letter:
+        try:
+            dead_letters.record(events=run.events, failures=run.to_dead_letter, source=run.source)
+        except DATABASE_OUTAGE_ERRORS as exc:
+            # Postgres is down: nothing may be dropped, so these deliveries go back to the queue with the rest.
+            # (What it refuses as data is quarantined by dead_letters.record; only outages wait.)
+            logger.warning("dead-letter table unreachable; deferring %d deliveries", len(run.to_dead_letter))
+            deferred = deferred + [r for r, _ in run.to_dead_letter]
             metrics.DEFERRED.inc(len(deferred))
-            delay = float(breaker.reset_timeout) if breaker_module.current_state() == "open" else 1.0
             raise PublishDeferred(
-                pending=_pending_of(deferred), delay=delay, reason="circuit breaker open", in_doubt_since=doubt_since
-            )
-        return result
-    finally:
-        # One pipelined Redis round trip per task, whatever the outcome (a deferred task's acks count too).
-        stats.record_batch(
-            published_by_topic=Counter(topic for _, topic in result.deliveries),
-            failed=sum(r.attempts for r in records) - result.published,
-            retried=result.retries,
-            dead_lettered=result.dead_lettered,
-            latencies_s=latencies,
+                pending=_pending_of(deferred), delay=2.0, reason=f"database: {exc}", in_doubt_since=run.doubt_since
+            ) from exc
+        run.result.dead_lettered += len(run.to_dead_letter)
+    if deferred:
+        metrics.DEFERRED.inc(len(deferred))
+        breaker = breaker_module.get_breaker()
+        delay = float(breaker.reset_timeout) if breaker_module.current_state() == "open" else 1.0
+        raise PublishDeferred(
+            pending=_pending_of(deferred), delay=delay, reason="circuit breaker open", in_doubt_since=run.doubt_since
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task, shared_task
 from celery.exceptions import Reject
@@ -114,19 +114,18 @@ def _publish_events(
             "publish task already done by an earlier run; nothing to do", extra={"event": "publish_redelivered"}
         )
         return
-    runs, already_delivered = started.runs, started.done
-    if runs > 1 and started.first_started is not None:
+    if started.runs > 1 and started.first_started is not None:
         # An earlier run died: what it sent after its last record of progress may be in Kafka.
         since = started.first_started
         in_doubt_since = since if in_doubt_since is None else min(in_doubt_since, since)
-    if runs > settings.PUBLISHER_POISON_MAX_DELIVERIES:
+    if started.runs > settings.PUBLISHER_POISON_MAX_DELIVERIES:
         # This task has killed its worker every time it ran: set aside for an operator what it has not delivered.
         poison.dead_letter_task(
             events=events,
             source=source,
             routes=routes,
-            deliveries=runs - 1,
-            delivered=already_delivered,
+            deliveries=started.runs - 1,
+            delivered=started.done,
             in_doubt_since=in_doubt_since,
         )
         progress.finish(complete=True)
@@ -138,42 +137,12 @@ def _publish_events(
             source=source,
             accepted_at=accepted_at,
             routes=None if routes is None else {int(i): topics for i, topics in routes.items()},
-            skip=already_delivered,
+            skip=started.done,
             on_delivered=progress.delivered,
             in_doubt_since=in_doubt_since,
         )
     except publishing.PublishDeferred as deferred:
-        # Only the deliveries still owed travel with the retry; the rest are done and must not repeat.
-        indexes = sorted(deferred.pending)
-        retry_events = [events[i] for i in indexes]
-        retry_routes = {str(n): deferred.pending[i] for n, i in enumerate(indexes)}
-        logger.warning(
-            "publish deferred: %s", deferred.reason, extra={"event": "publish_deferred", "count": len(indexes)}
-        )
-        try:
-            retry = task.retry(
-                args=(),
-                kwargs={
-                    "events": retry_events,
-                    "source": source,
-                    "accepted_at": accepted_at,
-                    "routes": retry_routes,
-                    "in_doubt_since": deferred.in_doubt_since,
-                },
-                countdown=deferred.delay,
-                max_retries=None,
-                throw=False,
-                # The remainder is a task of its own: this one is complete, and a redelivery of it does nothing.
-                task_id=str(uuid.uuid4()),
-            )
-        except Reject:
-            # This very task goes back to the queue: its progress must outlive this run (what Kafka already has
-            # is skipped next time), and a refused enqueue is no poison.
-            progress.ended_cleanly()
-            raise
-        progress.finish(complete=True)
-        queue.done(len(events) - len(retry_events))
-        raise retry from deferred
+        _retry_what_is_owed(task, progress, deferred, events=events, source=source, accepted_at=accepted_at)
     except DATABASE_OUTAGE_ERRORS:
         progress.ended_cleanly()  # Postgres is away: wait for it as long as it takes, this is no poison
         raise  # retried by autoretry_for, with backoff
@@ -196,3 +165,43 @@ def _publish_events(
             "retries": result.retries,
         },
     )
+
+
+def _retry_what_is_owed(
+    task: Task,
+    progress: TaskProgress,
+    deferred: publishing.PublishDeferred,
+    *,
+    events: list[dict[str, Any]],
+    source: str,
+    accepted_at: float,
+) -> NoReturn:
+    """Hand the deliveries still owed to a new task (the rest are done and must not repeat), then end this one."""
+    indexes = sorted(deferred.pending)
+    retry_events = [events[i] for i in indexes]
+    retry_routes = {str(n): deferred.pending[i] for n, i in enumerate(indexes)}
+    logger.warning("publish deferred: %s", deferred.reason, extra={"event": "publish_deferred", "count": len(indexes)})
+    try:
+        retry = task.retry(
+            args=(),
+            kwargs={
+                "events": retry_events,
+                "source": source,
+                "accepted_at": accepted_at,
+                "routes": retry_routes,
+                "in_doubt_since": deferred.in_doubt_since,
+            },
+            countdown=deferred.delay,
+            max_retries=None,
+            throw=False,
+            # The remainder is a task of its own: this one is complete, and a redelivery of it does nothing.
+            task_id=str(uuid.uuid4()),
+        )
+    except Reject:
+        # This very task goes back to the queue: its progress must outlive this run (what Kafka already has
+        # is skipped next time), and a refused enqueue is no poison.
+        progress.ended_cleanly()
+        raise
+    progress.finish(complete=True)
+    queue.done(len(events) - len(retry_events))
+    raise retry from deferred
