@@ -36,7 +36,6 @@ REGISTRY: dict[str, str] = {
     "kombu_redis_transport": "fastpaths.kombu_redis_transport",
     "celery_orjson": "fastpaths.celery_orjson",
     "django_lean_handler": "fastpaths.django_lean_handler",
-    "prometheus_values": "fastpaths.prometheus_values",
     "prometheus_histogram": "fastpaths.prometheus_histogram",
 }
 

@@ -24,7 +24,8 @@ def _alive(pid: int) -> bool:
 
 
 def _owner(path: Path) -> tuple[str, int] | None:
-    """(host, pid) from `<type>[_<mode>]_<host>-<pid>.db` (or a bare `<pid>`); None if the name is not ours."""
+    """(host, pid) from `<type>[_<mode>]_<pid>.db` (host "") or `..._<host>-<pid>.db` as an older release named
+    them; None if the name is not ours."""
     ident = path.stem.rsplit("_", 1)[-1]
     host, _, pid = ident.rpartition("-")
     if not pid.isdigit():
@@ -66,7 +67,7 @@ class Command(BaseCommand):
             stale = everything or path.stem.endswith("_" + me)
             if not stale and owner is not None:
                 host, pid = owner
-                stale = host in ("", config.PROCESS_HOST) and not _alive(pid)
+                stale = host == "" and not _alive(pid)  # another host's pids are not ours to judge
             if stale:
                 path.unlink(missing_ok=True)
                 removed += 1
