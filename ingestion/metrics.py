@@ -30,3 +30,7 @@ for _event_type in EVENT_TYPES:
     EVENTS_ACCEPTED.labels(event_type=_event_type)
 for _reason in REJECT_REASONS:
     EVENTS_REJECTED.labels(reason=_reason)
+# Accepted and unavailable, the two answers alerts compare (others appear as they are given).
+for _endpoint in ("event", "batch"):
+    for _status in ("202", "503"):
+        REQUEST_DURATION.labels(endpoint=_endpoint, status=_status)

@@ -25,6 +25,7 @@ from ingestion.metrics import REJECT_REASONS
 from publisher import kafka_gateway
 from publisher.models import DeadLetter
 from routing.models import Topic
+from tests import monitoring
 from tests.conftest import ServiceProcess, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,6 +41,11 @@ def _expected(topics: list[str]) -> set[tuple[str, frozenset[tuple[str, str]]]]:
     """The labelled series that must be there (at 0) before any event."""
     series = {("ingestion_events_accepted_total", frozenset({("event_type", t)})) for t in EVENT_TYPES}
     series |= {("ingestion_events_rejected_total", frozenset({("reason", r)})) for r in REJECT_REASONS}
+    series |= {
+        ("ingestion_request_duration_seconds_count", frozenset({("endpoint", e), ("status", s)}))
+        for e in ("event", "batch")
+        for s in ("202", "503")
+    }
     series |= {("routing_events_unrouted_total", frozenset({("event_type", t)})) for t in EVENT_TYPES}
     series |= {("publisher_events_published_total", frozenset({("topic", t)})) for t in topics}
     series |= {
@@ -133,3 +139,9 @@ def test_worker_and_web_export_every_alerted_series_at_zero_from_start(fresh_pro
     assert response.status_code == 200, response.text[:300]
     scraped = _scraped(response.text)
     assert not _missing_or_nonzero(scraped, _expected([*_configured_topics(), extra_topic]))
+
+    # And so every series the alerting rules read is there before any event, but the failures: they are labelled
+    # by the exception's class, an open set, so their series appear with the first failure.
+    alerted = set().union(*(monitoring.series_names(rule["expr"]) for rule in monitoring.alert_rules()))
+    alerted -= monitoring.PROMETHEUS_SERIES | {"publisher_events_failed_total"}
+    assert alerted <= {name for name, _ in scraped}, sorted(alerted - {name for name, _ in scraped})
