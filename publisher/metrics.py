@@ -44,6 +44,19 @@ SCRAPE_TIME_GAUGES: dict[str, str] = {
 }
 
 
+def initialize_series(*, topics: Iterable[str], reasons: Iterable[str]) -> None:
+    """Create the per-topic series at 0 (published, and dead-lettered for each reason), so they exist from
+    process start: an alert's rate() then counts the first failures too (a series born at 5 has no increase),
+    and "accepted but nothing published" has a published side to compare. Called for the configured topics when
+    the app loads (publisher.apps) and for the topics in the routing table when a worker is ready
+    (publisher.signals). In multiprocess mode a forked child writes these zeros into its own file too."""
+    reasons = tuple(reasons)
+    for topic in topics:
+        PUBLISHED.labels(topic=topic)
+        for reason in reasons:
+            DEAD_LETTERED.labels(topic=topic, reason=reason)
+
+
 # In multiprocess mode each labels().inc() or observe() writes to a memory-mapped file, which per record added
 # up on the publish path. These count a whole batch with one write per distinct value.
 
