@@ -35,7 +35,7 @@ def test_an_unknown_name_is_refused_naming_the_variable_and_the_choices(text: st
 def test_every_registered_fast_path_has_a_module_with_its_gate() -> None:
     for name in fastpaths.REGISTRY:
         module = fastpaths.module(name)
-        assert module.NAME == name
+        assert name == module.NAME
         assert module.VERIFIED, f"{name} names no verified versions"
         assert callable(module.enabled)
         assert module.__doc__ and len(module.__doc__) > 80, f"{name} does not say what it replaces"
