@@ -28,18 +28,22 @@ class BodyRejected(Exception):
         self.message = message
 
 
-def content_coding(*, header: str) -> str | None:
-    """The body's coding from a Content-Encoding header: None for none (or `identity`), else one of CODINGS."""
-    codings = [c.strip().lower() for c in header.split(",")]
-    codings = [c for c in codings if c and c != "identity"]
-    if not codings:
+def content_coding(*, header: str | None) -> str | None:
+    """The body's coding from the Content-Encoding header (None when absent): None for `identity`, else one of
+    CODINGS. One coding only: nobody stacks them on a request, and a list would only widen what must be checked."""
+    if header is None:
+        return None
+    coding = header.strip().lower()  # content codings are case-insensitive (RFC 9110)
+    if coding in CODINGS:
+        return coding
+    if coding == "identity":
         return None
     supported = ", ".join(CODINGS)
-    if len(codings) > 1:
-        raise BodyRejected(415, f"Content-Encoding {header!r} stacks codings: send one of {supported}.")
-    if codings[0] not in CODINGS:
-        raise BodyRejected(415, f"Unsupported Content-Encoding {codings[0]!r}: send one of {supported}, or none.")
-    return codings[0]
+    if not coding:
+        raise BodyRejected(415, f"Content-Encoding is empty: send one of {supported}, or no such header.")
+    if "," in coding:
+        raise BodyRejected(415, f"Content-Encoding {header!r} lists several codings: send one of {supported}.")
+    raise BodyRejected(415, f"Unsupported Content-Encoding {coding!r}: send one of {supported}, or none.")
 
 
 def read_body(*, meta: dict[str, Any], read: Any, limit: int) -> bytes:

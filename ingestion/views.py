@@ -128,7 +128,7 @@ def _read_body(request: HttpRequest | Request, accepted: tuple[str, ...] = (JSON
     read() and body on to Django's (documented: "all the other standard attributes and methods are also
     available"), so either may be given."""
     media_type = _media_type(request, accepted)
-    coding = bodies.content_coding(header=request.META.get("HTTP_CONTENT_ENCODING", ""))
+    coding = bodies.content_coding(header=request.META.get("HTTP_CONTENT_ENCODING"))
     limit = settings.INGEST_MAX_BODY_BYTES
     body = bodies.read_body(meta=request.META, read=request.read, limit=limit)
     if body and coding:
