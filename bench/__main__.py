@@ -54,6 +54,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     parser.add_argument("--batch-size", type=int, default=100, help="events per batch request (default 100)")
     parser.add_argument(
+        "--gzip",
+        action="store_true",
+        help="send every body gzip-compressed (Content-Encoding: gzip); the load generator compresses each request",
+    )
+    parser.add_argument(
         "--fast-paths",
         default=None,
         help="INGEST_FAST_PATHS of the web and worker processes: all, none, a comma list of names, or -NAME (all "
@@ -376,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
                 offsets_interval=args.offsets_interval,
                 log=_log,
                 extra_env=extra_env,
+                gzip=args.gzip,
             )
             tiers = None
             if phase.startswith("peer"):

@@ -35,6 +35,7 @@ class Settings:
     offsets_interval: float = 0.05
     log: Any = print
     extra_env: dict[str, str] = field(default_factory=dict)
+    gzip: bool = False  # bodies sent with Content-Encoding: gzip
 
 
 def new_tag() -> str:
