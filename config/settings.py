@@ -125,7 +125,7 @@ if REDIS_SENTINELS and not REDIS_URL.startswith("redis://"):
 INGEST_REDIS_MIN_REPLICAS = env_int("INGEST_REDIS_MIN_REPLICAS", 0, minimum=0, maximum=10)
 INGEST_REDIS_REPLICA_WAIT = env_duration("INGEST_REDIS_REPLICA_WAIT", "500ms", maximum="10s")
 
-CACHES = {
+CACHES: dict[str, dict[str, Any]] = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
