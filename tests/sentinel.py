@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import redis
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTINELS = [("127.0.0.1", 26385), ("127.0.0.1", 26386), ("127.0.0.1", 26387)]
@@ -27,6 +27,13 @@ class SentinelGroup:
 
     def primary(self) -> tuple[str, int]:
         return self.sentinel.discover_master(MASTER)
+
+    def promoted_from(self, old: tuple[str, int]) -> bool:
+        """Whether the Sentinels name a primary other than `old` (while they vote, they name none)."""
+        try:
+            return self.primary() != old
+        except MasterNotFoundError:
+            return False
 
     def primary_pid(self) -> int:
         _, port = self.primary()
