@@ -70,6 +70,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the batch and single rows once per setting: all, none, and each fast path off alone (-NAME)",
     )
     parser.add_argument(
+        "--redis-min-replicas",
+        default=None,
+        help="INGEST_REDIS_MIN_REPLICAS of the web tier, a comma list (e.g. 0,1): the batch and single rows once per "
+        "value, named e.g. batch{replicas=1}. Needs a Redis with replicas: point --redis-url at the Sentinel group's "
+        "primary (scripts/services.sh up sentinel)",
+    )
+    parser.add_argument(
         "--client-processes", type=int, default=1, help="processes running the bare producer loop (default 1)"
     )
     parser.add_argument("--web-workers", type=int, default=2, help="web worker processes (default 2)")
@@ -110,6 +117,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
             fast_paths_env(setting)
         except Exception as exc:
             parser.error(f"--fast-paths: {exc}")
+    if args.redis_min_replicas is not None and not all(v.strip().isdigit() for v in args.redis_min_replicas.split(",")):
+        parser.error(f"--redis-min-replicas: {args.redis_min_replicas!r} is not a comma list of integers, e.g. 0,1")
     unknown = set(args.only.split(",")) - set(ALL)
     if unknown:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))} (choose from {', '.join(ALL)})")
@@ -350,10 +359,14 @@ def main(argv: list[str] | None = None) -> None:
             # The peer has no fast paths: it runs once.
             for setting in (fast_paths_settings(args) if not name.startswith("peer") else [None])
         ]
-        for phase, setting in phases:
+        replicas = [None] if args.redis_min_replicas is None else args.redis_min_replicas.split(",")
+        for (phase, setting), wait in [(p, w) for p in phases for w in (replicas if "peer" not in p[0] else [None])]:
             # A row per fast-path setting: `batch[none]`, `single[-kafka_batches]`...; plain names without one.
             name = phase if setting is None else f"{phase}[{setting}]"
             extra_env = {} if setting is None else {"INGEST_FAST_PATHS": fast_paths_env(setting)}
+            if wait is not None:
+                name += f"{{replicas={wait.strip()}}}"
+                extra_env["INGEST_REDIS_MIN_REPLICAS"] = wait.strip()
             single = phase.endswith("single")
             phase_settings = Settings(
                 duration=args.duration,

@@ -71,8 +71,8 @@ def run_phase(
 ) -> dict[str, Any]:
     """One row: `name` is batch, single, peer-batch or peer-single. `tiers` defaults to the project's web and
     worker tiers; the peer rows pass the bridge's (bench.peer.PeerTiers). A fast-path variant of a row is named
-    after its setting, `batch[none]`: the same phase, other work files."""
-    kind = name.split("[")[0]
+    after its setting, `batch[none]`, a replica-wait variant `batch{replicas=1}`: the same phase, other work files."""
+    kind = name.split("[")[0].split("{")[0]
     single = kind.endswith("single")
     phase = bench_events.PHASES[kind]
     per_request = 1 if single else settings.batch_size

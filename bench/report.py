@@ -10,7 +10,7 @@ HTTP_ROWS = ("batch", "single", "peer-batch", "peer-single")
 
 def http_rows(rows: dict[str, Any]) -> list[str]:
     """The pipeline rows present, in run order: the plain names and their fast-path variants (`batch[none]`)."""
-    return [name for name in rows if name.split("[")[0] in HTTP_ROWS]
+    return [name for name in rows if name.split("[")[0].split("{")[0] in HTTP_ROWS]
 
 
 def add_ratios(results: dict[str, Any]) -> None:

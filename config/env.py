@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import dotenv_values
@@ -171,3 +172,27 @@ def env_list(name: str, default: str) -> list[str]:
     value = _raw(name, default)
     text = default if value is None else value
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def env_addresses(name: str, default: str, *, default_port: int) -> list[tuple[str, int]]:
+    """A comma list of `host:port` (the port may be left out), e.g. Sentinel addresses."""
+    addresses = []
+    for item in env_list(name, default):
+        host, colon, port = item.rpartition(":")
+        if not colon:
+            host, port = item, str(default_port)
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise EnvError(f"{name}: {item!r} is not valid: expected host:port, e.g. 127.0.0.1:{default_port}")
+        addresses.append((host, int(port)))
+    return addresses
+
+
+def sentinel_broker_url(redis_url: str, sentinels: Sequence[tuple[str, int]]) -> str | None:
+    """kombu's Sentinel transport URL for these Sentinels with REDIS_URL's database and password (kombu splits
+    the list at `;`), or None without Sentinels."""
+    if not sentinels:
+        return None
+    parts = urlsplit(redis_url)
+    auth = f"{parts.username or ''}:{parts.password}@" if parts.password else ""
+    path = parts.path if parts.path.strip("/") else "/0"
+    return ";".join(f"sentinel://{auth}{host}:{port}{path}" for host, port in sentinels)

@@ -13,6 +13,7 @@ from csp.constants import NONE, SELF, UNSAFE_INLINE
 import fastpaths
 from config.env import (
     EnvError,
+    env_addresses,
     env_bool,
     env_choice,
     env_duration,
@@ -21,6 +22,7 @@ from config.env import (
     env_list,
     env_rate,
     env_str,
+    sentinel_broker_url,
 )
 from fastpaths import kombu_redis_transport
 
@@ -113,12 +115,23 @@ REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6380/0")
 if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
     raise EnvError(f"REDIS_URL={REDIS_URL!r} is not valid: expected redis://host:port/db")
 
-CACHES = {
+# Redis behind Sentinel: the primary's address comes from the Sentinels (asked again on every new connection, so a
+# failover is followed without a restart); REDIS_URL then gives only the database number and password.
+REDIS_SENTINELS = env_addresses("REDIS_SENTINELS", "", default_port=26379)
+REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "ingest")
+if REDIS_SENTINELS and not REDIS_URL.startswith("redis://"):
+    raise EnvError(f"REDIS_URL={REDIS_URL!r} is not valid with REDIS_SENTINELS: expected redis://[:password@]host/db")
+# Admission waits (Redis WAIT) for this many replicas to hold an accepted task before answering 202.
+INGEST_REDIS_MIN_REPLICAS = env_int("INGEST_REDIS_MIN_REPLICAS", 0, minimum=0, maximum=10)
+INGEST_REDIS_REPLICA_WAIT = env_duration("INGEST_REDIS_REPLICA_WAIT", "500ms", maximum="10s")
+
+CACHES: dict[str, dict[str, Any]] = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "ingest",
-        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2}
+        | ({"pool_class": "config.redis.SentinelMasterPool"} if REDIS_SENTINELS else {}),
     }
 }
 
@@ -221,8 +234,15 @@ NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0, maximum=10)
 INGEST_FAST_PATHS = sorted(fastpaths.switched_on())
 
 # ---------------------------------------------------------------- Celery
-# Normally the same Redis; a deployment may give Celery its own instance.
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+# Normally the same Redis; a deployment may give Celery its own instance. Behind Sentinel the default is kombu's
+# Sentinel transport on the same Sentinels, master name and database.
+_APP_BROKER_URL = sentinel_broker_url(REDIS_URL, REDIS_SENTINELS) or REDIS_URL
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", _APP_BROKER_URL)
+# WAIT on the app's Redis says nothing about another broker's replicas.
+if INGEST_REDIS_MIN_REPLICAS and CELERY_BROKER_URL != _APP_BROKER_URL:
+    raise EnvError(
+        "INGEST_REDIS_MIN_REPLICAS needs Celery's broker to be REDIS_URL's Redis: leave CELERY_BROKER_URL unset"
+    )
 # Fast path kombu_redis_transport (fastpaths/): kombu's Redis transport minus three per-task costs and with
 # orphaned messages put back; off, or for other schemes, kombu's own transport.
 _FAST_TRANSPORT = kombu_redis_transport.transport_for(CELERY_BROKER_URL)
@@ -252,11 +272,16 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # countdown (breaker reset, <= 30 s by default), or Redis would hand an unacknowledged task to a second worker
 # while the first still holds it; short enough that a task of a worker killed outright is redelivered soon.
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 300, minimum=60)
-CELERY_BROKER_TRANSPORT_OPTIONS = {
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
 }
+if CELERY_BROKER_URL.startswith("sentinel://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS |= {
+        "master_name": REDIS_SENTINEL_MASTER,
+        "sentinel_kwargs": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
 # In-task retrying stops here (publisher/retry_budget.py): well under the visibility timeout, or a second worker
 # would run a task the first is still retrying.
 PUBLISHER_RETRY_DEADLINE = env_duration(

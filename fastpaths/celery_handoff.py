@@ -34,7 +34,7 @@ import orjson
 from kombu import compression
 
 import fastpaths
-from config.redis import script
+from config.redis import script, script_then_wait
 from publisher import queue
 
 NAME = "celery_handoff"
@@ -88,6 +88,7 @@ class GuardedResult:
     enqueued: bool = False
     queue_full: bool = False
     held: dict[int, str] = field(default_factory=dict)  # position in `guards` -> value that already holds it
+    replicas: int | None = None  # replicas that acknowledged the enqueue (when asked to wait for them)
 
 
 @cache
@@ -147,15 +148,30 @@ def task_message(*, task_name: str, queue_name: str, kwargs: dict[str, Any], kwa
 
 
 def enqueue_guarded(
-    *, message: bytes, queue_name: str, count: int, limit: int, guards: Sequence[tuple[str, str]], guard_ttl: int
+    *,
+    message: bytes,
+    queue_name: str,
+    count: int,
+    limit: int,
+    guards: Sequence[tuple[str, str]],
+    guard_ttl: int,
+    min_replicas: int = 0,
+    replica_wait: float = 0.0,
 ) -> GuardedResult:
-    reply = script(_ENQUEUE_GUARDED)(
-        keys=[queue.QUEUED_EVENTS_KEY, queue_name, *(key for key, _ in guards)],
-        args=[count, limit, guard_ttl, message, *(value for _, value in guards)],
-    )
+    """Run the script; with `min_replicas`, then WAIT (same connection, same round trip) up to `replica_wait`
+    seconds for that many replicas to hold its writes, and say in `replicas` how many did."""
+    keys = [queue.QUEUED_EVENTS_KEY, queue_name, *(key for key, _ in guards)]
+    args = [count, limit, guard_ttl, message, *(value for _, value in guards)]
+    replicas = None
+    if min_replicas > 0:
+        reply, replicas = script_then_wait(
+            _ENQUEUE_GUARDED, keys=keys, args=args, replicas=min_replicas, timeout=replica_wait
+        )
+    else:
+        reply = script(_ENQUEUE_GUARDED)(keys=keys, args=args)
     code = int(reply[0])
     if code == 0:
-        return GuardedResult(enqueued=True)
+        return GuardedResult(enqueued=True, replicas=replicas)
     if code == 2:
         return GuardedResult(queue_full=True)
     pairs = reply[1:]

@@ -1,9 +1,10 @@
 """Fast path `kombu_redis_transport`: kombu's Redis transport without three costs it pays per task, and with one
 gap closed (`CELERY_BROKER_TRANSPORT`, settings: this Transport when on, kombu's own "redis" when off).
 
-Replaces: kombu's `kombu.transport.redis.Transport` as it is. Non-public parts used (kombu 5.5): the channel's
-`_create_client`, `_queue_bind`, `_delete`, `_do_restore_message`, `get_table`, `pipe_or_acquire`,
-`conn_or_acquire`, and the QoS's `unacked_key`/`unacked_index_key` bookkeeping layout and `message._raw`.
+Replaces: kombu's `kombu.transport.redis.Transport` (and its `SentinelTransport`, for sentinel:// brokers) as it is.
+Non-public parts used (kombu 5.5): the channel's `_create_client`, `_queue_bind`, `_delete`, `_do_restore_message`,
+`get_table`, `pipe_or_acquire`, `conn_or_acquire`, and the QoS's `unacked_key`/`unacked_index_key` bookkeeping
+layout and `message._raw`.
 
 For each command on the publishing side kombu builds a new `redis.Redis` client (copying ~160 response
 callbacks), and before each publish it reads the exchange's binding table from Redis (SMEMBERS): two clients
@@ -68,10 +69,17 @@ def enabled() -> bool:
     return fastpaths.gate(NAME, VERIFIED)
 
 
+SENTINEL_TRANSPORT = "fastpaths.kombu_redis_transport:SentinelTransport"
+
+
 def transport_for(broker_url: str) -> str | None:
-    """CELERY_BROKER_TRANSPORT for this broker: this module's Transport for redis:// when on, else None (kombu's
-    own transport for the URL's scheme)."""
-    return TRANSPORT if broker_url.startswith("redis://") and enabled() else None
+    """CELERY_BROKER_TRANSPORT for this broker: this module's Transport for redis://, its SentinelTransport for
+    sentinel:// when on, else None (kombu's own transport for the URL's scheme)."""
+    if not enabled():
+        return None
+    if broker_url.startswith("redis://"):
+        return TRANSPORT
+    return SENTINEL_TRANSPORT if broker_url.startswith("sentinel://") else None
 
 
 # In-flight lists: the hash lists every worker's (list -> its queue); a list's owner keeps `<list>:alive`.
@@ -269,3 +277,12 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The same channel on kombu's Sentinel transport (its pool asks the Sentinels for the primary): the gap closed
+    above matters most there, since a failover is exactly Redis dying under a worker."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

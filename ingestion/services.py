@@ -180,10 +180,14 @@ def _accept_atomically(events: Sequence[tuple[int, ValidatedEvent]], *, source: 
                 guards=[(key, str(data["event_id"])) for _, key, data in guarded],
                 guard_ttl=ttl,
                 capacity_limit=settings.INGEST_MAX_QUEUE_DEPTH,
+                min_replicas=settings.INGEST_REDIS_MIN_REPLICAS,
+                replica_wait=settings.INGEST_REDIS_REPLICA_WAIT,
             )
         except Exception as exc:
             logger.warning("enqueue failed, %d events refused: %r", len(candidates), exc)
             raise ServiceUnavailable("The queue is unreachable; nothing was accepted, retry later.") from exc
+        if result.enqueued and result.replicas is not None:
+            _require_replicas(result.replicas, count=len(candidates))
         if result.queue_full:
             metrics.EVENTS_REJECTED.labels(reason="backpressure").inc()
             raise ServiceUnavailable(
@@ -239,7 +243,38 @@ def _accept_in_steps(events: Sequence[tuple[int, ValidatedEvent]], *, source: st
             _release([key for key, _ in claimed])
             raise
     _confirm_marks(claimed)
+    if to_publish and settings.INGEST_REDIS_MIN_REPLICAS > 0:
+        try:
+            replicas = publisher_services.wait_for_replicas(
+                count=settings.INGEST_REDIS_MIN_REPLICAS, timeout=settings.INGEST_REDIS_REPLICA_WAIT
+            )
+        except Exception as exc:
+            raise ServiceUnavailable(NOT_REPLICATED) from exc
+        _require_replicas(replicas, count=len(to_publish))
     return _record_outcome(events, duplicate_ids)
+
+
+# The task stays queued: if this primary survives it is published, and the client's retry of events with a dedup
+# key (client event_id, attempt id) finds their marks and is answered `duplicate`; if a failover loses it, it
+# loses the marks with it (one script, replicated as one), so the retry is accepted anew. Either way: once.
+NOT_REPLICATED = (
+    "Queued, but not yet confirmed by enough Redis replicas; retry: events already queued are answered duplicate."
+)
+
+
+def _require_replicas(replicas: int, *, count: int) -> None:
+    """INGEST_REDIS_MIN_REPLICAS: answer 503 unless that many replicas hold the queued task."""
+    if replicas >= settings.INGEST_REDIS_MIN_REPLICAS:
+        return
+    metrics.EVENTS_REJECTED.labels(reason="not_replicated").inc()
+    logger.warning(
+        "%d events queued but held by %d of %d required Redis replicas: answered 503",
+        count,
+        replicas,
+        settings.INGEST_REDIS_MIN_REPLICAS,
+        extra={"event": "not_replicated"},
+    )
+    raise ServiceUnavailable(NOT_REPLICATED)
 
 
 # Claim a pending dedup mark per key atomically across processes (SET NX), and say who holds the others:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from config.redis import get_redis, script, writes
+from config.redis import get_redis, script, script_then_wait, writes
 
 QUEUED_EVENTS_KEY = "publisher:queued-events"
 _CACHE_SECONDS = 0.2
@@ -85,3 +85,14 @@ def waiting_tasks(queue_name: str) -> int:
     """Tasks in the broker's list `queue_name` that no worker has taken yet, read at most every 0.2 s per process.
     Unlike the counter this cannot drift (a lost decrement, a purged queue): it is the queue itself."""
     return _read_cached(queue_name, lambda: int(get_redis().llen(queue_name)))
+
+
+REPLICATION_FENCE_KEY = "publisher:replication-fence"
+_FENCE = "return redis.call('INCR', KEYS[1])"
+
+
+def wait_for_replicas(count: int, *, timeout: float) -> int:
+    """WAIT covers only the writes of its own connection, and a task enqueued by kombu went through another one: a
+    write on this connection (after the enqueue, so at a later replication offset) stands in for it."""
+    _, acknowledged = script_then_wait(_FENCE, keys=[REPLICATION_FENCE_KEY], args=[], replicas=count, timeout=timeout)
+    return int(acknowledged)

@@ -5,6 +5,7 @@ enqueue_events_guarded(..., guards=..., capacity_limit=...)   the same, atomical
 publish_batch(events=..., source=...) / publish_event(event=..., source=...)   synchronous, in-process
 queue_depth()                                             events waiting for a worker
 waiting_tasks()                                           publish tasks no worker has taken yet
+wait_for_replicas(count=..., timeout=...)                 Redis replicas holding what was enqueued so far
 ensure_topics(partitions=..., replication_factor=...)     create configured topics + dlq.events
 """
 
@@ -66,12 +67,15 @@ def enqueue_events_guarded(
     guards: Sequence[tuple[str, str]],
     guard_ttl: int,
     capacity_limit: int,
+    min_replicas: int = 0,
+    replica_wait: float = 0.0,
 ) -> GuardedResult:
     """One atomic step: if none of the `guards` keys exists and the queue stays within `capacity_limit` events,
     enqueue one publish task for `events`, count them as queued and set every guard (key, value) for
     `guard_ttl` seconds. Otherwise nothing is done and the result says why: which guards are already held
     (by what value), or that the queue is full. Raises if Redis cannot be reached (then nothing was done, or
-    everything was)."""
+    everything was). With `min_replicas`, it then waits up to `replica_wait` seconds for that many Redis replicas
+    to hold the task and its guards, and says in `replicas` how many did (the task stays queued either way)."""
     queue_name = handoff.queue_for(publish_events.name)
     if queue_name is None or not celery_handoff.enabled():
         raise RuntimeError(
@@ -90,7 +94,16 @@ def enqueue_events_guarded(
         limit=capacity_limit,
         guards=guards,
         guard_ttl=guard_ttl,
+        min_replicas=min_replicas,
+        replica_wait=replica_wait,
     )
+
+
+def wait_for_replicas(*, count: int, timeout: float) -> int:
+    """After an enqueue through Celery (enqueue_events): wait up to `timeout` seconds for `count` Redis replicas
+    to hold everything written so far, the task included; returns how many did. Meaningful only when Celery's
+    broker is REDIS_URL's Redis (settings refuse INGEST_REDIS_MIN_REPLICAS otherwise)."""
+    return queue.wait_for_replicas(count, timeout=timeout)
 
 
 def enqueue_events(
@@ -150,5 +163,6 @@ __all__ = [
     "release_queue_capacity",
     "reserve_queue_capacity",
     "topic_exists",
+    "wait_for_replicas",
     "waiting_tasks",
 ]

@@ -2,7 +2,9 @@
 # Installs (when missing), starts, stops and reports the project's own PostgreSQL, Redis and Kafka on loopback.
 # Idempotent: `up` leaves running services alone; `down` stops only the processes this script started
 # (tracked by pid files under .data/).
-#   scripts/services.sh up|down|status [postgres|redis|kafka ...]
+#   scripts/services.sh up|down|status [postgres|redis|kafka|sentinel ...]
+# `sentinel` (a Redis primary, one replica and three Sentinels, beside the plain Redis) is started only when
+# named or when REDIS_SENTINELS is set; `down` and `status` without names include it whenever it runs.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -11,6 +13,10 @@ CACHE="$ROOT/.cache"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 PG_PORT="${PG_PORT:-5433}"
 REDIS_PORT="${REDIS_PORT:-6380}"
+SENTINEL_REDIS_PORTS="${SENTINEL_REDIS_PORTS:-6385 6386}"        # the first starts as primary, the rest as replicas
+SENTINEL_PORTS="${SENTINEL_PORTS:-26385 26386 26387}"
+SENTINEL_MASTER="${REDIS_SENTINEL_MASTER:-ingest}"
+SENTINEL_DOWN_AFTER_MS="${SENTINEL_DOWN_AFTER_MS:-2000}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}"
@@ -111,6 +117,93 @@ redis_status() {
   if pid_alive "$REDIS_DIR/redis.pid"; then echo "redis     up    127.0.0.1:$REDIS_PORT"; else echo "redis     down"; return 1; fi
 }
 
+# ---------------------------------------------------------------- Redis with Sentinel (primary, replica, 3 Sentinels)
+# Own ports and data dirs beside the plain Redis above. Each node's and each Sentinel's config file is written once
+# and then left to Redis/Sentinel, which rewrite it on a failover (replicaof, the current primary): so a node that
+# is started again comes back in the role the group last gave it, and a killed primary rejoins as a replica.
+SENTINEL_DIR="$DATA/sentinel"
+sentinel_node_up() {
+  local port="$1" primary_port="$2" dir="$SENTINEL_DIR/redis-$1"
+  mkdir -p "$dir"
+  if pid_alive "$dir/redis.pid"; then return; fi
+  if [[ ! -f "$dir/redis.conf" ]]; then
+    # Same durability as the plain Redis (AOF every second, noeviction): a queued task must survive a restart.
+    {
+      echo "# Written once by scripts/services.sh; Redis rewrites it (replicaof) when Sentinel reconfigures it."
+      echo "bind 127.0.0.1"; echo "port $port"; echo "dir $dir"; echo "daemonize yes"
+      echo "pidfile $dir/redis.pid"; echo "logfile $dir/redis.log"; echo "protected-mode yes"
+      echo "appendonly yes"; echo "appendfsync everysec"; echo "maxmemory-policy noeviction"; echo 'save ""'
+      [[ "$port" == "$primary_port" ]] || echo "replicaof 127.0.0.1 $primary_port"
+    } > "$dir/redis.conf"
+  fi
+  redis-server "$dir/redis.conf"
+  for _ in $(seq 1 50); do
+    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && { log "sentinel: redis started on 127.0.0.1:$port"; return; }
+    sleep 0.1
+  done
+  tail -n 30 "$dir/redis.log" >&2; die "sentinel: redis on $port did not start"
+}
+sentinel_up() {
+  apt_install redis-server redis-sentinel
+  local ports=($SENTINEL_REDIS_PORTS) port
+  for port in "${ports[@]}"; do sentinel_node_up "$port" "${ports[0]}"; done
+  local quorum=$(( $(wc -w <<<"$SENTINEL_PORTS") / 2 + 1 ))
+  for port in $SENTINEL_PORTS; do
+    local dir="$SENTINEL_DIR/sentinel-$port"
+    mkdir -p "$dir"
+    if pid_alive "$dir/sentinel.pid"; then continue; fi
+    if [[ ! -f "$dir/sentinel.conf" ]]; then
+      {
+        echo "# Written once by scripts/services.sh; Sentinel rewrites it with what it learns (primary, replicas, peers)."
+        echo "bind 127.0.0.1"; echo "port $port"; echo "dir $dir"; echo "daemonize yes"
+        echo "pidfile $dir/sentinel.pid"; echo "logfile $dir/sentinel.log"; echo "protected-mode no"
+        echo "sentinel monitor $SENTINEL_MASTER 127.0.0.1 ${ports[0]} $quorum"
+        echo "sentinel down-after-milliseconds $SENTINEL_MASTER $SENTINEL_DOWN_AFTER_MS"
+        echo "sentinel failover-timeout $SENTINEL_MASTER 10000"
+        echo "sentinel parallel-syncs $SENTINEL_MASTER 1"
+      } > "$dir/sentinel.conf"
+    fi
+    redis-sentinel "$dir/sentinel.conf"
+    for _ in $(seq 1 50); do redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG || { tail -n 30 "$dir/sentinel.log" >&2; die "sentinel on $port did not start"; }
+    log "sentinel: sentinel started on 127.0.0.1:$port (master name $SENTINEL_MASTER)"
+  done
+}
+sentinel_pidfiles() {
+  local port
+  for port in $SENTINEL_PORTS; do echo "$SENTINEL_DIR/sentinel-$port/sentinel.pid"; done
+  for port in $SENTINEL_REDIS_PORTS; do echo "$SENTINEL_DIR/redis-$port/redis.pid"; done
+}
+sentinel_running() { local f; for f in $(sentinel_pidfiles); do pid_alive "$f" && return 0; done; return 1; }
+sentinel_down() {
+  local f pid stopped=0
+  # Sentinels first, so that stopping the primary does not start a failover.
+  for f in $(sentinel_pidfiles); do
+    pid_alive "$f" || continue
+    pid="$(head -n1 "$f")"; kill "$pid"
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    stopped=$((stopped + 1))
+  done
+  if ((stopped)); then log "sentinel: stopped $stopped processes"; else log "sentinel: not running"; fi
+}
+sentinel_status() {
+  local port rc=0 primary
+  primary="$(for port in $SENTINEL_PORTS; do
+    redis-cli -p "$port" sentinel get-master-addr-by-name "$SENTINEL_MASTER" 2>/dev/null | paste -sd: && break
+  done)"
+  for port in $SENTINEL_REDIS_PORTS; do
+    if pid_alive "$SENTINEL_DIR/redis-$port/redis.pid"; then
+      local role="replica"; [[ "$primary" == "127.0.0.1:$port" ]] && role="primary"
+      echo "sentinel  up    127.0.0.1:$port redis $role"
+    else echo "sentinel  down  127.0.0.1:$port redis"; rc=1; fi
+  done
+  for port in $SENTINEL_PORTS; do
+    if pid_alive "$SENTINEL_DIR/sentinel-$port/sentinel.pid"; then echo "sentinel  up    127.0.0.1:$port sentinel ($SENTINEL_MASTER)"
+    else echo "sentinel  down  127.0.0.1:$port sentinel"; rc=1; fi
+  done
+  return $rc
+}
+
 # ---------------------------------------------------------------- Kafka (KRaft, single node)
 KAFKA_DIR="$DATA/kafka"
 KAFKA_LIBS="$CACHE/kafka/libs"
@@ -193,10 +286,17 @@ kafka_status() {
 
 # ---------------------------------------------------------------- main
 cmd="${1:-status}"; shift || true
-services=("$@"); ((${#services[@]})) || services=(postgres redis kafka)
+services=("$@")
+if ! ((${#services[@]})); then
+  services=(postgres redis kafka)
+  if [[ -n "${REDIS_SENTINELS:-}" ]] || { [[ "$cmd" != up ]] && sentinel_running; }; then services+=(sentinel); fi
+fi
+for s in "${services[@]}"; do
+  [[ " postgres redis kafka sentinel " == *" $s "* ]] || die "unknown service $s: expected postgres, redis, kafka or sentinel"
+done
 case "$cmd" in
   up) for s in "${services[@]}"; do "${s}_up"; done ;;
   down) for ((i=${#services[@]}-1; i>=0; i--)); do "${services[i]}_down"; done ;;
   status) rc=0; for s in "${services[@]}"; do "${s}_status" || rc=1; done; exit $rc ;;
-  *) die "usage: $0 up|down|status [postgres|redis|kafka ...]" ;;
+  *) die "usage: $0 up|down|status [postgres|redis|kafka|sentinel ...]" ;;
 esac

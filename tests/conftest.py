@@ -257,6 +257,23 @@ def web_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[WebServ
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def sentinel_group() -> Iterator[Any]:
+    """The Sentinel group (tests/sentinel.py), started if it is not running (and then stopped at the end), its
+    test database emptied; waits for a primary with a replica in sync."""
+    from tests.sentinel import SentinelGroup, sentinel_running, sentinel_services
+
+    started = not sentinel_running()
+    if started:
+        sentinel_services("up")
+    group = SentinelGroup()
+    group.wait_ready()
+    group.primary_client().flushdb()
+    yield group
+    if started:
+        sentinel_services("down")
+
+
 @pytest.fixture
 def api_key(transactional_db: Any) -> str:
     """A fresh producer key named like the test (the name travels as the `source` header)."""
