@@ -222,8 +222,8 @@ class WebServer(ServiceProcess):
 
     kind = "web"
 
-    def __init__(self, *, workers: int = 2, extra_env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, *, workers: int = 2, extra_env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             [
