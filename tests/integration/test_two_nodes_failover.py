@@ -39,6 +39,60 @@ class LostAfterKill(AssertionError):
     """Accepted events neither in Kafka nor dead-lettered after the node's worker was SIGKILLed."""
 
 
+@dataclass
+class Outcome:
+    at: float  # time.monotonic() when the client had its answer (or gave up)
+    status: int  # 0: no HTTP answer (connection error or client timeout)
+    node: str
+
+
+@dataclass
+class Load:
+    """Client threads posting batches of activities through the load balancer; every outcome is kept."""
+
+    url: str
+    key: str
+    threads: int = 2
+    batch: int = 20
+    pause: float = 0.02
+    outcomes: list[Outcome] = field(default_factory=list)
+    accepted: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> Load:
+        self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
+        for thread in self._workers:
+            thread.start()
+        return self
+
+    def _run(self) -> None:
+        session = requests.Session()
+        headers = {"Content-Type": "application/json", "Authorization": f"Api-Key {self.key}"}
+        while not self._stop.is_set():
+            body = orjson.dumps({"events": [factories.activity(user_id="failover") for _ in range(self.batch)]})
+            try:
+                response = session.post(f"{self.url}/api/v1/events/batch", data=body, headers=headers, timeout=30)
+            except requests.RequestException:
+                self.outcomes.append(Outcome(time.monotonic(), 0, ""))
+                session = requests.Session()
+                continue
+            self.outcomes.append(
+                Outcome(time.monotonic(), response.status_code, response.headers.get("X-Ingest-Node", ""))
+            )
+            if response.status_code == 202:
+                self.accepted.extend(r["event_id"] for r in response.json()["results"] if r["status"] == "accepted")
+            time.sleep(self.pause)
+
+    def answered(self, *, status: int, node: str, after: float) -> bool:
+        return any(o.status == status and o.node == node and o.at > after for o in list(self.outcomes))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._workers:
+            thread.join(60)
+
+
 @pytest.fixture
 def two_nodes(default_routing: None, tmp_path: Path) -> Iterator[tuple[dict[str, Node], LoadBalancer]]:
     _purge_publish_queue()
