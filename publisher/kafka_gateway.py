@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -359,28 +359,109 @@ def list_topics(**admin_overrides: Any) -> set[str]:
 
 
 @dataclass(frozen=True)
+class Replication:
+    """How the topics ensure_topics creates are replicated: copies of each partition, and how many of them must
+    have a record before a write with acks=all (our producer's) succeeds."""
+
+    factor: int
+    min_insync_replicas: int
+    live_brokers: int
+
+
+@dataclass(frozen=True)
+class UnderReplicatedTopic:
+    """An existing topic replicated less than ensure_topics would create it (it never changes existing topics)."""
+
+    name: str
+    replication_factor: int
+    min_insync_replicas: int
+
+
+@dataclass(frozen=True)
 class EnsureTopicsResult:
     created: list[str]
     existing: list[str]
+    replication: Replication
+    under_replicated: list[UnderReplicatedTopic] = field(default_factory=list)
 
 
-def ensure_topics(*, names: Iterable[str], partitions: int, replication_factor: int) -> EnsureTopicsResult:
-    """Create the topics that do not exist yet; leave existing ones (and their settings) alone."""
+class ReplicationError(ValueError):
+    pass
+
+
+def replication_for(*, live_brokers: int, replication_factor: int | None) -> Replication:
+    """The replication for new topics: `replication_factor` copies, or (None) min(3, live brokers); with 3 copies
+    or more a write needs 2 in sync (one broker may fail without losing or refusing an acknowledged record),
+    below that 1 (with 2 copies, needing both would stop writes whenever either broker is down)."""
+    factor = min(3, live_brokers) if replication_factor is None else replication_factor
+    if factor < 1:
+        raise ReplicationError("no live Kafka broker to place replicas on")
+    if factor > live_brokers:
+        raise ReplicationError(
+            f"replication factor {factor} needs {factor} live brokers, the cluster has {live_brokers}"
+        )
+    return Replication(factor=factor, min_insync_replicas=2 if factor >= 3 else 1, live_brokers=live_brokers)
+
+
+def live_broker_count(admin: KafkaAdminClient) -> int:
+    """Brokers registered and not fenced (a killed broker is fenced once its session times out)."""
+    brokers = admin.describe_cluster()["brokers"]
+    return sum(1 for broker in brokers if not broker.get("is_fenced"))
+
+
+def ensure_topics(
+    *, names: Iterable[str], partitions: int, replication_factor: int | None = None
+) -> EnsureTopicsResult:
+    """Create the topics that do not exist yet; leave existing ones (and their settings) alone, but report those
+    replicated less than new ones would be. `replication_factor` None: as replication_for decides."""
     wanted = list(dict.fromkeys(names))
     admin = admin_client()
     try:
+        replication = replication_for(live_brokers=live_broker_count(admin), replication_factor=replication_factor)
+        # Only when above the broker default (1): a single broker's topics stay exactly as they always were.
+        configs = {"min.insync.replicas": str(replication.min_insync_replicas)}
+        configs = configs if replication.min_insync_replicas > 1 else {}
         present = set(admin.list_topics())
         missing = [name for name in wanted if name not in present]
         created: list[str] = []
+        spec = {"num_partitions": partitions, "replication_factor": replication.factor, "configs": configs}
         for name in missing:
             try:
-                admin.create_topics(
-                    {name: {"num_partitions": partitions, "replication_factor": replication_factor}},
-                    wait_for_metadata=True,
-                )
+                admin.create_topics({name: spec}, wait_for_metadata=True)
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass  # created concurrently by another process: that is what we wanted
-        return EnsureTopicsResult(created=created, existing=[name for name in wanted if name in present])
+        existing = [name for name in wanted if name in present]
+        return EnsureTopicsResult(
+            created=created,
+            existing=existing,
+            replication=replication,
+            under_replicated=_under_replicated(admin, existing, replication),
+        )
     finally:
         admin.close()
+
+
+def _under_replicated(admin: KafkaAdminClient, names: list[str], wanted: Replication) -> list[UnderReplicatedTopic]:
+    """The topics among `names` with fewer copies (of any partition) or a lower min.insync.replicas than wanted."""
+    if not names:
+        return []
+    factors = {
+        topic["name"]: min((len(p["replica_nodes"]) for p in topic["partitions"]), default=0)
+        for topic in admin.describe_topics(names)
+        if not topic.get("error_code")
+    }
+    described = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name, {"min.insync.replicas": None}) for name in factors],
+        config_filter="all",
+    )
+    min_isr = {
+        name: int(configs.get("min.insync.replicas", {}).get("value") or 1)
+        for name, configs in described.get("topic", {}).items()
+    }
+    weak = []
+    for name, factor in factors.items():
+        isr = min_isr.get(name, 1)
+        if factor < wanted.factor or isr < wanted.min_insync_replicas:
+            weak.append(UnderReplicatedTopic(name=name, replication_factor=factor, min_insync_replicas=isr))
+    return weak
