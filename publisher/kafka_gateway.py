@@ -292,61 +292,81 @@ FIND_MAX_SECONDS = 30.0
 def find_written(*, topics: Iterable[str], since: float, event_ids: set[str]) -> set[tuple[str, str]] | None:
     """(event_id, topic) pairs among `event_ids` that some producer wrote to `topics` since the wall-clock time
     `since` (record timestamps), read with a short-lived consumer. None when Kafka could not be read in bounded
-    time: the caller must then assume nothing was written."""
-    timeout_ms = int(settings.KAFKA_PRODUCER_TIMEOUT * 1000)
-    found: set[tuple[str, str]] = set()
-    try:
-        consumer = KafkaConsumer(
-            **connection_config(),
-            enable_auto_commit=False,
-            # Kafka still down: give up soon, the caller sends again (nothing can be written while it is down).
-            bootstrap_timeout_ms=min(timeout_ms, 2000),
-            request_timeout_ms=max(timeout_ms, 1000) + 500,
-            fetch_max_bytes=16 * 1024 * 1024,
-        )
-    except Exception as exc:
-        logger.warning("cannot look for records a dead run wrote: %r", exc)
-        return None
-    try:
-        partitions = [
-            TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        consumer.assign(partitions)
-        starts = consumer.offsets_for_times({tp: int(since * 1000) for tp in partitions})
-        ends = consumer.end_offsets(partitions)
-        pending = {}
-        for tp in partitions:
-            start = starts.get(tp)
-            if start is not None and start.offset < ends[tp]:
-                consumer.seek(tp, start.offset)
-                pending[tp] = ends[tp]
-        consumer.pause(*(tp for tp in partitions if tp not in pending))
-        deadline = time.monotonic() + FIND_MAX_SECONDS
-        scanned = 0
-        while pending:
-            if time.monotonic() > deadline or scanned > FIND_MAX_RECORDS:
-                logger.warning("gave up looking for records a dead run wrote (%d read)", scanned)
+    time: the caller must then assume nothing was written.
+
+    A cluster that lost a partition leader answers metadata but not that partition until the dead broker is
+    fenced and a new leader elected (seconds): a transient error after the bootstrap is read again, with fresh
+    metadata, within the same bounded time, rather than answered "unreadable" (which would send twice what the
+    dead leader had already replicated)."""
+    deadline = time.monotonic() + FIND_MAX_SECONDS
+    while True:
+        try:
+            consumer = _lookup_consumer()
+        except Exception as exc:  # Kafka down: nothing can be written while it is; the caller sends again
+            logger.warning("cannot look for records a dead run wrote: %r", exc)
+            return None
+        try:
+            return _find_written(consumer, topics=topics, since=since, event_ids=event_ids, deadline=deadline)
+        except Exception as exc:
+            if not is_retryable(exc) or time.monotonic() + 1.0 > deadline:
+                logger.warning("cannot look for records a dead run wrote: %r", exc)
                 return None
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for record in records:
-                    if record.offset >= pending.get(tp, 0):
+            logger.info("looking for records a dead run wrote failed (%r); reading again", exc)
+        finally:
+            consumer.close()
+        time.sleep(0.5)
+
+
+def _lookup_consumer() -> KafkaConsumer:
+    timeout_ms = int(settings.KAFKA_PRODUCER_TIMEOUT * 1000)
+    return KafkaConsumer(
+        **connection_config(),
+        enable_auto_commit=False,
+        # Kafka still down: give up soon, the caller sends again (nothing can be written while it is down).
+        bootstrap_timeout_ms=min(timeout_ms, 2000),
+        request_timeout_ms=max(timeout_ms, 1000) + 500,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+
+
+def _find_written(
+    consumer: KafkaConsumer, *, topics: Iterable[str], since: float, event_ids: set[str], deadline: float
+) -> set[tuple[str, str]] | None:
+    """One reading of find_written; raises what the client raises, None when out of time or records."""
+    found: set[tuple[str, str]] = set()
+    partitions = [
+        TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])
+    ]
+    consumer.assign(partitions)
+    starts = consumer.offsets_for_times({tp: int(since * 1000) for tp in partitions})
+    ends = consumer.end_offsets(partitions)
+    pending = {}
+    for tp in partitions:
+        start = starts.get(tp)
+        if start is not None and start.offset < ends[tp]:
+            consumer.seek(tp, start.offset)
+            pending[tp] = ends[tp]
+    consumer.pause(*(tp for tp in partitions if tp not in pending))
+    scanned = 0
+    while pending:
+        if time.monotonic() > deadline or scanned > FIND_MAX_RECORDS:
+            logger.warning("gave up looking for records a dead run wrote (%d read)", scanned)
+            return None
+        for tp, records in consumer.poll(timeout_ms=500).items():
+            for record in records:
+                if record.offset >= pending.get(tp, 0):
+                    break
+                scanned += 1
+                for name, value in record.headers or ():
+                    if name == "event_id":
+                        event_id = value.decode(errors="replace")
+                        if event_id in event_ids:
+                            found.add((event_id, tp.topic))
                         break
-                    scanned += 1
-                    for name, value in record.headers or ():
-                        if name == "event_id":
-                            event_id = value.decode(errors="replace")
-                            if event_id in event_ids:
-                                found.add((event_id, tp.topic))
-                            break
-                if tp in pending and consumer.position(tp) >= pending[tp]:
-                    del pending[tp]
-                    consumer.pause(tp)
-        return found
-    except Exception as exc:
-        logger.warning("cannot look for records a dead run wrote: %r", exc)
-        return None
-    finally:
-        consumer.close()
+            if tp in pending and consumer.position(tp) >= pending[tp]:
+                del pending[tp]
+                consumer.pause(tp)
+    return found
 
 
 def list_topics(**admin_overrides: Any) -> set[str]:
