@@ -2,7 +2,7 @@
 
     python -m bench [--duration 30] [--warmup 5] [--concurrency 32]
                     [--only broker,client,batch,single,peer-batch,peer-single]
-                    [--batch-size 100] [--single-concurrency N] [--redis-url URL] ...
+                    [--batch-size 100] [--single-concurrency N] [--redis-url URL] [--kafka-cluster] ...
 
 Needs the services up, migrated, and the topics created (`make bench` sees to that). Prints one table and
 writes everything measured to bench/results/<timestamp>.json. See bench/README.md for what each number means.
@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("BENCH_REDIS_URL"),
         help="Redis for the bench's web and worker tiers (default: REDIS_URL with database 7, or BENCH_REDIS_URL)",
     )
+    parser.add_argument(
+        "--kafka-cluster",
+        action="store_true",
+        help="also run the batch and single rows against a 3-broker cluster (replication factor 3, acks=all), "
+        "rows batch[cluster] and single[cluster]; started with scripts/services.sh unless already running",
+    )
+    parser.add_argument(
+        "--cluster-port", type=int, default=29092, help="the cluster's first broker port (default 29092, then +1, +2)"
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default bench/results/<ts>.json)")
     args = parser.parse_args(argv)
     for setting in [args.fast_paths] if args.fast_paths else []:
@@ -144,6 +154,28 @@ def fast_paths_settings(args: argparse.Namespace) -> list[str | None]:
     if args.fast_paths_matrix:
         return ["all", "none", *(f"-{name}" for name in fastpaths.REGISTRY)]
     return [args.fast_paths]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The Kafka a pipeline row publishes to: the single broker (no label) or the cluster (`[cluster]`)."""
+
+    label: str | None
+    bootstrap: str
+    broker_pid: int | list[int] | None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def row_variants(args: argparse.Namespace, backends: list[Backend]) -> list[tuple[str | None, Backend]]:
+    """Each pipeline row runs once per (fast-path setting, backend). Another axis (e.g. with and without Kafka
+    transactions) belongs here too: one more label in the row's name and its variable in the tiers' env."""
+    return [(setting, backend) for backend in backends for setting in fast_paths_settings(args)]
+
+
+def row_name(phase: str, setting: str | None, backend: Backend) -> str:
+    """`batch`, `batch[none]`, `batch[cluster]`, `batch[none,cluster]`."""
+    labels = [label for label in (setting, backend.label) if label]
+    return f"{phase}[{','.join(labels)}]" if labels else phase
 
 
 def _log(message: str) -> None:
@@ -272,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     from rest_framework_api_key.models import APIKey
 
     from bench import broker as broker_bench
+    from bench import cluster as bench_cluster
     from bench import peer, pipeline, procfs, report
     from bench.redis_state import bench_redis_url
     from bench.rows import recorded_producer_config
@@ -287,10 +320,19 @@ def main(argv: list[str] | None = None) -> None:
     tag = new_tag()
     redis_url = args.redis_url or bench_redis_url(settings.REDIS_URL)
     redis_port = urlsplit(redis_url).port or 6379
-    broker_pid = procfs.find_pid("kafka.Kafka")
+    # The single broker, not a node of a cluster (services.sh marks those).
+    broker_pid = procfs.find_pid("kafka.Kafka", without="-Dingest.kafka.node=")
     redis_pid = procfs.find_pid("redis-server", f":{redis_port}")
     bootstrap = ",".join(settings.KAFKA_BROKERS)
     produce = producer_config()
+
+    cluster_dir = ROOT / ".data" / "bench-cluster"
+    cluster = None
+    if args.kafka_cluster and {"batch", "single"} & set(only):
+        cluster = bench_cluster.start(port=args.cluster_port, data_dir=cluster_dir, log=_log)
+    backends = [Backend(None, bootstrap, broker_pid)]
+    if cluster is not None:
+        backends.append(Backend("cluster", cluster.bootstrap, cluster.pids, {"KAFKA_BROKERS": cluster.bootstrap}))
 
     source = f"bench-{stamp}"
     key_obj, api_key = APIKey.objects.create_key(name=source)
@@ -299,7 +341,11 @@ def main(argv: list[str] | None = None) -> None:
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "redis_url": redis_url,
-        "kafka": {"bootstrap": bootstrap, "compression": settings.KAFKA_COMPRESSION_TYPE},
+        "kafka": {
+            "bootstrap": bootstrap,
+            "compression": settings.KAFKA_COMPRESSION_TYPE,
+            "cluster": cluster.describe() if cluster else None,
+        },
         "producer_config": recorded_producer_config(produce),
         "workdir": str(workdir),
         "rows": {},
@@ -353,17 +399,21 @@ def main(argv: list[str] | None = None) -> None:
             settings.KAFKA_TOPIC_ML_TRAINING,
         ]
         phases = [
-            (name, setting)
+            (name, setting, backend)
             for name in ("batch", "single", "peer-batch", "peer-single")
             if name in only
-            # The peer has no fast paths: it runs once.
-            for setting in (fast_paths_settings(args) if not name.startswith("peer") else [None])
+            # The peer has no fast paths and runs on the single broker: it runs once.
+            for setting, backend in (
+                row_variants(args, backends) if not name.startswith("peer") else [(None, backends[0])]
+            )
         ]
         replicas = [None] if args.redis_min_replicas is None else args.redis_min_replicas.split(",")
-        for (phase, setting), wait in [(p, w) for p in phases for w in (replicas if "peer" not in p[0] else [None])]:
-            # A row per fast-path setting: `batch[none]`, `single[-kafka_batches]`...; plain names without one.
-            name = phase if setting is None else f"{phase}[{setting}]"
-            extra_env = {} if setting is None else {"INGEST_FAST_PATHS": fast_paths_env(setting)}
+        for (phase, setting, backend), wait in [
+            (p, w) for p in phases for w in (replicas if "peer" not in p[0] else [None])
+        ]:
+            # A row per variant: `batch[none]`, `single[-kafka_batches]`, `batch[cluster]`, `batch{replicas=1}`...
+            name = row_name(phase, setting, backend)
+            extra_env = backend.extra_env | ({} if setting is None else {"INGEST_FAST_PATHS": fast_paths_env(setting)})
             if wait is not None:
                 name += f"{{replicas={wait.strip()}}}"
                 extra_env["INGEST_REDIS_MIN_REPLICAS"] = wait.strip()
@@ -376,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
                 web_workers=args.web_workers,
                 worker_concurrency=args.worker_concurrency,
                 redis_url=redis_url,
-                bootstrap=bootstrap,
+                bootstrap=backend.bootstrap,
                 topics=topics,
                 api_key=api_key,
                 source=source,
@@ -409,13 +459,18 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 _log(
                     f"{name}: HTTP -> granian -> Celery -> Kafka"
-                    + (f", INGEST_FAST_PATHS={extra_env}" if setting else "")
+                    + (f" ({backend.bootstrap})" if backend.label else "")
+                    + (f", INGEST_FAST_PATHS={extra_env['INGEST_FAST_PATHS']}" if setting else "")
                 )
-            row = pipeline.run_phase(phase_settings, name=name, tiers=tiers, broker_pid=broker_pid, redis_pid=redis_pid)
+            row = pipeline.run_phase(
+                phase_settings, name=name, tiers=tiers, broker_pid=backend.broker_pid, redis_pid=redis_pid
+            )
             results["rows"][name] = row
             _log(f"  {row['events_per_s']:,.0f} events/s accepted, {row['records_per_s']:,.0f} records/s in Kafka")
     finally:
         APIKey.objects.filter(pk=key_obj.pk).update(revoked=True)
+        if cluster is not None:
+            bench_cluster.stop(cluster, port=args.cluster_port, data_dir=cluster_dir, log=_log)
         results["finished_at"] = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         report.add_ratios(results)
         output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))

@@ -107,6 +107,17 @@ def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int
     return number
 
 
+def env_int_or_auto(name: str, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
+    """An integer, or `auto` (also when unset): None, the code decides."""
+    value = _raw(name, "auto")
+    if value is None or value.strip().lower() == "auto":
+        return None
+    try:
+        return env_int(name, 0, minimum=minimum, maximum=maximum)
+    except EnvError as error:
+        raise EnvError(f"{error}, or auto") from None
+
+
 def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
     value = _raw(name, default)
     if value is None:

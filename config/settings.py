@@ -19,6 +19,7 @@ from config.env import (
     env_duration,
     env_float,
     env_int,
+    env_int_or_auto,
     env_list,
     env_rate,
     env_str,
@@ -184,7 +185,8 @@ KAFKA_TOPIC_ACTIVITIES = env_str("KAFKA_TOPIC_ACTIVITIES", "user.activities")
 KAFKA_TOPIC_ML_TRAINING = env_str("KAFKA_TOPIC_ML_TRAINING", "ml.training_events")
 KAFKA_TOPIC_DLQ = "dlq.events"
 KAFKA_TOPIC_PARTITIONS = env_int("KAFKA_TOPIC_PARTITIONS", 3, minimum=1)
-KAFKA_TOPIC_REPLICATION_FACTOR = env_int("KAFKA_TOPIC_REPLICATION_FACTOR", 1, minimum=1)
+# None (auto): ensure_topics replicates to min(3, live brokers), with min.insync.replicas 2 from 3 copies.
+KAFKA_TOPIC_REPLICATION_FACTOR = env_int_or_auto("KAFKA_TOPIC_REPLICATION_FACTOR", minimum=1)
 KAFKA_PRODUCER_TIMEOUT = env_duration("KAFKA_PRODUCER_TIMEOUT", "10s")
 KAFKA_PRODUCER_RETRIES = env_int("KAFKA_PRODUCER_RETRIES", 3, minimum=0, maximum=100)
 KAFKA_PRODUCER_BATCH_SIZE = env_int("KAFKA_PRODUCER_BATCH_SIZE", 100, minimum=1)

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -292,61 +292,81 @@ FIND_MAX_SECONDS = 30.0
 def find_written(*, topics: Iterable[str], since: float, event_ids: set[str]) -> set[tuple[str, str]] | None:
     """(event_id, topic) pairs among `event_ids` that some producer wrote to `topics` since the wall-clock time
     `since` (record timestamps), read with a short-lived consumer. None when Kafka could not be read in bounded
-    time: the caller must then assume nothing was written."""
-    timeout_ms = int(settings.KAFKA_PRODUCER_TIMEOUT * 1000)
-    found: set[tuple[str, str]] = set()
-    try:
-        consumer = KafkaConsumer(
-            **connection_config(),
-            enable_auto_commit=False,
-            # Kafka still down: give up soon, the caller sends again (nothing can be written while it is down).
-            bootstrap_timeout_ms=min(timeout_ms, 2000),
-            request_timeout_ms=max(timeout_ms, 1000) + 500,
-            fetch_max_bytes=16 * 1024 * 1024,
-        )
-    except Exception as exc:
-        logger.warning("cannot look for records a dead run wrote: %r", exc)
-        return None
-    try:
-        partitions = [
-            TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        consumer.assign(partitions)
-        starts = consumer.offsets_for_times({tp: int(since * 1000) for tp in partitions})
-        ends = consumer.end_offsets(partitions)
-        pending = {}
-        for tp in partitions:
-            start = starts.get(tp)
-            if start is not None and start.offset < ends[tp]:
-                consumer.seek(tp, start.offset)
-                pending[tp] = ends[tp]
-        consumer.pause(*(tp for tp in partitions if tp not in pending))
-        deadline = time.monotonic() + FIND_MAX_SECONDS
-        scanned = 0
-        while pending:
-            if time.monotonic() > deadline or scanned > FIND_MAX_RECORDS:
-                logger.warning("gave up looking for records a dead run wrote (%d read)", scanned)
+    time: the caller must then assume nothing was written.
+
+    A cluster that lost a partition leader answers metadata but not that partition until the dead broker is
+    fenced and a new leader elected (seconds): a transient error after the bootstrap is read again, with fresh
+    metadata, within the same bounded time, rather than answered "unreadable" (which would send twice what the
+    dead leader had already replicated)."""
+    deadline = time.monotonic() + FIND_MAX_SECONDS
+    while True:
+        try:
+            consumer = _lookup_consumer()
+        except Exception as exc:  # Kafka down: nothing can be written while it is; the caller sends again
+            logger.warning("cannot look for records a dead run wrote: %r", exc)
+            return None
+        try:
+            return _find_written(consumer, topics=topics, since=since, event_ids=event_ids, deadline=deadline)
+        except Exception as exc:
+            if not is_retryable(exc) or time.monotonic() + 1.0 > deadline:
+                logger.warning("cannot look for records a dead run wrote: %r", exc)
                 return None
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for record in records:
-                    if record.offset >= pending.get(tp, 0):
+            logger.info("looking for records a dead run wrote failed (%r); reading again", exc)
+        finally:
+            consumer.close()
+        time.sleep(0.5)
+
+
+def _lookup_consumer() -> KafkaConsumer:
+    timeout_ms = int(settings.KAFKA_PRODUCER_TIMEOUT * 1000)
+    return KafkaConsumer(
+        **connection_config(),
+        enable_auto_commit=False,
+        # Kafka still down: give up soon, the caller sends again (nothing can be written while it is down).
+        bootstrap_timeout_ms=min(timeout_ms, 2000),
+        request_timeout_ms=max(timeout_ms, 1000) + 500,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+
+
+def _find_written(
+    consumer: KafkaConsumer, *, topics: Iterable[str], since: float, event_ids: set[str], deadline: float
+) -> set[tuple[str, str]] | None:
+    """One reading of find_written; raises what the client raises, None when out of time or records."""
+    found: set[tuple[str, str]] = set()
+    partitions = [
+        TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])
+    ]
+    consumer.assign(partitions)
+    starts = consumer.offsets_for_times({tp: int(since * 1000) for tp in partitions})
+    ends = consumer.end_offsets(partitions)
+    pending = {}
+    for tp in partitions:
+        start = starts.get(tp)
+        if start is not None and start.offset < ends[tp]:
+            consumer.seek(tp, start.offset)
+            pending[tp] = ends[tp]
+    consumer.pause(*(tp for tp in partitions if tp not in pending))
+    scanned = 0
+    while pending:
+        if time.monotonic() > deadline or scanned > FIND_MAX_RECORDS:
+            logger.warning("gave up looking for records a dead run wrote (%d read)", scanned)
+            return None
+        for tp, records in consumer.poll(timeout_ms=500).items():
+            for record in records:
+                if record.offset >= pending.get(tp, 0):
+                    break
+                scanned += 1
+                for name, value in record.headers or ():
+                    if name == "event_id":
+                        event_id = value.decode(errors="replace")
+                        if event_id in event_ids:
+                            found.add((event_id, tp.topic))
                         break
-                    scanned += 1
-                    for name, value in record.headers or ():
-                        if name == "event_id":
-                            event_id = value.decode(errors="replace")
-                            if event_id in event_ids:
-                                found.add((event_id, tp.topic))
-                            break
-                if tp in pending and consumer.position(tp) >= pending[tp]:
-                    del pending[tp]
-                    consumer.pause(tp)
-        return found
-    except Exception as exc:
-        logger.warning("cannot look for records a dead run wrote: %r", exc)
-        return None
-    finally:
-        consumer.close()
+            if tp in pending and consumer.position(tp) >= pending[tp]:
+                del pending[tp]
+                consumer.pause(tp)
+    return found
 
 
 def list_topics(**admin_overrides: Any) -> set[str]:
@@ -359,28 +379,109 @@ def list_topics(**admin_overrides: Any) -> set[str]:
 
 
 @dataclass(frozen=True)
+class Replication:
+    """How the topics ensure_topics creates are replicated: copies of each partition, and how many of them must
+    have a record before a write with acks=all (our producer's) succeeds."""
+
+    factor: int
+    min_insync_replicas: int
+    live_brokers: int
+
+
+@dataclass(frozen=True)
+class UnderReplicatedTopic:
+    """An existing topic replicated less than ensure_topics would create it (it never changes existing topics)."""
+
+    name: str
+    replication_factor: int
+    min_insync_replicas: int
+
+
+@dataclass(frozen=True)
 class EnsureTopicsResult:
     created: list[str]
     existing: list[str]
+    replication: Replication
+    under_replicated: list[UnderReplicatedTopic] = field(default_factory=list)
 
 
-def ensure_topics(*, names: Iterable[str], partitions: int, replication_factor: int) -> EnsureTopicsResult:
-    """Create the topics that do not exist yet; leave existing ones (and their settings) alone."""
+class ReplicationError(ValueError):
+    pass
+
+
+def replication_for(*, live_brokers: int, replication_factor: int | None) -> Replication:
+    """The replication for new topics: `replication_factor` copies, or (None) min(3, live brokers); with 3 copies
+    or more a write needs 2 in sync (one broker may fail without losing or refusing an acknowledged record),
+    below that 1 (with 2 copies, needing both would stop writes whenever either broker is down)."""
+    factor = min(3, live_brokers) if replication_factor is None else replication_factor
+    if factor < 1:
+        raise ReplicationError("no live Kafka broker to place replicas on")
+    if factor > live_brokers:
+        raise ReplicationError(
+            f"replication factor {factor} needs {factor} live brokers, the cluster has {live_brokers}"
+        )
+    return Replication(factor=factor, min_insync_replicas=2 if factor >= 3 else 1, live_brokers=live_brokers)
+
+
+def live_broker_count(admin: KafkaAdminClient) -> int:
+    """Brokers registered and not fenced (a killed broker is fenced once its session times out)."""
+    brokers = admin.describe_cluster()["brokers"]
+    return sum(1 for broker in brokers if not broker.get("is_fenced"))
+
+
+def ensure_topics(
+    *, names: Iterable[str], partitions: int, replication_factor: int | None = None
+) -> EnsureTopicsResult:
+    """Create the topics that do not exist yet; leave existing ones (and their settings) alone, but report those
+    replicated less than new ones would be. `replication_factor` None: as replication_for decides."""
     wanted = list(dict.fromkeys(names))
     admin = admin_client()
     try:
+        replication = replication_for(live_brokers=live_broker_count(admin), replication_factor=replication_factor)
+        # Only when above the broker default (1): a single broker's topics stay exactly as they always were.
+        configs = {"min.insync.replicas": str(replication.min_insync_replicas)}
+        configs = configs if replication.min_insync_replicas > 1 else {}
         present = set(admin.list_topics())
         missing = [name for name in wanted if name not in present]
         created: list[str] = []
+        spec = {"num_partitions": partitions, "replication_factor": replication.factor, "configs": configs}
         for name in missing:
             try:
-                admin.create_topics(
-                    {name: {"num_partitions": partitions, "replication_factor": replication_factor}},
-                    wait_for_metadata=True,
-                )
+                admin.create_topics({name: spec}, wait_for_metadata=True)
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass  # created concurrently by another process: that is what we wanted
-        return EnsureTopicsResult(created=created, existing=[name for name in wanted if name in present])
+        existing = [name for name in wanted if name in present]
+        return EnsureTopicsResult(
+            created=created,
+            existing=existing,
+            replication=replication,
+            under_replicated=_under_replicated(admin, existing, replication),
+        )
     finally:
         admin.close()
+
+
+def _under_replicated(admin: KafkaAdminClient, names: list[str], wanted: Replication) -> list[UnderReplicatedTopic]:
+    """The topics among `names` with fewer copies (of any partition) or a lower min.insync.replicas than wanted."""
+    if not names:
+        return []
+    factors = {
+        topic["name"]: min((len(p["replica_nodes"]) for p in topic["partitions"]), default=0)
+        for topic in admin.describe_topics(names)
+        if not topic.get("error_code")
+    }
+    described = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name, {"min.insync.replicas": None}) for name in factors],
+        config_filter="all",
+    )
+    min_isr = {
+        name: int(configs.get("min.insync.replicas", {}).get("value") or 1)
+        for name, configs in described.get("topic", {}).items()
+    }
+    weak = []
+    for name, factor in factors.items():
+        isr = min_isr.get(name, 1)
+        if factor < wanted.factor or isr < wanted.min_insync_replicas:
+            weak.append(UnderReplicatedTopic(name=name, replication_factor=factor, min_insync_replicas=isr))
+    return weak

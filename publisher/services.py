@@ -28,8 +28,9 @@ from routing.services import topic_names
 logger = logging.getLogger(__name__)
 
 
-def ensure_topics(*, partitions: int, replication_factor: int) -> kafka_gateway.EnsureTopicsResult:
-    """Create every configured topic, every topic named in the routing table, and dlq.events if missing."""
+def ensure_topics(*, partitions: int, replication_factor: int | None = None) -> kafka_gateway.EnsureTopicsResult:
+    """Create every configured topic, every topic named in the routing table, and dlq.events if missing.
+    `replication_factor` None: min(3, live brokers) (kafka_gateway.replication_for)."""
     try:
         routed = topic_names()
     except DatabaseError:  # not migrated yet: the configured topics are enough

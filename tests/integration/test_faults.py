@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,13 @@ def stack(default_routing: None, api_key: str) -> Iterator[Stack]:
 
 @dataclass
 class Load:
-    """Posts batches of activities in a loop; remembers what was answered and which event ids were accepted."""
+    """Posts batches of events (activities unless `make_event` says otherwise) in a loop; remembers what was
+    answered and which event ids were accepted."""
 
     stack: Stack
     batch: int = 20
     pause: float = 0.02
+    make_event: Callable[[], dict[str, Any]] = lambda: factories.activity(user_id="fault")
     accepted: list[str] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     missing_retry_after: int = 0
@@ -89,7 +91,7 @@ class Load:
         session = requests.Session()
         headers = {"Content-Type": "application/json", "Authorization": f"Api-Key {self.stack.key}"}
         while not self._stop.is_set():
-            body = orjson.dumps({"events": [factories.activity(user_id="fault") for _ in range(self.batch)]})
+            body = orjson.dumps({"events": [self.make_event() for _ in range(self.batch)]})
             try:
                 response = session.post(
                     f"{self.stack.web.url}/api/v1/events/batch", data=body, headers=headers, timeout=30
