@@ -158,18 +158,19 @@ class _IngestView(APIView):
     renderer_classes = [ORJSONRenderer]  # JSON only, also for a browser: no answer under /api/ is HTML
     content_negotiation_class = JSONFirstNegotiation
     endpoint = ""
-    trace: tracecontext.TraceContext
+    # Not `trace`: DRF takes any attribute named like an HTTP method for its handler (TRACE would be allowed).
+    trace_context: tracecontext.TraceContext
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         # The request's W3C trace context: the caller's when valid, else a new trace. Its events carry it to
         # Kafka, its log lines and its task's name it, and the answer's `traceresponse` says which it was.
-        self.trace, _ = tracecontext.from_headers(
+        self.trace_context, _ = tracecontext.from_headers(
             request.META.get("HTTP_TRACEPARENT"), request.META.get("HTTP_TRACESTATE")
         )
-        with trace_scope(self.trace):
+        with trace_scope(self.trace_context):
             response = super().dispatch(request, *args, **kwargs)
-        response["traceresponse"] = self.trace.traceparent
+        response["traceresponse"] = self.trace_context.traceparent
         metrics.REQUEST_DURATION.labels(endpoint=self.endpoint, status=str(response.status_code)).observe(
             time.perf_counter() - started
         )
@@ -226,7 +227,7 @@ class EventView(_IngestView):
         if isinstance(result, list):
             metrics.EVENTS_REJECTED.labels(reason="invalid").inc()
             raise RequestError(400, "Invalid event.", errors=[e.as_dict() for e in result])
-        outcome = services.accept_events(events=[(0, result)], source=client_of(request).name, trace=self.trace)
+        outcome = services.accept_events(events=[(0, result)], source=client_of(request).name, trace=self.trace_context)
         _log_admitted(outcome)
         event_id, state = outcome.statuses[0]
         return Response({"event_id": event_id, "status": state}, status=status.HTTP_202_ACCEPTED)
@@ -261,7 +262,7 @@ class BatchView(_IngestView):
         if checked.body_errors:
             metrics.EVENTS_REJECTED.labels(reason="invalid").inc()
             raise RequestError(400, "Invalid batch.", errors=[e.as_dict() for e in checked.body_errors])
-        outcome = services.accept_events(events=checked.valid, source=client_of(request).name, trace=self.trace)
+        outcome = services.accept_events(events=checked.valid, source=client_of(request).name, trace=self.trace_context)
         _log_admitted(outcome)
         results: list[dict[str, Any]] = [{} for _ in range(len(checked.valid) + len(checked.invalid))]
         for index, (event_id, state) in outcome.statuses.items():
