@@ -16,7 +16,9 @@ from typing import Any
 from django.conf import settings
 
 from config.redis import get_redis, script
+from events import tracecontext
 from events.schema import ValidatedEvent
+from events.tracecontext import TraceContext
 from ingestion import metrics
 from ingestion.group_commit import GroupCommit, GroupCommits
 from publisher import services as publisher_services
@@ -65,16 +67,27 @@ PENDING_TTL = 30
 PENDING_WAIT = (0.02, 0.05, 0.1)
 
 
-def accept_events(*, events: Sequence[tuple[int, ValidatedEvent]], source: str) -> Outcome:
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One request's events and its trace context, as it waits in an admission group."""
+
+    events: Sequence[tuple[int, ValidatedEvent]]
+    trace: TraceContext
+
+
+def accept_events(
+    *, events: Sequence[tuple[int, ValidatedEvent]], source: str, trace: TraceContext | None = None
+) -> Outcome:
     """Dedup, then enqueue the new events. Raises ServiceUnavailable without side effects left.
 
     Requests from the same source accepted at the same time in this process are admitted together (one
     round of Redis work, one task): see ingestion.group_commit. A request's answer still waits for its own events to be
-    queued, and a group is admitted or refused as a whole.
+    queued, and a group is admitted or refused as a whole. Each event keeps its request's `trace` (W3C trace
+    context; a new trace when None) inside the shared task.
     """
     if not events:
         return Outcome()
-    return _admissions.submit(source, events)
+    return _admissions.submit(source, _Request(events, trace or tracecontext.generate()))
 
 
 @contextmanager
@@ -86,16 +99,19 @@ def admission_expected(*, source: str) -> Iterator[None]:
         yield
 
 
-def _admit_group(group: list[Sequence[tuple[int, ValidatedEvent]]], *, source: str) -> list[Outcome]:
+def _admit_group(group: list[_Request], *, source: str) -> list[Outcome]:
     """Admit every request of the group as one: one dedup check, one reservation, one task (see _accept).
     A dedup key repeated across requests of the group is a duplicate of its first occurrence, as inside a batch."""
     if len(group) == 1:
-        return [_accept(group[0], source=source)]
-    flat = list(enumerate(ev for events in group for _, ev in events))
-    combined = _accept(flat, source=source).statuses
+        only = group[0]
+        return [_accept(only.events, source=source, traces=[only.trace] * len(only.events))]
+    flat = list(enumerate(ev for request in group for _, ev in request.events))
+    traces = [request.trace for request in group for _ in request.events]
+    combined = _accept(flat, source=source, traces=traces).statuses
     outcomes: list[Outcome] = []
     position = 0
-    for events in group:
+    for request in group:
+        events = request.events
         outcome = Outcome()
         statuses = outcome.statuses
         for index, _ in events:
@@ -108,13 +124,13 @@ def _admit_group(group: list[Sequence[tuple[int, ValidatedEvent]]], *, source: s
     return outcomes
 
 
-def _admission_for(source: str) -> GroupCommit[Sequence[tuple[int, ValidatedEvent]], Outcome]:
+def _admission_for(source: str) -> GroupCommit[_Request, Outcome]:
     # A group stops at INGEST_MAX_BATCH events (one request may exceed that alone), so a task is never bigger
     # than one full batch and memory stays bounded under load. INGEST_GROUP_WAIT lets a leader wait for the
     # requests of its source this process is already reading (admission_expected), so groups grow.
     return GroupCommit(
         lambda group: _admit_group(group, source=source),
-        weight=len,
+        weight=lambda request: len(request.events),
         max_weight=lambda: settings.INGEST_MAX_BATCH,
         linger=lambda: settings.INGEST_GROUP_WAIT,
         hold=_backlog_hold,
@@ -136,45 +152,50 @@ def _backlog_hold() -> float:
     return settings.INGEST_BACKLOG_GROUP_WAIT if waiting is not None and waiting >= threshold else 0.0
 
 
-_admissions: GroupCommits[Sequence[tuple[int, ValidatedEvent]], Outcome] = GroupCommits(_admission_for)
+_admissions: GroupCommits[_Request, Outcome] = GroupCommits(_admission_for)
 
 
-def _accept(events: Sequence[tuple[int, ValidatedEvent]], *, source: str) -> Outcome:
+def _accept(events: Sequence[tuple[int, ValidatedEvent]], *, source: str, traces: Sequence[TraceContext]) -> Outcome:
+    """`traces`: each event's trace context, by position in `events`."""
     if publisher_services.can_enqueue_guarded():
-        return _accept_atomically(events, source=source)
-    return _accept_in_steps(events, source=source)
+        return _accept_atomically(events, source=source, traces=traces)
+    return _accept_in_steps(events, source=source, traces=traces)
 
 
 GUARDED_ROUNDS = 3
 
 
-def _accept_atomically(events: Sequence[tuple[int, ValidatedEvent]], *, source: str) -> Outcome:
+def _accept_atomically(
+    events: Sequence[tuple[int, ValidatedEvent]], *, source: str, traces: Sequence[TraceContext]
+) -> Outcome:
     """One atomic step on Redis: the marks are set, capacity reserved and the task queued together, or nothing
     is. Marks already held make their events duplicates; the rest are tried again (a second round trip only
     when a group holds a duplicate)."""
     duplicate_ids: dict[int, str] = {}
     repeat_of: dict[int, int] = {}  # a dedup key seen earlier in the group: index -> its first occurrence
     first_by_key: dict[str, int] = {}
-    # (index, data, guard key or None) of the events to try, in order; one pass builds it for the first round.
-    candidates: list[tuple[int, dict[str, Any], str | None]] = []
-    for index, ev in events:
+    # (index, data, guard key or None, trace) of the events to try, in order; one pass builds it for the first
+    # round.
+    candidates: list[tuple[int, dict[str, Any], str | None, TraceContext]] = []
+    for (index, ev), trace in zip(events, traces, strict=True):
         key = None if ev.dedup_key is None else DEDUP_PREFIX + ev.dedup_key
         if key is not None:
             first = first_by_key.setdefault(key, index)
             if first != index:
                 repeat_of[index] = first
                 continue
-        candidates.append((index, ev.data, key))
+        candidates.append((index, ev.data, key, trace))
     ttl = max(1, int(settings.INGEST_DEDUP_TTL))
     for _ in range(GUARDED_ROUNDS):
         if duplicate_ids:
             candidates = [c for c in candidates if c[0] not in duplicate_ids]
         if not candidates:
             break
-        guarded = [(index, key, data) for index, data, key in candidates if key is not None]
+        guarded = [(index, key, data) for index, data, key, _ in candidates if key is not None]
         try:
             result = publisher_services.enqueue_events_guarded(
-                events=[data for _, data, _ in candidates],
+                events=[data for _, data, _, _ in candidates],
+                traces=[trace for _, _, _, trace in candidates],
                 source=source,
                 accepted_at=time.time(),
                 guards=[(key, str(data["event_id"])) for _, key, data in guarded],
@@ -231,14 +252,17 @@ def _record_outcome(events: Sequence[tuple[int, ValidatedEvent]], duplicate_ids:
     return outcome
 
 
-def _accept_in_steps(events: Sequence[tuple[int, ValidatedEvent]], *, source: str) -> Outcome:
+def _accept_in_steps(
+    events: Sequence[tuple[int, ValidatedEvent]], *, source: str, traces: Sequence[TraceContext]
+) -> Outcome:
     """When Celery's broker is not the project's Redis: claim pending marks, hand off one task, confirm the
     marks (the pending marks are released if the hand-off fails, so nothing is half-accepted)."""
     claimed, duplicate_ids = _claim_marks(events)
-    to_publish = [ev.data for index, ev in events if index not in duplicate_ids]
+    kept = [(ev.data, trace) for (index, ev), trace in zip(events, traces, strict=True) if index not in duplicate_ids]
+    to_publish = [data for data, _ in kept]
     if to_publish:
         try:
-            _hand_off(to_publish, source=source)
+            _hand_off(to_publish, source=source, traces=[trace for _, trace in kept])
         except ServiceUnavailable:
             _release([key for key, _ in claimed])
             raise
@@ -338,7 +362,7 @@ def _claim_marks(events: Sequence[tuple[int, ValidatedEvent]]) -> tuple[list[tup
     return claimed, duplicate_ids
 
 
-def _hand_off(to_publish: list[dict[str, Any]], *, source: str) -> None:
+def _hand_off(to_publish: list[dict[str, Any]], *, source: str, traces: Sequence[TraceContext]) -> None:
     """Reserve room in the queue, then enqueue one task; raises ServiceUnavailable with nothing reserved."""
     try:
         admitted = publisher_services.reserve_queue_capacity(
@@ -353,7 +377,7 @@ def _hand_off(to_publish: list[dict[str, Any]], *, source: str) -> None:
         )
     try:
         publisher_services.enqueue_events(
-            events=to_publish, source=source, accepted_at=time.time(), capacity_reserved=True
+            events=to_publish, source=source, accepted_at=time.time(), traces=traces, capacity_reserved=True
         )
     except Exception as exc:
         publisher_services.release_queue_capacity(count=len(to_publish))  # never raises; a failure is logged

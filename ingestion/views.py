@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -18,6 +19,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.logging import trace_scope
+from events import tracecontext
 from events.schema import (
     BatchValidation,
     BodyError,
@@ -44,6 +47,8 @@ from ingestion.openapi import (
     SingleResponseSchema,
 )
 from ingestion.throttling import ApiKeyRateThrottle
+
+logger = logging.getLogger(__name__)
 
 ALLOWED_CHARSETS = {"utf-8", "utf8"}
 JSON = "application/json"
@@ -93,6 +98,15 @@ class JSONFirstNegotiation(DefaultContentNegotiation):
             first = next(iter(renderers))
             return first, first.media_type
         return super().select_renderer(request, renderers, format_suffix)
+
+
+def _log_admitted(outcome: services.Outcome) -> None:
+    """One debug line per admitted request (with its trace, see config.logging); off at the default level: the
+    event endpoints log nothing per request unless asked to."""
+    logger.debug(
+        "events admitted",
+        extra={"event": "events_admitted", "accepted": outcome.accepted, "duplicates": outcome.duplicates},
+    )
 
 
 class RequestError(Exception):
@@ -168,10 +182,19 @@ class _IngestView(APIView):
     renderer_classes = [ORJSONRenderer]  # JSON only, also for a browser: no answer under /api/ is HTML
     content_negotiation_class = JSONFirstNegotiation
     endpoint = ""
+    # Not `trace`: DRF takes any attribute named like an HTTP method for its handler (TRACE would be allowed).
+    trace_context: tracecontext.TraceContext
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
-        response = super().dispatch(request, *args, **kwargs)
+        # The request's W3C trace context: the caller's when valid, else a new trace. Its events carry it to
+        # Kafka, its log lines and its task's name it, and the answer's `traceresponse` says which it was.
+        self.trace_context, _ = tracecontext.from_headers(
+            request.META.get("HTTP_TRACEPARENT"), request.META.get("HTTP_TRACESTATE")
+        )
+        with trace_scope(self.trace_context):
+            response = super().dispatch(request, *args, **kwargs)
+        response["traceresponse"] = self.trace_context.traceparent
         metrics.REQUEST_DURATION.labels(endpoint=self.endpoint, status=str(response.status_code)).observe(
             time.perf_counter() - started
         )
@@ -231,7 +254,8 @@ class EventView(_IngestView):
         if isinstance(result, list):
             metrics.EVENTS_REJECTED.labels(reason="invalid").inc()
             raise RequestError(400, "Invalid event.", errors=[e.as_dict() for e in result])
-        outcome = services.accept_events(events=[(0, result)], source=client_of(request).name)
+        outcome = services.accept_events(events=[(0, result)], source=client_of(request).name, trace=self.trace_context)
+        _log_admitted(outcome)
         event_id, state = outcome.statuses[0]
         return Response({"event_id": event_id, "status": state}, status=status.HTTP_202_ACCEPTED)
 
@@ -265,7 +289,8 @@ class BatchView(_IngestView):
         if checked.body_errors:
             metrics.EVENTS_REJECTED.labels(reason="invalid").inc()
             raise RequestError(400, "Invalid batch.", errors=[e.as_dict() for e in checked.body_errors])
-        outcome = services.accept_events(events=checked.valid, source=client_of(request).name)
+        outcome = services.accept_events(events=checked.valid, source=client_of(request).name, trace=self.trace_context)
+        _log_admitted(outcome)
         results: list[dict[str, Any]] = [{} for _ in range(len(checked.valid) + len(checked.invalid))]
         for index, (event_id, state) in outcome.statuses.items():
             results[index] = {"index": index, "event_id": event_id, "status": state, "errors": []}

@@ -19,8 +19,10 @@ import pybreaker
 from django.conf import settings
 from kafka.errors import MessageSizeTooLargeError
 
+from events import tracecontext
 from events.serialization import CONTENT_TYPES, SerializationError, encode_event, schema_name
 from events.timefmt import utc_iso_ms
+from events.tracecontext import TraceContext
 from fastpaths import kafka_batches
 from fastpaths.kafka_batches import HeaderBlocks
 from publisher import breaker as breaker_module
@@ -147,6 +149,7 @@ class _TypedHeaders:
         fmt: str,
         shared_tail: tuple[tuple[str, bytes], ...],
         encoded_tail: bytes,
+        trace_headers: int,
     ) -> _TypedHeaders:
         first = ("event_type", event_type.encode())
         typed = (
@@ -154,7 +157,7 @@ class _TypedHeaders:
             ("content-type", CONTENT_TYPES[fmt].encode()),
             ("schema", schema_name(event_type, fmt).encode()),
         )
-        count = 2 + len(typed) + len(shared_tail)  # first, event_id, typed, tail
+        count = 2 + trace_headers + len(typed) + len(shared_tail)  # first, event_id, trace, typed, tail
         return cls(
             first=first,
             rest=typed + shared_tail,
@@ -164,17 +167,28 @@ class _TypedHeaders:
 
 
 def build_records(
-    events: Sequence[Mapping[str, Any]], routes: Routes, formats: Mapping[str, str], *, source: str, accepted_at: float
+    events: Sequence[Mapping[str, Any]],
+    routes: Routes,
+    formats: Mapping[str, str],
+    *,
+    source: str,
+    accepted_at: float,
+    traces: Sequence[TraceContext] | None = None,
 ) -> tuple[list[Record], list[Record]]:
-    """Serialize each event once per format it is needed in. Returns (records, unencodable records)."""
+    """Serialize each event once per format it is needed in. Returns (records, unencodable records). `traces`:
+    each event's W3C trace context, its records' traceparent/tracestate headers (one new trace for all if None)."""
+    if traces is None:
+        traces = [tracecontext.generate()] * len(events)
+    trace_blocks: dict[TraceContext, tuple[tuple[tuple[str, bytes], ...], bytes]] = {}
     ingested_at = utc_iso_ms(accepted_at).encode()
     source_header = source.encode()
-    # Seven headers per record; all but event_id depend only on (event_type, schema_version, format) or on the
-    # batch, so they are made — and encoded as Kafka writes them — once per batch.
+    # Eight or nine headers per record; all but event_id depend only on (event_type, schema_version, format), on
+    # the event's request (traceparent, tracestate) or on the batch, so they are made — and encoded as Kafka
+    # writes them — once per batch or request.
     shared_tail = (("ingested_at", ingested_at), ("source", source_header))
     encoded_tail = b"".join(HeaderBlocks.encode(name, value) for name, value in shared_tail)
     encode_blocks = kafka_batches.enabled()  # else send() takes the headers list
-    typed_headers: dict[tuple[str, str, str], _TypedHeaders] = {}
+    typed_headers: dict[tuple[str, str, str, int], _TypedHeaders] = {}
     records: list[Record] = []
     broken: list[Record] = []
     for index, topics in routes.items():
@@ -185,6 +199,12 @@ def build_records(
         event_id = str(event["event_id"]).encode()
         encoded_id = _encode_event_id(event_id) if encode_blocks else b""
         schema_version = str(event.get("schema_version", 1))
+        trace = traces[index]
+        trace_block = trace_blocks.get(trace)
+        if trace_block is None:
+            pairs = tracecontext.header_pairs(trace)
+            trace_block = trace_blocks[trace] = (pairs, b"".join(HeaderBlocks.encode(n, v) for n, v in pairs))
+        trace_headers, encoded_trace = trace_block
         for topic in topics:
             fmt = formats.get(topic, "json")
             if fmt not in encoded:
@@ -193,16 +213,22 @@ def build_records(
                 except SerializationError as exc:
                     encoded[fmt] = exc
             value = encoded[fmt]
-            typed = typed_headers.get((event_type, schema_version, fmt))
+            typed_key = (event_type, schema_version, fmt, len(trace_headers))
+            typed = typed_headers.get(typed_key)
             if typed is None:
-                typed = typed_headers[(event_type, schema_version, fmt)] = _TypedHeaders.make(
-                    event_type, schema_version, fmt, shared_tail, encoded_tail
+                typed = typed_headers[typed_key] = _TypedHeaders.make(
+                    event_type, schema_version, fmt, shared_tail, encoded_tail, len(trace_headers)
                 )
-            headers = [typed.first, ("event_id", event_id), *typed.rest]
+            headers = [typed.first, ("event_id", event_id), *trace_headers, *typed.rest]
             if isinstance(value, SerializationError):
                 broken.append(Record(index, topic, key, b"", headers, fmt, attempts=1, error=value))
             else:
-                block = b"".join((typed.encoded_first, encoded_id, typed.encoded_rest)) if encode_blocks else None
+                block = (
+                    b"".join((typed.encoded_first, encoded_id, encoded_trace, typed.encoded_rest))
+                    if encode_blocks
+                    else None
+                )
+
                 records.append(Record(index, topic, key, value, headers, fmt, header_block=block))
     return records, broken
 
@@ -386,6 +412,7 @@ def publish_events(
     skip: Set[tuple[int, str]] = frozenset(),
     on_delivered: Callable[[list[tuple[int, str]]], None] | None = None,
     in_doubt_since: float | None = None,
+    traces: Sequence[TraceContext] | None = None,
 ) -> BatchResult:
     """Deliver a batch. With `routes` (a deferred task coming back), only those deliveries are attempted and
     routing is not evaluated again, so destinations that already succeeded are never sent twice. `skip` lists
@@ -395,7 +422,8 @@ def publish_events(
 
     A delivery whose outcome is unknown (an earlier run died after sending; a timeout or a lost connection) may
     be in Kafka already: before it is sent again or dead-lettered, Kafka is read for it (written since
-    `in_doubt_since`, or since this run started), and what is found there counts as delivered."""
+    `in_doubt_since`, or since this run started), and what is found there counts as delivered. `traces`: each
+    event's W3C trace context, put on its records (build_records)."""
     started = time.monotonic()
     run = _PublishRun(
         events=events,
@@ -407,7 +435,10 @@ def publish_events(
     planned, formats = _planned_deliveries(run, routes=routes, skip=skip)
     if not planned:
         return run.result
-    run.records, unencodable = build_records(events, planned, formats, source=source, accepted_at=accepted_at)
+    run.records, unencodable = build_records(
+        events, planned, formats, source=source, accepted_at=accepted_at, traces=traces
+    )
+
     run.to_dead_letter = [(r, DeadLetter.Reason.PERMANENT_ERROR) for r in unencodable]
     pending = run.records
     if in_doubt_since is not None:

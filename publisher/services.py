@@ -18,6 +18,8 @@ from typing import Any
 
 from django.db import DatabaseError
 
+from events import tracecontext
+from events.tracecontext import TraceContext
 from fastpaths import celery_handoff
 from fastpaths.celery_handoff import GuardedResult
 from publisher import handoff, kafka_gateway, publishing, queue
@@ -65,6 +67,7 @@ def enqueue_events_guarded(
     events: list[dict[str, Any]],
     source: str,
     accepted_at: float,
+    traces: Sequence[TraceContext] | None = None,
     guards: Sequence[tuple[str, str]],
     guard_ttl: int,
     capacity_limit: int,
@@ -76,7 +79,8 @@ def enqueue_events_guarded(
     `guard_ttl` seconds. Otherwise nothing is done and the result says why: which guards are already held
     (by what value), or that the queue is full. Raises if Redis cannot be reached (then nothing was done, or
     everything was). With `min_replicas`, it then waits up to `replica_wait` seconds for that many Redis replicas
-    to hold the task and its guards, and says in `replicas` how many did (the task stays queued either way)."""
+    to hold the task and its guards, and says in `replicas` how many did (the task stays queued either way).
+    `traces`: each event's W3C trace context (one new trace for all when None)."""
     queue_name = handoff.queue_for(publish_events.name)
     if queue_name is None or not celery_handoff.enabled():
         raise RuntimeError(
@@ -85,7 +89,7 @@ def enqueue_events_guarded(
     message = celery_handoff.task_message(
         task_name=publish_events.name,
         queue_name=queue_name,
-        kwargs={"events": events, "source": source, "accepted_at": accepted_at},
+        kwargs=_task_kwargs(events=events, source=source, accepted_at=accepted_at, traces=traces),
         kwargsrepr=f"<{len(events)} events>",
     )
     return celery_handoff.enqueue_guarded(
@@ -107,13 +111,28 @@ def wait_for_replicas(*, count: int, timeout: float) -> int:
     return queue.wait_for_replicas(count, timeout=timeout)
 
 
+def _task_kwargs(
+    *, events: list[dict[str, Any]], source: str, accepted_at: float, traces: Sequence[TraceContext] | None
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"events": events, "source": source, "accepted_at": accepted_at}
+    if traces is not None:
+        kwargs["traces"] = tracecontext.pack(traces)  # runs: a few entries per task, not one per event
+    return kwargs
+
+
 def enqueue_events(
-    *, events: list[dict[str, Any]], source: str, accepted_at: float, capacity_reserved: bool = False
+    *,
+    events: list[dict[str, Any]],
+    source: str,
+    accepted_at: float,
+    traces: Sequence[TraceContext] | None = None,
+    capacity_reserved: bool = False,
 ) -> None:
     """Hand an accepted request's events to the workers: one task for the whole batch. Raises if the broker
-    (Redis) cannot take it, so the caller can refuse the request instead of half-accepting it."""
+    (Redis) cannot take it, so the caller can refuse the request instead of half-accepting it. `traces`: each
+    event's W3C trace context, carried to its Kafka records and the task's log lines (one new trace when None)."""
     publish_events.apply_async(
-        kwargs={"events": events, "source": source, "accepted_at": accepted_at},
+        kwargs=_task_kwargs(events=events, source=source, accepted_at=accepted_at, traces=traces),
         argsrepr="",
         kwargsrepr=f"<{len(events)} events>",
         retry=False,
