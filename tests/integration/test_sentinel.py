@@ -112,7 +112,9 @@ def test_django_cache_goes_to_the_primary(app_on_sentinel: SentinelGroup) -> Non
 
     # settings.CACHES as config/settings.py builds it with REDIS_SENTINELS set (test_settings_behind_sentinel)
     options = settings.CACHES["default"]["OPTIONS"] | {"pool_class": "config.redis.SentinelMasterPool"}
-    with override_settings(CACHES={"default": settings.CACHES["default"] | {"OPTIONS": options}}):
+    # Behind Sentinel only the database number of LOCATION counts: the group's, as primary_client() reads it.
+    location = SENTINEL_ENV["REDIS_URL"]
+    with override_settings(CACHES={"default": settings.CACHES["default"] | {"OPTIONS": options, "LOCATION": location}}):
         cache = caches.create_connection("default")
     cache.set("test:sentinel:cache", 41)
     assert cache.get("test:sentinel:cache") == 41
