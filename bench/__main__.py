@@ -65,6 +65,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the batch and single rows once per setting: all, none, and each fast path off alone (-NAME)",
     )
     parser.add_argument(
+        "--kafka-transactions",
+        action="store_true",
+        help="also run the batch and single rows with KAFKA_TRANSACTIONS=true (rows batch[txn], single[txn]), "
+        "their records counted as a read_committed consumer sees them",
+    )
+    parser.add_argument(
         "--client-processes", type=int, default=1, help="processes running the bare producer loop (default 1)"
     )
     parser.add_argument("--web-workers", type=int, default=2, help="web worker processes (default 2)")
@@ -339,16 +345,21 @@ def main(argv: list[str] | None = None) -> None:
             settings.KAFKA_TOPIC_ML_TRAINING,
         ]
         phases = [
-            (name, setting)
+            (name, setting, transactions)
             for name in ("batch", "single", "peer-batch", "peer-single")
             if name in only
-            # The peer has no fast paths: it runs once.
+            # The peer has no fast paths and no transactions: it runs once.
             for setting in (fast_paths_settings(args) if not name.startswith("peer") else [None])
+            for transactions in ([False, True] if args.kafka_transactions and not name.startswith("peer") else [False])
         ]
-        for phase, setting in phases:
-            # A row per fast-path setting: `batch[none]`, `single[-kafka_batches]`...; plain names without one.
-            name = phase if setting is None else f"{phase}[{setting}]"
+        for phase, setting, transactions in phases:
+            # A row per fast-path setting: `batch[none]`, `single[-kafka_batches]`, `batch[txn]`, `batch[none,txn]`...;
+            # plain names without one.
+            labels = [label for label in (setting, "txn" if transactions else None) if label]
+            name = f"{phase}[{','.join(labels)}]" if labels else phase
             extra_env = {} if setting is None else {"INGEST_FAST_PATHS": fast_paths_env(setting)}
+            if transactions:
+                extra_env |= {"KAFKA_TRANSACTIONS": "true", "KAFKA_TRANSACTIONAL_ID_PREFIX": f"bench-{tag}"}
             single = phase.endswith("single")
             phase_settings = Settings(
                 duration=args.duration,
@@ -376,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
                 offsets_interval=args.offsets_interval,
                 log=_log,
                 extra_env=extra_env,
+                isolation_level="read_committed" if transactions else "read_uncommitted",
             )
             tiers = None
             if phase.startswith("peer"):
