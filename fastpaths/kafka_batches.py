@@ -58,7 +58,7 @@ def standing_aside() -> str | None:
     """Why this fast path is off although switched on and verified, or None."""
     from django.conf import settings
 
-    if getattr(settings, "KAFKA_TRANSACTIONS", False):
+    if settings.configured and getattr(settings, "KAFKA_TRANSACTIONS", False):
         return "KAFKA_TRANSACTIONS=true: records go through send(), which adds their partitions to the transaction"
     return None
 

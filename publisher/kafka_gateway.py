@@ -300,8 +300,9 @@ def transactional_id() -> str:
 
 def transaction_timeout_seconds() -> float:
     """How long the broker lets a transaction stay open before aborting it (a worker that died mid-round and whose
-    slot does not come back). A round lasts publisher.retry_budget.round_seconds() at most; this leaves room."""
-    return max(10.0, 3 * float(settings.KAFKA_PRODUCER_TIMEOUT))
+    slot does not come back). A round lasts publisher.retry_budget.round_seconds() at most; this leaves room,
+    within the broker's default transaction.max.timeout.ms (15 min)."""
+    return min(900.0, max(10.0, 3 * float(settings.KAFKA_PRODUCER_TIMEOUT)))
 
 
 def transactional_producer() -> KafkaProducer:
@@ -336,12 +337,24 @@ def replace_transactional_producer(*, settle: bool) -> None:
     with _transactional_lock:
         producer, _transactional.producer, _transactional.pid = _transactional.producer, None, None
     if producer is not None:
-        try:
-            producer.close(timeout=0)
-        except Exception:
-            logger.exception("closing a transactional producer failed")
+        # close(timeout=0) refuses while records are pending (its flush times out) and leaves the client's network
+        # thread running; closing with time for them to expire (or be fenced by the successor) ends it.
+        timeout = float(settings.KAFKA_PRODUCER_TIMEOUT) + 5.0
+        threading.Thread(target=_close_quietly, args=(producer, timeout), name="kafka-close", daemon=True).start()
     if settle:
         _make_transactional_producer_in_background()
+
+
+def _close_quietly(producer: KafkaProducer, timeout: float, *, attempts: int = 10) -> None:
+    """While Kafka is unreachable a transactional producer's pending requests neither finish nor expire, so its
+    close keeps timing out: try again, as long as an outage is worth waiting for."""
+    for _ in range(attempts):
+        try:
+            producer.close(timeout=timeout)
+            return
+        except Exception as exc:
+            error = exc
+    logger.warning("could not close a replaced transactional producer: %r", error)
 
 
 def end_transaction(producer: KafkaProducer, *, commit: bool, timeout: float) -> BaseException | None:

@@ -240,21 +240,22 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
         record.attempts += 1
         record.error = None
     transactional = kafka_gateway.transactions_on()
-    try:
-        producer = kafka_gateway.transactional_producer() if transactional else kafka_gateway.get_producer()
-    except Exception as exc:
-        # No producer (broker unreachable, bad credentials, untrusted certificate): every record failed this round.
-        if not is_retryable(exc):
-            raise
-        for record in records:
-            record.error = exc
-        _count_failures(records)
-        raise _RoundFailed(list(records)) from exc
-    if transactional:
-        with kafka_gateway.transaction_lock:
+    # One transaction at a time per process (threads share the producer), on the producer the round began with.
+    with kafka_gateway.transaction_lock if transactional else contextlib.nullcontext():
+        try:
+            producer = kafka_gateway.transactional_producer() if transactional else kafka_gateway.get_producer()
+        except Exception as exc:
+            # No producer (broker unreachable, bad credentials, untrusted certificate): every record failed.
+            if not is_retryable(exc):
+                raise
+            for record in records:
+                record.error = exc
+            _count_failures(records)
+            raise _RoundFailed(list(records)) from exc
+        if transactional:
             _transaction_round(producer, records, timeout)
-    else:
-        _plain_round(producer, records, timeout)
+        else:
+            _plain_round(producer, records, timeout)
     _count_failures(records)
     permanent = [r for r in records if r.error is not None and not is_retryable(r.error)]
     retryable = [r for r in records if r.error is not None and is_retryable(r.error)]

@@ -107,9 +107,9 @@ def normalized(event: dict[str, Any]) -> dict[str, Any]:
     return dict(checked.data)
 
 
-def listed_transactions(prefix: str) -> dict[str, Any]:
-    """The broker's transactional ids that start with `prefix`, with their description."""
-    admin = kafka_gateway.admin_client()
+def listed_transactions(brokers: list[str], prefix: str) -> dict[str, Any]:
+    """The cluster's transactional ids that start with `prefix`, with their description."""
+    admin = kafka_gateway.admin_client(bootstrap_servers=brokers)
     try:
         ids = [
             listing.transactional_id
@@ -226,7 +226,7 @@ def test_an_attempt_routed_to_two_topics_is_committed_to_both(stack: Stack) -> N
     finally:
         reader.close()
     # They went through transactions of the worker's slots, and the last one of each committed.
-    slots = listed_transactions(stack.prefix)
+    slots = listed_transactions(stack.brokers, stack.prefix)
     assert slots, "the broker knows no transactional id of this worker"
     assert all(re.fullmatch(rf"{re.escape(stack.prefix)}\..+@.+\.[01]", tid) for tid in slots), sorted(slots)
     assert {str(d.state.value) for d in slots.values()} <= {"CompleteCommit", "Ongoing", "Empty"}
@@ -250,7 +250,7 @@ def test_workers_killed_mid_publish_leave_every_delivery_committed_once(stack: S
         reader.close()
     # A replacement pool process takes its predecessor's slot, so its id: two ids for two slots, each initialised
     # again after every kill (a new epoch, which fences the dead predecessor's).
-    slots = listed_transactions(stack.prefix)
+    slots = listed_transactions(stack.brokers, stack.prefix)
     assert len(slots) == 2, sorted(slots)
     assert all(description.producer_epoch >= 3 for description in slots.values()), slots
     restarts = re.findall(r"kafka transactional producer (\S+) ready", stack.worker.output())
