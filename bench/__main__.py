@@ -78,6 +78,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "primary (scripts/services.sh up sentinel)",
     )
     parser.add_argument(
+        "--kafka-transactions",
+        action="store_true",
+        help="also run the batch and single rows with KAFKA_TRANSACTIONS=true (rows batch[txn], single[txn]), "
+        "their records counted as a read_committed consumer sees them",
+    )
+    parser.add_argument(
         "--client-processes", type=int, default=1, help="processes running the bare producer loop (default 1)"
     )
     parser.add_argument("--web-workers", type=int, default=2, help="web worker processes (default 2)")
@@ -172,9 +178,9 @@ def row_variants(args: argparse.Namespace, backends: list[Backend]) -> list[tupl
     return [(setting, backend) for backend in backends for setting in fast_paths_settings(args)]
 
 
-def row_name(phase: str, setting: str | None, backend: Backend) -> str:
-    """`batch`, `batch[none]`, `batch[cluster]`, `batch[none,cluster]`."""
-    labels = [label for label in (setting, backend.label) if label]
+def row_name(phase: str, setting: str | None, backend: Backend, *, transactions: bool = False) -> str:
+    """`batch`, `batch[none]`, `batch[cluster]`, `batch[none,cluster,txn]`."""
+    labels = [label for label in (setting, backend.label, "txn" if transactions else None) if label]
     return f"{phase}[{','.join(labels)}]" if labels else phase
 
 
@@ -399,21 +405,24 @@ def main(argv: list[str] | None = None) -> None:
             settings.KAFKA_TOPIC_ML_TRAINING,
         ]
         phases = [
-            (name, setting, backend)
+            (name, setting, backend, transactions)
             for name in ("batch", "single", "peer-batch", "peer-single")
             if name in only
-            # The peer has no fast paths and runs on the single broker: it runs once.
+            # The peer has no fast paths and no transactions, and runs on the single broker: it runs once.
             for setting, backend in (
                 row_variants(args, backends) if not name.startswith("peer") else [(None, backends[0])]
             )
+            for transactions in ([False, True] if args.kafka_transactions and not name.startswith("peer") else [False])
         ]
         replicas = [None] if args.redis_min_replicas is None else args.redis_min_replicas.split(",")
-        for (phase, setting, backend), wait in [
+        for (phase, setting, backend, transactions), wait in [
             (p, w) for p in phases for w in (replicas if "peer" not in p[0] else [None])
         ]:
-            # A row per variant: `batch[none]`, `single[-kafka_batches]`, `batch[cluster]`, `batch{replicas=1}`...
-            name = row_name(phase, setting, backend)
+            # A row per variant: `batch[none]`, `single[-kafka_batches]`, `batch[cluster,txn]`, `batch{replicas=1}`...
+            name = row_name(phase, setting, backend, transactions=transactions)
             extra_env = backend.extra_env | ({} if setting is None else {"INGEST_FAST_PATHS": fast_paths_env(setting)})
+            if transactions:
+                extra_env |= {"KAFKA_TRANSACTIONS": "true", "KAFKA_TRANSACTIONAL_ID_PREFIX": f"bench-{tag}"}
             if wait is not None:
                 name += f"{{replicas={wait.strip()}}}"
                 extra_env["INGEST_REDIS_MIN_REPLICAS"] = wait.strip()
@@ -445,6 +454,7 @@ def main(argv: list[str] | None = None) -> None:
                 log=_log,
                 extra_env=extra_env,
                 gzip=args.gzip,
+                isolation_level="read_committed" if transactions else "read_uncommitted",
             )
             tiers = None
             if phase.startswith("peer"):

@@ -36,6 +36,7 @@ class Settings:
     log: Any = print
     extra_env: dict[str, str] = field(default_factory=dict)
     gzip: bool = False  # bodies sent with Content-Encoding: gzip
+    isolation_level: str = "read_uncommitted"  # how the watcher reads Kafka: read_committed for transactional rows
 
 
 def new_tag() -> str:

@@ -4,6 +4,7 @@ so a bad value stops startup with the variable's name (docs/configuration.md).""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,15 @@ KAFKA_PRODUCER_TIMEOUT = env_duration("KAFKA_PRODUCER_TIMEOUT", "10s")
 KAFKA_PRODUCER_RETRIES = env_int("KAFKA_PRODUCER_RETRIES", 3, minimum=0, maximum=100)
 KAFKA_PRODUCER_BATCH_SIZE = env_int("KAFKA_PRODUCER_BATCH_SIZE", 100, minimum=1)
 KAFKA_PRODUCER_BATCH_TIMEOUT = env_duration("KAFKA_PRODUCER_BATCH_TIMEOUT", "10ms")
+# Each publish round one Kafka transaction (exactly once for read_committed consumers; docs/architecture.md).
+KAFKA_TRANSACTIONS = env_bool("KAFKA_TRANSACTIONS", False)
+# Transactional ids are <prefix>.<worker name>.<pool slot>: deployments sharing a cluster need different prefixes.
+KAFKA_TRANSACTIONAL_ID_PREFIX = env_str("KAFKA_TRANSACTIONAL_ID_PREFIX", "event-ingestion")
+if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", KAFKA_TRANSACTIONAL_ID_PREFIX):
+    raise EnvError(
+        f"KAFKA_TRANSACTIONAL_ID_PREFIX={KAFKA_TRANSACTIONAL_ID_PREFIX!r} is not valid: "
+        "1 to 100 letters, digits, '.', '_' or '-'"
+    )
 KAFKA_COMPRESSION_TYPE = env_choice("KAFKA_COMPRESSION_TYPE", "snappy", ("none", "gzip", "snappy", "lz4", "zstd"))
 KAFKA_SECURITY_PROTOCOL = env_choice(
     "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 from fastpaths import kafka_batches
@@ -213,7 +214,8 @@ def get_producer() -> KafkaProducer:
 
 
 def close_producer(timeout: float = 10.0) -> None:
-    """Flush what is buffered and close; called on worker shutdown so nothing waits in memory."""
+    """Flush what is buffered and close (the transactional producer too); called on worker shutdown so nothing
+    waits in memory. A transaction still open is left to the broker, which aborts it."""
     global _producer, _producer_pid
     with _lock:
         producer, owner = _producer, _producer_pid
@@ -223,6 +225,11 @@ def close_producer(timeout: float = 10.0) -> None:
             producer.flush(timeout=timeout)
         finally:
             producer.close(timeout=timeout)
+    with _transactional_lock:
+        transactional, owner = _transactional.producer, _transactional.pid
+        _transactional.producer = _transactional.pid = None
+    if transactional is not None and owner == os.getpid():
+        transactional.close(timeout=timeout)
 
 
 def producer_is_broken() -> bool:
@@ -242,6 +249,153 @@ def reset_producer() -> None:
             producer.close(timeout=0)
         except Exception:
             logger.exception("closing a broken producer failed")
+
+
+# --- Transactions (KAFKA_TRANSACTIONS) ---------------------------------------------------------------------------
+#
+# One transactional producer per process, beside the plain one (which dead-letter copies and replays keep using:
+# they are not publish rounds). Its transactional id is stable per worker slot, <prefix>.<worker name>.<pool
+# slot>: a pool process Celery starts in place of a dead one gets the dead one's slot, and so its id, and its
+# init_transactions() fences the predecessor and settles the transaction it left open (aborted, or completed if
+# it had asked to commit). A slot's id is never used by two live processes: Celery worker names are unique per
+# host (`-n`), the prefix tells deployments sharing a cluster apart.
+
+
+@dataclass
+class _TransactionalSlot:
+    producer: KafkaProducer | None = None
+    pid: int | None = None
+
+
+_transactional = _TransactionalSlot()
+_transactional_lock = threading.Lock()
+# One round in a transaction at a time per process (a transaction is the producer's, not a thread's).
+transaction_lock = threading.Lock()
+_worker_name: str | None = None
+# The commit or abort of a round gets at least this long (seconds) out of the round's time.
+TRANSACTION_END_SECONDS = 2.0
+
+
+def transactions_on() -> bool:
+    return bool(settings.KAFKA_TRANSACTIONS)
+
+
+def set_worker_name(name: str) -> None:
+    """The Celery worker's node name (`celery@host`, unique per host), told by the worker before it forks."""
+    global _worker_name
+    _worker_name = name
+
+
+def transactional_id() -> str:
+    """<prefix>.<worker name>.<slot>: the pool process index in a prefork pool, `main` for the worker's own process
+    (solo pool); outside a Celery worker (a shell, a test), the host and the process id, which are never reused."""
+    from celery.utils.log import current_process_index
+
+    prefix = settings.KAFKA_TRANSACTIONAL_ID_PREFIX
+    if _worker_name is None:
+        return f"{prefix}.{socket.gethostname()}.pid{os.getpid()}"
+    index = current_process_index(base=0)
+    return f"{prefix}.{_worker_name}.{'main' if index is None else index}"
+
+
+def transaction_timeout_seconds() -> float:
+    """How long the broker lets a transaction stay open before aborting it (a worker that died mid-round and whose
+    slot does not come back). A round lasts publisher.retry_budget.round_seconds() at most; this leaves room,
+    within the broker's default transaction.max.timeout.ms (15 min)."""
+    return min(900.0, max(10.0, 3 * float(settings.KAFKA_PRODUCER_TIMEOUT)))
+
+
+def transactional_producer() -> KafkaProducer:
+    """This process's transactional producer, created and initialised (init_transactions) on first use."""
+    pid = os.getpid()
+    slot = _transactional
+    if slot.producer is not None and slot.pid == pid:
+        return slot.producer
+    with _transactional_lock:
+        if slot.producer is None or slot.pid != pid:
+            tid = transactional_id()
+            producer = KafkaProducer(
+                **producer_config(
+                    transactional_id=tid, transaction_timeout_ms=int(transaction_timeout_seconds() * 1000)
+                )
+            )
+            try:
+                producer.init_transactions()
+            except BaseException:
+                producer.close(timeout=0)
+                raise
+            slot.producer, slot.pid = producer, pid
+            logger.info("kafka transactional producer %s ready", tid, extra={"pid": pid, "transactional_id": tid})
+    return slot.producer
+
+
+def replace_transactional_producer(*, settle: bool) -> None:
+    """Drop this process's transactional producer (it hit an error, or a commit's outcome is unknown); the next
+    round makes a new one. `settle`: make it now, in the background, because its init_transactions() settles the
+    transaction the old one left (completes a commit it asked for, aborts the rest), which Kafka is about to be
+    read for."""
+    with _transactional_lock:
+        producer, _transactional.producer, _transactional.pid = _transactional.producer, None, None
+    if producer is not None:
+        # close(timeout=0) refuses while records are pending (its flush times out) and leaves the client's network
+        # thread running; closing with time for them to expire (or be fenced by the successor) ends it.
+        timeout = float(settings.KAFKA_PRODUCER_TIMEOUT) + 5.0
+        threading.Thread(target=_close_quietly, args=(producer, timeout), name="kafka-close", daemon=True).start()
+    if settle:
+        _make_transactional_producer_in_background()
+
+
+def _close_quietly(producer: KafkaProducer, timeout: float, *, attempts: int = 10) -> None:
+    """While Kafka is unreachable a transactional producer's pending requests neither finish nor expire, so its
+    close keeps timing out: try again, as long as an outage is worth waiting for."""
+    for _ in range(attempts):
+        try:
+            producer.close(timeout=timeout)
+            return
+        except Exception as exc:
+            error = exc
+    logger.warning("could not close a replaced transactional producer: %r", error)
+
+
+def end_transaction(producer: KafkaProducer, *, commit: bool, timeout: float) -> BaseException | None:
+    """Commit or abort the open transaction, waiting `timeout` seconds at most; None when the broker confirmed it,
+    else the error (KafkaTimeoutError: outcome unknown). kafka-python waits for the coordinator's answer without
+    a time limit (and a closed producer never answers), so the call runs in a thread of its own; one that times
+    out is left waiting, with the producer the caller must then replace."""
+    outcome: list[BaseException | None] = []
+    end = producer.commit_transaction if commit else producer.abort_transaction
+
+    def run() -> None:
+        try:
+            end()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="kafka-end-transaction", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        what = "commit" if commit else "abort"
+        return KafkaTimeoutError(f"no answer to the transaction's {what} within {timeout:.1f} s")
+    return outcome[0]
+
+
+def prepare_transactional_slot() -> None:
+    """In a fresh pool process: make the transactional producer now, in the background, so that a dead
+    predecessor's open transaction is settled at once rather than when the first task arrives."""
+    if transactions_on():
+        _make_transactional_producer_in_background()
+
+
+def _make_transactional_producer_in_background() -> None:
+    def run() -> None:
+        try:
+            transactional_producer()
+        except Exception as exc:
+            logger.warning("could not make a transactional producer yet: %r", exc)
+
+    threading.Thread(target=run, name="kafka-transactions-init", daemon=True).start()
 
 
 _TOPIC_LIMIT_TTL = 60.0
@@ -297,16 +451,29 @@ def find_written(*, topics: Iterable[str], since: float, event_ids: set[str]) ->
     A cluster that lost a partition leader answers metadata but not that partition until the dead broker is
     fenced and a new leader elected (seconds): a transient error after the bootstrap is read again, with fresh
     metadata, within the same bounded time, rather than answered "unreadable" (which would send twice what the
-    dead leader had already replicated)."""
-    deadline = time.monotonic() + FIND_MAX_SECONDS
+    dead leader had already replicated).
+
+    With KAFKA_TRANSACTIONS on, only committed records count (isolation_level=read_committed), and the read goes
+    up to the end of each partition as it is now, committed or not: it waits until every transaction with
+    records before that end is settled, so a round a dead worker left open is counted only if it commits."""
+    transactional = transactions_on()
+    # Long enough to see a dead worker's open transaction aborted by the broker's timeout.
+    limit = max(FIND_MAX_SECONDS, transaction_timeout_seconds() + 10) if transactional else FIND_MAX_SECONDS
+    deadline = time.monotonic() + limit
+    options = _lookup_options()
     while True:
         try:
-            consumer = _lookup_consumer()
+            consumer = KafkaConsumer(
+                **options, isolation_level="read_committed" if transactional else "read_uncommitted"
+            )
         except Exception as exc:  # Kafka down: nothing can be written while it is; the caller sends again
             logger.warning("cannot look for records a dead run wrote: %r", exc)
             return None
         try:
-            return _find_written(consumer, topics=topics, since=since, event_ids=event_ids, deadline=deadline)
+            return _find_written(
+                consumer, options, transactional=transactional, topics=topics, since=since, event_ids=event_ids,
+                deadline=deadline,
+            )  # fmt: skip
         except Exception as exc:
             if not is_retryable(exc) or time.monotonic() + 1.0 > deadline:
                 logger.warning("cannot look for records a dead run wrote: %r", exc)
@@ -317,29 +484,35 @@ def find_written(*, topics: Iterable[str], since: float, event_ids: set[str]) ->
         time.sleep(0.5)
 
 
-def _lookup_consumer() -> KafkaConsumer:
+def _lookup_options() -> dict[str, Any]:
     timeout_ms = int(settings.KAFKA_PRODUCER_TIMEOUT * 1000)
-    return KafkaConsumer(
-        **connection_config(),
-        enable_auto_commit=False,
+    return connection_config() | {
+        "enable_auto_commit": False,
         # Kafka still down: give up soon, the caller sends again (nothing can be written while it is down).
-        bootstrap_timeout_ms=min(timeout_ms, 2000),
-        request_timeout_ms=max(timeout_ms, 1000) + 500,
-        fetch_max_bytes=16 * 1024 * 1024,
-    )
+        "bootstrap_timeout_ms": min(timeout_ms, 2000),
+        "request_timeout_ms": max(timeout_ms, 1000) + 500,
+        "fetch_max_bytes": 16 * 1024 * 1024,
+    }
 
 
 def _find_written(
-    consumer: KafkaConsumer, *, topics: Iterable[str], since: float, event_ids: set[str], deadline: float
+    consumer: KafkaConsumer,
+    options: Mapping[str, Any],
+    *,
+    transactional: bool,
+    topics: Iterable[str],
+    since: float,
+    event_ids: set[str],
+    deadline: float,
 ) -> set[tuple[str, str]] | None:
     """One reading of find_written; raises what the client raises, None when out of time or records."""
-    found: set[tuple[str, str]] = set()
     partitions = [
         TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])
     ]
     consumer.assign(partitions)
     starts = consumer.offsets_for_times({tp: int(since * 1000) for tp in partitions})
-    ends = consumer.end_offsets(partitions)
+    # A read_committed consumer's end offsets stop before the first open transaction: take the real ends.
+    ends = _high_watermarks(options, partitions) if transactional else consumer.end_offsets(partitions)
     pending = {}
     for tp in partitions:
         start = starts.get(tp)
@@ -347,6 +520,22 @@ def _find_written(
             consumer.seek(tp, start.offset)
             pending[tp] = ends[tp]
     consumer.pause(*(tp for tp in partitions if tp not in pending))
+    return _scan_for_event_ids(consumer, pending, event_ids, deadline=deadline)
+
+
+def _high_watermarks(options: Mapping[str, Any], partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    consumer = KafkaConsumer(**options)
+    try:
+        return dict(consumer.end_offsets(partitions))
+    finally:
+        consumer.close()
+
+
+def _scan_for_event_ids(
+    consumer: KafkaConsumer, pending: dict[TopicPartition, int], event_ids: set[str], *, deadline: float
+) -> set[tuple[str, str]] | None:
+    """Read each pending partition up to its end offset; the (event_id, topic) pairs found, None past the limits."""
+    found: set[tuple[str, str]] = set()
     scanned = 0
     while pending:
         if time.monotonic() > deadline or scanned > FIND_MAX_RECORDS:
@@ -363,9 +552,11 @@ def _find_written(
                         if event_id in event_ids:
                             found.add((event_id, tp.topic))
                         break
-            if tp in pending and consumer.position(tp) >= pending[tp]:
-                del pending[tp]
-                consumer.pause(tp)
+        # Checked for every partition, not only those that returned records: a partition can end with what a
+        # consumer never sees (a transaction's commit or abort marker, an aborted transaction's records).
+        for tp in [tp for tp, end in pending.items() if consumer.position(tp) >= end]:
+            del pending[tp]
+            consumer.pause(tp)
     return found
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pybreaker
 from django.conf import settings
-from kafka.errors import MessageSizeTooLargeError
+from kafka.errors import InvalidTxnStateError, MessageSizeTooLargeError, ProducerFencedError
 
 from events import tracecontext
 from events.serialization import CONTENT_TYPES, SerializationError, encode_event, schema_name
@@ -29,7 +29,9 @@ from publisher import breaker as breaker_module
 from publisher import dead_letters, kafka_gateway, metrics, retry_budget, stats
 from publisher.errors import (
     DATABASE_OUTAGE_ERRORS,
+    CommitInDoubt,
     ProducerReset,
+    TransactionAborted,
     error_class,
     is_outage,
     is_retryable,
@@ -243,34 +245,54 @@ def _record_size(record: Record) -> int:
     return _RECORD_OVERHEAD + len(record.key) + len(record.value) + sum(len(k) + len(v) + 8 for k, v in record.headers)
 
 
-def await_acks(sent: Sequence[tuple[Record, Any]], *, timeout: float) -> None:
+def await_acks(sent: Sequence[tuple[Record, Any]], *, timeout: float, count: bool = True) -> None:
     """Wait for every delivery within one shared deadline; a failure lands in `record.error` (never lost in a
-    callback), a success is counted."""
+    callback), a success is counted (unless `count` is False: a transaction's records count once committed)."""
     errors = kafka_gateway.delivery_errors([delivery for _, delivery in sent], timeout=timeout + ACK_GRACE_SECONDS)
     acked: list[str] = []
     for (record, _), error in zip(sent, errors, strict=True):
         record.error = error
         if error is None:
             acked.append(record.topic)
-    metrics.count_each(metrics.PUBLISHED, "topic", acked)
+    if count:
+        metrics.count_each(metrics.PUBLISHED, "topic", acked)
 
 
 def _send_round(records: list[Record], timeout: float) -> list[Record]:
-    """Send every record, then wait for every acknowledgement. Returns the records that failed permanently;
-    raises _RoundFailed when any failed in a retryable way (so the breaker counts the round as a failure)."""
+    """Send every record, then wait for every acknowledgement (with KAFKA_TRANSACTIONS, all in one transaction,
+    committed only if every record was acknowledged). Returns the records that failed permanently; raises
+    _RoundFailed when any failed in a retryable way (so the breaker counts the round as a failure)."""
     for record in records:
         record.attempts += 1
         record.error = None
-    try:
-        producer = kafka_gateway.get_producer()
-    except Exception as exc:
-        # No producer (broker unreachable, bad credentials, untrusted certificate): every record failed this round.
-        if not is_retryable(exc):
-            raise
-        for record in records:
-            record.error = exc
-        _count_failures(records)
-        raise _RoundFailed(list(records)) from exc
+    transactional = kafka_gateway.transactions_on()
+    # One transaction at a time per process (threads share the producer), on the producer the round began with.
+    with kafka_gateway.transaction_lock if transactional else contextlib.nullcontext():
+        try:
+            producer = kafka_gateway.transactional_producer() if transactional else kafka_gateway.get_producer()
+        except Exception as exc:
+            # No producer (broker unreachable, bad credentials, untrusted certificate): every record failed.
+            if not is_retryable(exc):
+                raise
+            for record in records:
+                record.error = exc
+            _count_failures(records)
+            raise _RoundFailed(list(records)) from exc
+        if transactional:
+            _transaction_round(producer, records, timeout)
+        else:
+            _plain_round(producer, records, timeout)
+    _count_failures(records)
+    permanent = [r for r in records if r.error is not None and not is_retryable(r.error)]
+    retryable = [r for r in records if r.error is not None and is_retryable(r.error)]
+    if retryable:
+        raise _RoundFailed(retryable + permanent)
+    return permanent
+
+
+def _send_and_flush(producer: Any, records: list[Record], *, flush_timeout: float) -> list[tuple[Record, Any]]:
+    """Queue every record the size check lets through and flush; the (record, delivery) pairs queued. What the
+    size check or the client refused has its error set."""
     limits = kafka_gateway.max_message_bytes({r.topic for r in records})
     sendable: list[Record] = []
     sizes: list[int] = []
@@ -294,7 +316,12 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
     if futures:
         # The task waits for every ack anyway: send now rather than after linger_ms.
         with contextlib.suppress(Exception):  # a timeout or failure shows on each future below
-            producer.flush(timeout=timeout + ACK_GRACE_SECONDS)
+            producer.flush(timeout=flush_timeout)
+    return futures
+
+
+def _plain_round(producer: Any, records: list[Record], timeout: float) -> None:
+    futures = _send_and_flush(producer, records, flush_timeout=timeout + ACK_GRACE_SECONDS)
     await_acks(futures, timeout=0.0 if futures else timeout)
     if futures and all(record.error is not None and is_outage(record.error) for record, _ in futures):
         # Not one acknowledgement. kafka-python's producer does not always recover from a broker restart (its
@@ -309,12 +336,55 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
         for record, _ in futures:
             if record.error is not None:
                 record.error = ProducerReset(f"producer replaced after: {record.error!r}")
-    _count_failures(records)
-    permanent = [r for r in records if r.error is not None and not is_retryable(r.error)]
-    retryable = [r for r in records if r.error is not None and is_retryable(r.error)]
-    if retryable:
-        raise _RoundFailed(retryable + permanent)
-    return permanent
+
+
+def _transaction_round(producer: Any, records: list[Record], timeout: float) -> None:
+    """One round as one transaction: committed when every record sent was acknowledged, else aborted, and then
+    every record of it fails (those acknowledged with TransactionAborted, sent again next round). Records the size
+    check refused were never part of it. The round keeps within publisher.retry_budget.round_seconds()."""
+    ends_by = time.monotonic() + retry_budget.round_seconds()
+    try:
+        producer.begin_transaction()
+    except Exception as exc:  # the producer is in an error state (fenced, fatal): nothing was sent
+        logger.warning("cannot begin a kafka transaction (%r); replacing the producer", exc)
+        kafka_gateway.replace_transactional_producer(settle=False)
+        for record in records:
+            record.error = TransactionAborted(f"no transaction could begin: {exc!r}")
+        return
+    end_reserve = kafka_gateway.TRANSACTION_END_SECONDS
+    futures = _send_and_flush(producer, records, flush_timeout=max(0.1, ends_by - time.monotonic() - end_reserve))
+    await_acks(futures, timeout=0.0, count=False)
+    sent = [record for record, _ in futures]
+    # Deliveries refused for good (too large) go to the dead-letter queue whatever happens to the transaction;
+    # anything else that failed must take the whole round with it.
+    commit = (
+        bool(sent)
+        and all(record.error is None for record in sent)
+        and not any(record.error is not None and is_retryable(record.error) for record in records)
+    )
+    error = kafka_gateway.end_transaction(producer, commit=commit, timeout=max(end_reserve, ends_by - time.monotonic()))
+    if commit and error is None:
+        metrics.count_each(metrics.PUBLISHED, "topic", [record.topic for record in sent])
+        return
+    if error is not None:
+        what = "commit" if commit else "abort"
+        logger.warning("kafka transaction %s failed (%r); replacing the producer", what, error)
+        kafka_gateway.replace_transactional_producer(settle=commit)
+    elif sent and all(r.error is not None and is_outage(r.error) for r in sent):
+        # Not one acknowledgement: as in _plain_round, the next round starts with a fresh producer.
+        logger.warning("no record of the round was acknowledged; replacing the kafka producer")
+        kafka_gateway.replace_transactional_producer(settle=False)
+    if commit:
+        # A commit the coordinator refused left nothing; one without an answer may have committed.
+        refused = isinstance(error, (ProducerFencedError, InvalidTxnStateError))
+        for record in sent:
+            record.error = TransactionAborted(f"commit refused: {error!r}") if refused else CommitInDoubt(repr(error))
+        return
+    # Never asked to commit, the transaction can only end aborted, whatever the abort's answer was.
+    first = next((r.error for r in records if r.error is not None), None)
+    for record in sent:
+        if record.error is None:
+            record.error = TransactionAborted(f"aborted with its round after: {first!r}")
 
 
 def _count_failures(records: Sequence[Record]) -> None:

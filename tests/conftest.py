@@ -46,11 +46,22 @@ class ConsumedRecord:
 
 
 class KafkaReader:
-    """Remembers the end offsets of some topics, then reads only what was written after that."""
+    """Remembers the end offsets of some topics, then reads only what was written after that (`isolation_level`
+    `read_committed`: only what transactions committed, as a consumer that wants exactly once reads)."""
 
-    def __init__(self, topics: list[str], start: dict[Any, int] | None = None) -> None:
+    def __init__(
+        self,
+        topics: list[str],
+        start: dict[Any, int] | None = None,
+        *,
+        brokers: list[str] | None = None,
+        isolation_level: str = "read_uncommitted",
+    ) -> None:
         self.consumer = KafkaConsumer(
-            bootstrap_servers=settings.KAFKA_BROKERS, enable_auto_commit=False, consumer_timeout_ms=500
+            bootstrap_servers=brokers or settings.KAFKA_BROKERS,
+            enable_auto_commit=False,
+            consumer_timeout_ms=500,
+            isolation_level=isolation_level,
         )
         self.partitions = [
             TopicPartition(topic, p)

@@ -42,6 +42,8 @@ def _manage_check(**env: str) -> subprocess.CompletedProcess[str]:
         ("INGEST_BACKLOG_GROUP_WAIT", "5s", "is too long: it must be at most 1s"),
         ("INGEST_BACKLOG_GROUP_TASKS", "-1", "must be an integer >= 0"),
         ("DEBUG", "maybe", "is not a boolean"),
+        ("KAFKA_TRANSACTIONS", "sometimes", "is not a boolean"),
+        ("KAFKA_TRANSACTIONAL_ID_PREFIX", "my app", "1 to 100 letters, digits"),
         ("REDIS_URL", "localhost:6379", "expected redis://"),
         ("REDIS_SENTINELS", "127.0.0.1:26385,127.0.0.1:port", "expected host:port"),
         ("INGEST_REDIS_MIN_REPLICAS", "-1", "must be an integer >= 0"),
