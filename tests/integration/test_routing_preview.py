@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.db import connections
 from django.test import Client
 
 from events.schema import validate_event
@@ -20,6 +22,7 @@ from publisher.services import publish_batch
 from routing import services
 from routing.models import RoutingRule, Topic
 from tests import factories
+from tests.browser import ARTIFACTS, csp_violations, launch_chromium
 from tests.conftest import create_topic
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -206,8 +209,8 @@ def test_preview_is_post_only_and_needs_change_permission(lane: Lane, admin_clie
     client = Client()
     client.force_login(viewer)
     assert client.post(url, _form_data_of(lane.high_rule)).status_code == 403
-    page = admin_client_.get(f"/admin/routing/routingrule/{lane.high_rule.pk}/change/").content.decode()
-    assert 'id="routing-preview-button"' in page and f"/admin/routing/routingrule/{lane.high_rule.pk}/preview/" in page
+    form = admin_client_.get(f"/admin/routing/routingrule/{lane.high_rule.pk}/change/").content.decode()
+    assert 'id="routing-preview-button"' in form and f"/admin/routing/routingrule/{lane.high_rule.pk}/preview/" in form
 
 
 # ------------------------------------------------------------------------------------------------ rule tester
@@ -297,3 +300,53 @@ def test_reader_caps_n_at_the_maximum(lane: Lane) -> None:
 
     assert not got.incomplete, got.incomplete
     assert len(got.events) == recent.MAX_RECENT_EVENTS == got.counts["attempt"]
+
+
+# ------------------------------------------------------------------------------------------------ in a browser
+
+
+@pytest.fixture
+def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # ORM calls from the test while Playwright's loop runs
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            yield browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        finally:
+            connections.close_all()  # the connection those ORM calls opened, or the test database cannot be dropped
+            browser.close()
+
+
+def test_editor_previews_an_edit_from_the_change_form_in_a_browser(lane: Lane, page: Any, live_server: Any) -> None:
+    _publish(_attempts([0, 1, 2, 3, 4, 5, 3]))
+    User.objects.create_superuser("preview-browser", "b@example.com", "browser-test-password")
+    blocked = csp_violations(page)
+    change_url = f"/admin/routing/routingrule/{lane.high_rule.pk}/change/"
+    page.goto(f"{live_server.url}/admin/login/?next={change_url}")
+    page.fill("#id_username", "preview-browser")
+    page.fill("#id_password", "browser-test-password")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#routing-preview-button")
+    edited = '{"quality": [{"numeric": [">=", 3, "<", 5]}]}'
+    page.fill("#id_pattern", edited)
+    page.fill("#id_preview_limit", "100")
+
+    page.click("#routing-preview-button")
+
+    page.wait_for_selector("#preview-result")
+    assert page.inner_text("#preview-events") == "7"
+    assert page.inner_text("#preview-matched-before") == "2"  # saved: quality >= 4
+    assert page.inner_text("#preview-matched-after") == "3"  # edited: 3 <= quality < 5
+    assert page.inner_text("#preview-rule-differences [data-kind=gained] .count") == "2"
+    assert page.inner_text("#preview-rule-differences [data-kind=lost] .count") == "1"
+    row = f"#preview-topics tr[data-topic='{lane.high_topic}']"
+    assert [page.inner_text(f"{row} .{cell}") for cell in ("before", "after", "gained", "lost")] == ["2", "3", "2", "1"]
+    assert '"quality": 3' in page.inner_text("#preview-rule-differences [data-kind=gained]")
+    page.screenshot(path=str(ARTIFACTS / "routing_preview.png"), full_page=True)
+    # Still the unsaved edit in the form, saved nowhere; Save now goes to the change URL.
+    assert json.loads(page.input_value("#id_pattern")) == json.loads(edited)
+    assert RoutingRule.objects.get(pk=lane.high_rule.pk).pattern == HIGH
+    assert page.get_attribute("#routingrule_form", "action") == change_url
+    assert not blocked, blocked
