@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_RECENT_EVENTS: Final = 1_000
 MAX_RECENT_EVENTS: Final = 10_000
 RECENT_TIMEOUT: Final = 5.0  # seconds, connecting included
-RECENT_MAX_BYTES: Final = 64 * 1024 * 1024  # record values held at once, all topics together
+RECENT_MAX_BYTES: Final = 32 * 1024 * 1024  # record values held at once, all topics together
 
 
 class RecentEventsUnavailable(Exception):

@@ -23,7 +23,7 @@ from routing import services
 from routing.models import RoutingRule, Topic
 from tests import factories
 from tests.browser import ARTIFACTS, csp_violations, launch_chromium
-from tests.conftest import create_topic
+from tests.conftest import create_topic, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -286,6 +286,17 @@ def test_preview_reports_a_missing_destination_topic(lane: Lane, admin_client_: 
     assert outcome.recent.missing_topics == (ghost.name,)
     assert outcome.result.rule.events == 1
     assert ghost.name in response.content.decode()
+
+
+def test_preview_says_when_kafka_cannot_be_read(lane: Lane, admin_client_: Client, settings: Any) -> None:
+    settings.KAFKA_BROKERS = [f"127.0.0.1:{free_port()}"]  # nothing listens there
+    with pytest.raises(recent.RecentEventsUnavailable):
+        recent.read_recent_events(topics=[lane.all_topic], event_types={"attempt"}, timeout=1.0)
+    response = _preview(admin_client_, lane.high_rule, pattern="{}")
+    outcome = response.context["preview"]
+    assert outcome.error and outcome.result is None
+    assert "Could not read recent events" in response.content.decode()
+    assert RoutingRule.objects.get(pk=lane.high_rule.pk).pattern == HIGH
 
 
 def test_reader_caps_n_at_the_maximum(lane: Lane) -> None:
