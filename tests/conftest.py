@@ -18,6 +18,8 @@ import pytest
 from django.conf import settings
 from kafka import KafkaConsumer, TopicPartition
 
+from tests.cluster import kafka_cluster  # noqa: F401  (a session fixture for every test module)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

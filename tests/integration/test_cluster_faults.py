@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,76 +21,17 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from publisher.models import DeadLetter
 from routing.models import Topic
 from tests import factories
-from tests.conftest import KafkaReader, WebServer, WorkerProcess, _test_database_url
+from tests.cluster import Cluster
+from tests.conftest import KafkaReader, WebServer, WorkerProcess
 from tests.integration.test_faults import FAULT_ENV, Load, Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
 # The web and worker of these tests queue in their own Redis database, flushed before each test.
 REDIS_URL = os.environ.get("TEST_FAULT_REDIS_URL", "redis://127.0.0.1:6380/9")
-NODES = 3
-PORT = 19092  # nodes on 19092-19094, their controllers on 19192-19194
-CLUSTER_ENV = {
-    "KAFKA_NODES": str(NODES),
-    "KAFKA_PORT": str(PORT),
-    "KAFKA_CONTROLLER_PORT": str(PORT + 100),
-    "KAFKA_DATA_DIR": str(ROOT / ".data" / "cluster-test"),
-}
-BOOTSTRAP = ",".join(f"127.0.0.1:{PORT + n}" for n in range(NODES))
 # A killed broker is fenced when its session times out (Kafka's broker.session.timeout.ms, 9 s), then its
 # partitions get new leaders at once: allowed, with room for a busy machine.
 FAILOVER_WINDOW = 30.0
-
-
-@dataclass
-class Cluster:
-    bootstrap: str
-    data_dir: Path
-
-    def services(self, *args: str) -> None:
-        result = subprocess.run(
-            ["bash", "scripts/services.sh", *args, "kafka"],
-            cwd=ROOT, env=os.environ | CLUSTER_ENV, capture_output=True, text=True, timeout=240,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-
-    def pid(self, node: int) -> int:
-        return int((self.data_dir / f"node-{node}" / "kafka.pid").read_text().split()[0])
-
-    def ensure_topics(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = os.environ | {"KAFKA_BROKERS": self.bootstrap, "DATABASE_URL": _test_database_url()}
-        return subprocess.run(
-            [sys.executable, "manage.py", "ensure_topics", *args],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-
-    def describe(self, topic: str) -> dict[str, Any]:
-        """The topic's metadata, asked of whichever broker answers (one may be dead)."""
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
-        try:
-            return dict(admin.describe_topics([topic])[0])
-        finally:
-            admin.close()
-
-    def leaders(self, topic: str) -> dict[int, int]:
-        """Each partition's leader broker id (-1 while it has none)."""
-        return {p["partition_index"]: p["leader_id"] for p in self.describe(topic)["partitions"]}
-
-
-@pytest.fixture(scope="session")
-def kafka_cluster(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Cluster]:
-    """Three nodes on fresh storage for the session, with the configured topics (ensure_topics: RF 3, min ISR 2)."""
-    cluster = Cluster(BOOTSTRAP, Path(CLUSTER_ENV["KAFKA_DATA_DIR"]))
-    cluster.services("down")  # one an interrupted run left behind
-    shutil.rmtree(cluster.data_dir, ignore_errors=True)
-    cluster.services("up")
-    try:
-        created = cluster.ensure_topics()
-        assert created.returncode == 0, created.stderr
-        yield cluster
-    finally:
-        cluster.services("down")
-        shutil.rmtree(cluster.data_dir, ignore_errors=True)
 
 
 def test_ensure_topics_replicates_three_times_with_two_in_sync(kafka_cluster: Cluster, settings: Any) -> None:

@@ -28,6 +28,7 @@ from publisher import kafka_gateway, publishing
 from publisher.models import DeadLetter, RetryPolicy
 from routing.models import RoutingRule, Topic
 from tests import factories
+from tests.cluster import Cluster
 from tests.conftest import KafkaReader, WebServer, WorkerProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,9 +41,10 @@ STACK_REDIS_URL = os.environ.get("TEST_STACK_REDIS_URL") or settings.REDIS_URL.r
 
 
 @pytest.fixture(scope="module")
-def kafka_brokers() -> list[str]:
-    """The Kafka cluster these tests run against: the stack, this process and the readers all take it from here."""
-    return list(settings.KAFKA_BROKERS)
+def kafka_brokers(kafka_cluster: Cluster) -> list[str]:
+    """The Kafka cluster these tests run against (three brokers, topics with RF 3 and min.insync.replicas 2): the
+    stack, this process and the readers all take it from here."""
+    return kafka_cluster.bootstrap.split(",")
 
 
 @pytest.fixture
