@@ -4,6 +4,7 @@ enqueue_events(events=..., source=..., accepted_at=...)   one Celery task for a 
 enqueue_events_guarded(..., guards=..., capacity_limit=...)   the same, atomically with guard keys and capacity
 publish_batch(events=..., source=...) / publish_event(event=..., source=...)   synchronous, in-process
 queue_depth()                                             events waiting for a worker
+queue_delay()                                             how long the oldest waiting task has waited
 waiting_tasks()                                           publish tasks no worker has taken yet
 wait_for_replicas(count=..., timeout=...)                 Redis replicas holding what was enqueued so far
 ensure_topics(partitions=..., replication_factor=...)     create configured topics + dlq.events
@@ -91,6 +92,7 @@ def enqueue_events_guarded(
         queue_name=queue_name,
         kwargs=_task_kwargs(events=events, source=source, accepted_at=accepted_at, traces=traces),
         kwargsrepr=f"<{len(events)} events>",
+        headers=queue.message_headers(events=len(events), due_at=time.time()),
     )
     return celery_handoff.enqueue_guarded(
         message=message,
@@ -150,6 +152,12 @@ def queue_depth() -> int:
     return queue.depth()
 
 
+def queue_delay() -> float:
+    """Seconds the oldest publish task that no worker has taken yet has waited since it was due (0 when none
+    waits, or when Celery's broker is not REDIS_URL's Redis). Read with queue_depth, in the same cached round trip."""
+    return queue.snapshot().delay(time.time())
+
+
 def waiting_tasks() -> int | None:
     """Publish tasks that no worker has taken yet (each worker process holds up to its prefetch of tasks, so any
     here mean every worker is busy and has work lined up), cached for 0.2 s per process. None when Celery's
@@ -179,6 +187,7 @@ __all__ = [
     "ensure_topics",
     "publish_batch",
     "publish_event",
+    "queue_delay",
     "queue_depth",
     "release_queue_capacity",
     "reserve_queue_capacity",
