@@ -78,7 +78,7 @@ def release(count: int) -> None:
 
 def done(count: int) -> None:
     """Events left the queue (published, dead-lettered, or handed on). Joins the task's deferred writes;
-    a lost decrement only makes backpressure a little stricter until the counter drains."""
+    a lost decrement only makes backpressure a little stricter until the next reconcile (see snapshot)."""
     if count <= 0:
         return
     with writes() as pipe:
