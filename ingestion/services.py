@@ -68,7 +68,7 @@ def check_backpressure() -> None:
     if limit > 0 and delay > limit:
         metrics.EVENTS_REJECTED.labels(reason="queue_delay").inc()
         raise ServiceUnavailable(
-            f"Queued events have waited {delay:.2f} s for a worker (limit {limit:g} s); retry later."
+            f"New events would wait about {delay:.2f} s for a worker (limit {limit:g} s); retry later."
         )
 
 

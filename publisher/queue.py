@@ -161,10 +161,44 @@ return {counter, due and string.format('%.4f', due) or false, corrected}
 class Snapshot:
     depth: int  # queued events (the counter)
     oldest_due_at: float | None  # when the oldest task no worker has taken became due; None: no such task known
+    # How many seconds of due times the workers take off the queue per second (see _drain_ratio); None: unknown.
+    drain_ratio: float | None = None
 
     def delay(self, now: float) -> float:
-        """How long the oldest waiting task has waited: the wait queued work sees now."""
-        return 0.0 if self.oldest_due_at is None else max(0.0, now - self.oldest_due_at)
+        """How long a task enqueued now would wait for a worker: the oldest waiting task's age, stretched by how
+        much faster tasks arrive than the workers take them. A task enqueued now is taken once the workers are
+        through everything due before it: the head's age `A` of due time, taken at `drain_ratio` seconds of due
+        time per second, so in `A / drain_ratio` seconds. The age alone lags: under an overload the newest
+        events wait several times what the oldest has waited so far."""
+        if self.oldest_due_at is None:
+            return 0.0
+        age = max(0.0, now - self.oldest_due_at)
+        if self.drain_ratio is None or self.drain_ratio >= 1:
+            return age
+        return age / max(self.drain_ratio, _MIN_DRAIN_RATIO)
+
+
+_RATIO_WINDOW = 0.5  # seconds of real time the drain ratio is measured over, at least
+_MIN_DRAIN_RATIO = 0.05  # a head that did not move forecasts 20 times its age (a stopped worker), not infinity
+_trend: tuple[float, float, float | None] | None = None  # per process: (read at, oldest due then, ratio)
+
+
+def _drain_ratio(now: float, oldest_due: float | None) -> float | None:
+    """How far the oldest waiting task's due time moved per second since the reading _RATIO_WINDOW ago: 1 when
+    the workers take tasks as fast as they came, below 1 when arrivals outpace them, 0 when nothing is taken.
+    None while the queue is empty (nothing waits) or no earlier reading of this backlog exists."""
+    global _trend
+    if oldest_due is None:
+        _trend = None
+        return None
+    if _trend is None:
+        _trend = (now, oldest_due, None)
+        return None
+    read_at, due, ratio = _trend
+    if now - read_at >= _RATIO_WINDOW:
+        ratio = max(0.0, (oldest_due - due) / (now - read_at))
+        _trend = (now, oldest_due, ratio)
+    return ratio
 
 
 def snapshot(*, fresh: bool = False) -> Snapshot:
@@ -190,7 +224,10 @@ def _read_snapshot() -> Snapshot:
             -int(corrected),
             extra={"event": "queue_counter_reconciled", "correction": int(corrected)},
         )
-    return Snapshot(depth=max(0, int(counter)), oldest_due_at=None if not due else float(due))
+    oldest_due = None if not due else float(due)
+    return Snapshot(
+        depth=max(0, int(counter)), oldest_due_at=oldest_due, drain_ratio=_drain_ratio(time.time(), oldest_due)
+    )
 
 
 def depth(*, fresh: bool = False) -> int:

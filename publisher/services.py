@@ -4,7 +4,7 @@ enqueue_events(events=..., source=..., accepted_at=...)   one Celery task for a 
 enqueue_events_guarded(..., guards=..., capacity_limit=...)   the same, atomically with guard keys and capacity
 publish_batch(events=..., source=...) / publish_event(event=..., source=...)   synchronous, in-process
 queue_depth()                                             events waiting for a worker
-queue_delay()                                             how long the oldest waiting task has waited
+queue_delay()                                             how long a task enqueued now would wait
 waiting_tasks()                                           publish tasks no worker has taken yet
 wait_for_replicas(count=..., timeout=...)                 Redis replicas holding what was enqueued so far
 ensure_topics(partitions=..., replication_factor=...)     create configured topics + dlq.events
@@ -153,8 +153,9 @@ def queue_depth() -> int:
 
 
 def queue_delay() -> float:
-    """Seconds the oldest publish task that no worker has taken yet has waited since it was due (0 when none
-    waits, or when Celery's broker is not REDIS_URL's Redis). Read with queue_depth, in the same cached round trip."""
+    """Seconds a publish task enqueued now would wait for a worker, forecast from the age of the oldest one no
+    worker has taken yet and how fast the workers take them (publisher.queue.Snapshot.delay); 0 when none waits,
+    or when Celery's broker is not REDIS_URL's Redis. Read with queue_depth, in the same cached round trip."""
     return queue.snapshot().delay(time.time())
 
 

@@ -119,7 +119,7 @@ def test_work_queued_too_long_refuses_new_events_until_drained(
         assert refused.status_code == 503, refused.text
         assert refused.headers["Retry-After"] == "1"
         message = refused.json()["error"]
-        assert "have waited" in message and "limit 0.5 s" in message, message
+        assert "would wait about" in message and "limit 0.5 s" in message, message
 
         worker = WorkerProcess(extra_env=env)
 
