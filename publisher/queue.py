@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 QUEUED_EVENTS_KEY = "publisher:queued-events"
 RECONCILED_KEY = "publisher:queued-events:reconciled"  # held for one reconcile interval by whoever reconciled
+DRAINED_EVENTS_KEY = "publisher:drained-events"  # only grows: events that left the queue, for the drain rate
 EVENTS_HEADER = "ingest_events"
 DUE_HEADER = "ingest_due_at"
 PUBLISH_TASK = "publisher.publish_events"
@@ -83,6 +84,7 @@ def done(count: int) -> None:
         return
     with writes() as pipe:
         pipe.decrby(QUEUED_EVENTS_KEY, count)
+        pipe.incrby(DRAINED_EVENTS_KEY, count)
 
 
 def _read_cached(key: str, read: Callable[[], _T], *, fresh: bool = False) -> _T:
@@ -105,8 +107,9 @@ def message_headers(*, events: int | None, due_at: float) -> dict[str, float | i
     return headers
 
 
-# KEYS: counter, queue list, unacked hash, reconcile mark.  ARGV: reconcile interval in ms (0: never).
-# Returns {counter, due time of the oldest waiting task (a string) or false, correction made to the counter}.
+# KEYS: counter, queue list, unacked hash, reconcile mark, drained events.  ARGV: reconcile interval in ms (0: never).
+# Returns {counter, due time of the oldest waiting task (a string) or false, correction made to the counter,
+# events drained so far}.
 # The reconcile reads every queued message (no more than once per interval across all processes): atomic, so
 # nothing moves under it, and it only searches each message for the header (JSON with or without spaces, the
 # message itself or nested in the unacked entry). A publish task without the header (sent by an older release)
@@ -153,7 +156,7 @@ if interval > 0 and redis.call('SET', KEYS[4], '1', 'NX', 'PX', interval) then
 end
 local oldest = redis.call('LINDEX', KEYS[2], -1)
 local due = oldest and number_after(oldest, '"ingest_due_at":')
-return {counter, due and string.format('%.4f', due) or false, corrected}
+return {counter, due and string.format('%.4f', due) or false, corrected, tonumber(redis.call('GET', KEYS[5]) or '0')}
 """
 
 
@@ -161,44 +164,51 @@ return {counter, due and string.format('%.4f', due) or false, corrected}
 class Snapshot:
     depth: int  # queued events (the counter)
     oldest_due_at: float | None  # when the oldest task no worker has taken became due; None: no such task known
-    # How many seconds of due times the workers take off the queue per second (see _drain_ratio); None: unknown.
-    drain_ratio: float | None = None
+    # Events/s the workers finished while tasks waited for them (see _drain_rate); None: not measured.
+    drain_rate: float | None = None
 
     def delay(self, now: float) -> float:
-        """How long a task enqueued now would wait for a worker: the oldest waiting task's age, stretched by how
-        much faster tasks arrive than the workers take them. A task enqueued now is taken once the workers are
-        through everything due before it: the head's age `A` of due time, taken at `drain_ratio` seconds of due
-        time per second, so in `A / drain_ratio` seconds. The age alone lags: under an overload the newest
-        events wait several times what the oldest has waited so far."""
+        """How long an event enqueued now would wait for a worker. 0 while no task waits that no worker has
+        taken (the workers have room). Otherwise the workers are all busy, so the rate they finish events at is
+        their capacity, and everything queued ahead (waiting, prefetched, running) takes depth / rate; never
+        less than the oldest waiting task's age, which is all there is before the rate is measured."""
         if self.oldest_due_at is None:
             return 0.0
         age = max(0.0, now - self.oldest_due_at)
-        if self.drain_ratio is None or self.drain_ratio >= 1:
+        if self.drain_rate is None:
             return age
-        return age / max(self.drain_ratio, _MIN_DRAIN_RATIO)
+        if self.drain_rate <= 0:
+            return float("inf")  # tasks wait and none finished for a whole window: the workers are stalled
+        return max(age, self.depth / self.drain_rate)
+
+    def capacity_for_delay(self, limit: float) -> int | None:
+        """The most events the queue may hold so that new ones wait at most `limit` seconds: what the workers
+        finish in that time. None when that is not known (no task waits, or the rate is not measured yet)."""
+        if self.oldest_due_at is None or self.drain_rate is None:
+            return None
+        return int(self.drain_rate * limit)
 
 
-_RATIO_WINDOW = 0.5  # seconds of real time the drain ratio is measured over, at least
-_MIN_DRAIN_RATIO = 0.05  # a head that did not move forecasts 20 times its age (a stopped worker), not infinity
-_trend: tuple[float, float, float | None] | None = None  # per process: (read at, oldest due then, ratio)
+_RATE_WINDOW = 1.0  # seconds of real time the drain rate is measured over, at least
+_trend: tuple[float, int, float | None] | None = None  # per process: (read at, events drained then, rate)
 
 
-def _drain_ratio(now: float, oldest_due: float | None) -> float | None:
-    """How far the oldest waiting task's due time moved per second since the reading _RATIO_WINDOW ago: 1 when
-    the workers take tasks as fast as they came, below 1 when arrivals outpace them, 0 when nothing is taken.
-    None while the queue is empty (nothing waits) or no earlier reading of this backlog exists."""
+def _drain_rate(now: float, drained: int, *, waiting: bool) -> float | None:
+    """Events/s drained since the reading _RATE_WINDOW ago, measured only while tasks wait that no worker has
+    taken (every worker busy: the rate is what they can do, not just what was offered). Kept between windows;
+    None when no task waits or no earlier reading of this backlog exists."""
     global _trend
-    if oldest_due is None:
+    if not waiting:
         _trend = None
         return None
     if _trend is None:
-        _trend = (now, oldest_due, None)
+        _trend = (now, drained, None)
         return None
-    read_at, due, ratio = _trend
-    if now - read_at >= _RATIO_WINDOW:
-        ratio = max(0.0, (oldest_due - due) / (now - read_at))
-        _trend = (now, oldest_due, ratio)
-    return ratio
+    read_at, drained_then, rate = _trend
+    if now - read_at >= _RATE_WINDOW:
+        rate = max(0, drained - drained_then) / (now - read_at)
+        _trend = (now, drained, rate)
+    return rate
 
 
 def snapshot(*, fresh: bool = False) -> Snapshot:
@@ -215,8 +225,8 @@ def _read_snapshot() -> Snapshot:
         return Snapshot(depth=max(0, int(get_redis().get(QUEUED_EVENTS_KEY) or 0)), oldest_due_at=None)
     queue_name, unacked_key = location
     interval_ms = int(settings.INGEST_QUEUE_RECONCILE_INTERVAL * 1000)
-    counter, due, corrected = script(_SNAPSHOT)(
-        keys=[QUEUED_EVENTS_KEY, queue_name, unacked_key, RECONCILED_KEY], args=[interval_ms]
+    counter, due, corrected, drained = script(_SNAPSHOT)(
+        keys=[QUEUED_EVENTS_KEY, queue_name, unacked_key, RECONCILED_KEY, DRAINED_EVENTS_KEY], args=[interval_ms]
     )
     if corrected:
         logger.warning(
@@ -225,9 +235,8 @@ def _read_snapshot() -> Snapshot:
             extra={"event": "queue_counter_reconciled", "correction": int(corrected)},
         )
     oldest_due = None if not due else float(due)
-    return Snapshot(
-        depth=max(0, int(counter)), oldest_due_at=oldest_due, drain_ratio=_drain_ratio(time.time(), oldest_due)
-    )
+    rate = _drain_rate(time.time(), int(drained), waiting=oldest_due is not None)
+    return Snapshot(depth=max(0, int(counter)), oldest_due_at=oldest_due, drain_rate=rate)
 
 
 def depth(*, fresh: bool = False) -> int:

@@ -13,28 +13,41 @@ def _no_trend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(queue, "_trend", None)
 
 
-def test_nothing_waiting_means_no_delay() -> None:
-    assert Snapshot(depth=5, oldest_due_at=None, drain_ratio=0.0).delay(100.0) == 0.0
+def test_no_task_waiting_means_no_delay_and_no_delay_capacity() -> None:
+    """Every task is with a worker: the workers have room, whatever their rate."""
+    snapshot = Snapshot(depth=5000, oldest_due_at=None, drain_rate=100.0)
+    assert snapshot.delay(100.0) == 0.0
+    assert snapshot.capacity_for_delay(0.25) is None
 
 
-def test_without_a_trend_the_delay_is_the_oldest_tasks_age() -> None:
-    assert Snapshot(depth=5, oldest_due_at=99.5, drain_ratio=None).delay(100.0) == pytest.approx(0.5)
-    assert Snapshot(depth=5, oldest_due_at=99.5, drain_ratio=1.7).delay(100.0) == pytest.approx(0.5)
-    assert Snapshot(depth=5, oldest_due_at=101.0, drain_ratio=None).delay(100.0) == 0.0  # a retry not yet due
+def test_before_the_rate_is_measured_the_delay_is_the_oldest_tasks_age() -> None:
+    assert Snapshot(depth=5000, oldest_due_at=99.5).delay(100.0) == pytest.approx(0.5)
+    assert Snapshot(depth=5000, oldest_due_at=101.0).delay(100.0) == 0.0  # a retry not yet due
+    assert Snapshot(depth=5000, oldest_due_at=99.5).capacity_for_delay(0.25) is None
 
 
-def test_arrivals_outpacing_the_workers_stretch_the_age() -> None:
-    """Tasks arrive four times as fast as the workers take them: one enqueued now waits four times the head's age."""
-    assert Snapshot(depth=5, oldest_due_at=99.9, drain_ratio=0.25).delay(100.0) == pytest.approx(0.4)
-    # A head that does not move (no worker takes anything) forecasts 20 times its age, not infinity.
-    assert Snapshot(depth=5, oldest_due_at=99.9, drain_ratio=0.0).delay(100.0) == pytest.approx(2.0)
+def test_busy_workers_take_depth_over_their_rate() -> None:
+    """4,000 events queued, the workers finish 2,000/s: a new event waits 2 s, though the oldest task waiting
+    has waited only 0.1 s so far (the age lags an overload); 500 events is what keeps the wait at 0.25 s."""
+    snapshot = Snapshot(depth=4000, oldest_due_at=99.9, drain_rate=2000.0)
+    assert snapshot.delay(100.0) == pytest.approx(2.0)
+    assert snapshot.capacity_for_delay(0.25) == 500
+    # Never less than what the oldest has already waited (a counter that drifted low).
+    assert Snapshot(depth=10, oldest_due_at=99.0, drain_rate=2000.0).delay(100.0) == pytest.approx(1.0)
 
 
-def test_the_drain_ratio_is_how_far_the_head_moved_per_second() -> None:
-    assert queue._drain_ratio(100.0, 99.0) is None  # first reading of this backlog
-    assert queue._drain_ratio(100.2, 99.0) is None  # too soon to tell
-    assert queue._drain_ratio(101.0, 99.25) == pytest.approx(0.25)  # 0.25 s of due times taken in 1 s
-    assert queue._drain_ratio(101.2, 99.3) == pytest.approx(0.25)  # kept until the next window
-    assert queue._drain_ratio(101.5, 99.2) == 0.0  # moved back (a task put back at the head): nothing taken
-    assert queue._drain_ratio(101.6, None) is None  # the queue emptied: start over
-    assert queue._drain_ratio(101.8, 101.7) is None
+def test_tasks_waiting_while_none_finishes_is_an_endless_wait() -> None:
+    snapshot = Snapshot(depth=10, oldest_due_at=99.9, drain_rate=0.0)
+    assert snapshot.delay(100.0) == float("inf")
+    assert snapshot.capacity_for_delay(0.25) == 0
+
+
+def test_the_rate_is_measured_only_while_tasks_wait() -> None:
+    assert queue._drain_rate(100.0, 1000, waiting=True) is None  # first reading of this backlog
+    assert queue._drain_rate(100.5, 1200, waiting=True) is None  # under a window: too soon to tell
+    assert queue._drain_rate(101.0, 3000, waiting=True) == pytest.approx(2000.0)  # 2,000 events in 1 s
+    assert queue._drain_rate(101.5, 3100, waiting=True) == pytest.approx(2000.0)  # kept until the next window
+    assert queue._drain_rate(102.0, 2900, waiting=True) == 0.0  # the count went back (Redis lost writes)
+    # The queue emptied: what the workers did next is what was offered, not what they can do. Start over.
+    assert queue._drain_rate(102.5, 3500, waiting=False) is None
+    assert queue._drain_rate(103.0, 3600, waiting=True) is None
