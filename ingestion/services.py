@@ -51,9 +51,9 @@ class Outcome:
 
 
 def check_backpressure() -> None:
-    """Refuse new work while the queue is over INGEST_MAX_QUEUE_DEPTH events (the admission enforces that limit
-    exactly, this refuses early) or queued work has waited longer than INGEST_MAX_QUEUE_DELAY. Both come from one
-    read of Redis cached 0.2 s per process."""
+    """Refuse new work early while the queue is over INGEST_MAX_QUEUE_DEPTH events or a new event would wait
+    longer than INGEST_MAX_QUEUE_DELAY (the admission holds both exactly: _capacity). One read of Redis, cached
+    0.2 s per process."""
     try:
         depth = publisher_services.queue_depth()
         delay = publisher_services.queue_delay()

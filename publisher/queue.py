@@ -1,13 +1,15 @@
-"""How many accepted events wait for a worker, and for how long. A Redis counter raised when a task is enqueued and
-lowered when it finishes (or hands part of its work to a retry), so the API can refuse work it could not deliver
-without measuring the queue per event; and the age of the oldest task no worker has taken yet.
+"""How many accepted events wait for a worker, and how long new ones would wait. A Redis counter raised when a task
+is enqueued and lowered when it finishes (or hands part of its work to a retry), so the API can refuse work it could
+not deliver without measuring the queue per event; the due time of the oldest task no worker has taken yet; and a
+count of events drained, for the rate the workers finish them at.
 
-"Queued" means held by the broker and not finished: publish tasks in the queue's list (delayed retries included)
-and in kombu's `unacked` hash (taken by a worker, running or prefetched, or left by a worker that died until
-they are handed out again). Every publish task message carries two headers for this: how many events it holds
-and when it is due (when it was enqueued, or when its retry countdown ends). The counter is reconciled against
-them every INGEST_QUEUE_RECONCILE_INTERVAL, so a lost decrement (a killed process, a Redis restart, a purged
-queue) does not make backpressure stricter for good.
+"Queued" means held by the broker and not finished: publish tasks in the queue's list (delayed retries included),
+in a worker's in-flight list (taken, not yet recorded: fast path kombu_redis_transport) and in kombu's `unacked`
+hash (taken by a worker, running or prefetched, or left by a worker that died until they are handed out again).
+Every publish task message carries two headers for this: how many events it holds and when it is due (when it was
+enqueued, or when its retry countdown ends). The counter is reconciled against them every
+INGEST_QUEUE_RECONCILE_INTERVAL, so a lost decrement (a killed process, a Redis restart, a purged queue) does not
+make backpressure stricter for good.
 """
 
 from __future__ import annotations
@@ -107,7 +109,9 @@ def message_headers(*, events: int | None, due_at: float) -> dict[str, float | i
     return headers
 
 
-# KEYS: counter, queue list, unacked hash, reconcile mark, drained events.  ARGV: reconcile interval in ms (0: never).
+# KEYS: counter, queue list, unacked hash, reconcile mark, drained events, registry of the workers' in-flight lists
+# (fast path kombu_redis_transport: taken off the queue, not yet recorded as unacknowledged; their names are read
+# from the registry, as that transport's own restore script does).  ARGV: reconcile interval in ms (0: never).
 # Returns {counter, due time of the oldest waiting task (a string) or false, correction made to the counter,
 # events drained so far}.
 # The reconcile reads every queued message (no more than once per interval across all processes): atomic, so
@@ -126,12 +130,25 @@ local function events_in(message)
   if string.find(message, '"publisher.publish_events"', 1, true) then return nil end
   return 0
 end
-local function queued_events(queue, unacked)
+local function events_in_list(list)
   local total = 0
-  local length = redis.call('LLEN', queue)
+  local length = redis.call('LLEN', list)
   for first = 0, length - 1, 200 do
-    for _, message in ipairs(redis.call('LRANGE', queue, first, first + 199)) do
+    for _, message in ipairs(redis.call('LRANGE', list, first, first + 199)) do
       local n = events_in(message)
+      if not n then return nil end
+      total = total + n
+    end
+  end
+  return total
+end
+local function queued_events(queue, unacked, inflight_registry)
+  local total = events_in_list(queue)
+  if not total then return nil end
+  local inflight = redis.call('HGETALL', inflight_registry)
+  for i = 1, #inflight, 2 do
+    if inflight[i + 1] == queue then
+      local n = events_in_list(inflight[i])
       if not n then return nil end
       total = total + n
     end
@@ -147,7 +164,7 @@ local counter = tonumber(redis.call('GET', KEYS[1]) or '0')
 local corrected = 0
 local interval = tonumber(ARGV[1])
 if interval > 0 and redis.call('SET', KEYS[4], '1', 'NX', 'PX', interval) then
-  local actual = queued_events(KEYS[2], KEYS[3])
+  local actual = queued_events(KEYS[2], KEYS[3], KEYS[6])
   if actual and actual ~= counter then
     redis.call('SET', KEYS[1], actual)
     corrected = actual - counter
@@ -164,51 +181,53 @@ return {counter, due and string.format('%.4f', due) or false, corrected, tonumbe
 class Snapshot:
     depth: int  # queued events (the counter)
     oldest_due_at: float | None  # when the oldest task no worker has taken became due; None: no such task known
-    # Events/s the workers finished while tasks waited for them (see _drain_rate); None: not measured.
-    drain_rate: float | None = None
+    # Events/s the workers can finish (see _capacity); None: not measured yet.
+    capacity: float | None = None
 
     def delay(self, now: float) -> float:
-        """How long an event enqueued now would wait for a worker. 0 while no task waits that no worker has
-        taken (the workers have room). Otherwise the workers are all busy, so the rate they finish events at is
-        their capacity, and everything queued ahead (waiting, prefetched, running) takes depth / rate; never
-        less than the oldest waiting task's age, which is all there is before the rate is measured."""
-        if self.oldest_due_at is None:
-            return 0.0
-        age = max(0.0, now - self.oldest_due_at)
-        if self.drain_rate is None:
+        """How long an event enqueued now would wait for a worker: everything queued ahead of it (waiting,
+        prefetched, running) at the rate the workers can finish it, never less than the oldest waiting task's
+        age (all there is before the rate is measured, and a floor if the counter drifted low)."""
+        age = 0.0 if self.oldest_due_at is None else max(0.0, now - self.oldest_due_at)
+        if self.capacity is None or self.depth == 0:
             return age
-        if self.drain_rate <= 0:
-            return float("inf")  # tasks wait and none finished for a whole window: the workers are stalled
-        return max(age, self.depth / self.drain_rate)
+        if self.capacity <= 0:
+            return float("inf")  # tasks waited a whole window and none finished: the workers are stalled
+        return max(age, self.depth / self.capacity)
 
     def capacity_for_delay(self, limit: float) -> int | None:
         """The most events the queue may hold so that new ones wait at most `limit` seconds: what the workers
-        finish in that time. None when that is not known (no task waits, or the rate is not measured yet)."""
-        if self.oldest_due_at is None or self.drain_rate is None:
-            return None
-        return int(self.drain_rate * limit)
+        finish in that time. None while their rate is not measured."""
+        return None if self.capacity is None else int(self.capacity * limit)
 
 
-_RATE_WINDOW = 1.0  # seconds of real time the drain rate is measured over, at least
-_trend: tuple[float, int, float | None] | None = None  # per process: (read at, events drained then, rate)
+_RATE_WINDOW = 1.0  # seconds of real time a drain rate is measured over, at least
+# Per process: the reading a window starts with (read at, events drained then, tasks waiting then), and the
+# capacity measured so far.
+_trend: tuple[float, int, bool] | None = None
+_measured: float | None = None
 
 
-def _drain_rate(now: float, drained: int, *, waiting: bool) -> float | None:
-    """Events/s drained since the reading _RATE_WINDOW ago, measured only while tasks wait that no worker has
-    taken (every worker busy: the rate is what they can do, not just what was offered). Kept between windows;
-    None when no task waits or no earlier reading of this backlog exists."""
-    global _trend
-    if not waiting:
-        _trend = None
-        return None
+def _capacity(now: float, drained: int, *, waiting: bool) -> float | None:
+    """The events/s the workers can finish. Measured over windows of _RATE_WINDOW to 5 x that: a window that
+    starts and ends with tasks waiting that no worker has taken (every worker busy) measures it; a window with
+    idle moments only shows what was offered, a lower bound, which can raise the figure but neither set nor lower
+    it (else a quiet spell would make the next burst look like an overload). None until a busy window."""
+    global _trend, _measured
     if _trend is None:
-        _trend = (now, drained, None)
-        return None
-    read_at, drained_then, rate = _trend
-    if now - read_at >= _RATE_WINDOW:
-        rate = max(0, drained - drained_then) / (now - read_at)
-        _trend = (now, drained, rate)
-    return rate
+        _trend = (now, drained, waiting)
+        return _measured
+    started, drained_then, waiting_then = _trend
+    if now - started > 5 * _RATE_WINDOW:  # this process read nothing for a while: what happened meanwhile is unknown
+        _trend = (now, drained, waiting)
+    elif now - started >= _RATE_WINDOW:
+        rate = max(0, drained - drained_then) / (now - started)
+        if waiting and waiting_then:
+            _measured = rate
+        elif _measured is not None:
+            _measured = max(rate, _measured)
+        _trend = (now, drained, waiting)
+    return _measured
 
 
 def snapshot(*, fresh: bool = False) -> Snapshot:
@@ -223,10 +242,11 @@ def _read_snapshot() -> Snapshot:
     location = handoff.publish_queue_keys()
     if location is None:  # the broker is elsewhere: no queue to read, the counter is all there is
         return Snapshot(depth=max(0, int(get_redis().get(QUEUED_EVENTS_KEY) or 0)), oldest_due_at=None)
-    queue_name, unacked_key = location
+    queue_name, unacked_key, inflight_registry = location
     interval_ms = int(settings.INGEST_QUEUE_RECONCILE_INTERVAL * 1000)
     counter, due, corrected, drained = script(_SNAPSHOT)(
-        keys=[QUEUED_EVENTS_KEY, queue_name, unacked_key, RECONCILED_KEY, DRAINED_EVENTS_KEY], args=[interval_ms]
+        keys=[QUEUED_EVENTS_KEY, queue_name, unacked_key, RECONCILED_KEY, DRAINED_EVENTS_KEY, inflight_registry],
+        args=[interval_ms],
     )
     if corrected:
         logger.warning(
@@ -235,8 +255,8 @@ def _read_snapshot() -> Snapshot:
             extra={"event": "queue_counter_reconciled", "correction": int(corrected)},
         )
     oldest_due = None if not due else float(due)
-    rate = _drain_rate(time.time(), int(drained), waiting=oldest_due is not None)
-    return Snapshot(depth=max(0, int(counter)), oldest_due_at=oldest_due, drain_rate=rate)
+    capacity = _capacity(time.time(), int(drained), waiting=oldest_due is not None)
+    return Snapshot(depth=max(0, int(counter)), oldest_due_at=oldest_due, capacity=capacity)
 
 
 def depth(*, fresh: bool = False) -> int:
