@@ -18,8 +18,10 @@ import pybreaker
 import pytest
 import redis
 import requests
+from django.test import Client, override_settings
 from kombu import compression
 
+import config.redis
 from publisher import breaker, queue
 from tests import factories
 from tests.conftest import WebServer, WorkerProcess, free_port
@@ -120,6 +122,8 @@ def test_work_queued_too_long_refuses_new_events_until_drained(
         assert refused.headers["Retry-After"] == "1"
         message = refused.json()["error"]
         assert "would wait about" in message and "limit 0.5 s" in message, message
+        metrics = requests.get(f"{web.url}/metrics", timeout=10).text
+        assert 'ingestion_events_rejected_total{reason="queue_delay"} 1.0' in metrics
 
         worker = WorkerProcess(extra_env=env)
 
@@ -193,3 +197,41 @@ def test_a_lost_decrement_lasts_at_most_one_reconcile_interval(
         worker.stop()
         web.stop()
         client.close()
+
+
+@pytest.mark.fastpath("celery_handoff")  # the in-process admission must enqueue into the test's own Redis
+def test_the_admission_holds_the_delay_limit_exactly(
+    default_routing: None, api_key: str, own_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers measured at 20 events/s and a 5 s limit: the queue takes 100 events, counted by the admission's
+    atomic reservation (not from a cached reading); a batch that would go past that is refused whole."""
+    monkeypatch.setattr(queue, "_measured", 20.0)
+    monkeypatch.setattr(queue, "_trend", None)
+    monkeypatch.setattr(queue, "_RATE_WINDOW", 3600.0)  # no worker here: keep the rate as measured
+    monkeypatch.setattr(queue, "_reads", {})
+
+    def post_batch(size: int) -> Any:
+        body = {"events": [activity() for _ in range(size)]}
+        return Client().post(
+            "/api/v1/events/batch",
+            data=orjson.dumps(body),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Api-Key {api_key}",
+        )
+
+    with override_settings(REDIS_URL=own_redis, CELERY_BROKER_URL=own_redis, INGEST_MAX_QUEUE_DELAY=5.0):
+        config.redis._client = None
+        try:
+            assert post_batch(60).status_code == 202
+            refused = post_batch(60)
+            assert refused.status_code == 503, refused.content
+            assert refused["Retry-After"] == "1"
+            message = refused.json()["error"]
+            assert "would wait more than 5 s" in message and "100 events" in message, message
+            accepted = post_batch(40)
+            assert accepted.status_code == 202, accepted.content
+            client = redis.Redis.from_url(own_redis)
+            assert int(client.get(queue.QUEUED_EVENTS_KEY) or 0) == events_held(client) == 100
+            client.close()
+        finally:
+            config.redis._client = None
