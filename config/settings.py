@@ -227,6 +227,10 @@ INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024, minimu
 # endpoints read their bodies from the stream against INGEST_MAX_BODY_BYTES instead (ingestion.views).
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 INGEST_MAX_QUEUE_DEPTH = env_int("INGEST_MAX_QUEUE_DEPTH", 1_000_000, minimum=1)
+# Queued work waiting longer than this (the oldest task no worker has taken yet) gets new events 503; 0: no limit.
+INGEST_MAX_QUEUE_DELAY = env_duration("INGEST_MAX_QUEUE_DELAY", "250ms")
+# How often the queued-events counter is checked against the tasks the broker holds (publisher.queue); 0: never.
+INGEST_QUEUE_RECONCILE_INTERVAL = env_duration("INGEST_QUEUE_RECONCILE_INTERVAL", "30s")
 INGEST_DEDUP_TTL = env_duration("INGEST_DEDUP_TTL", "24h")
 INGEST_RATE_LIMIT = env_rate("INGEST_RATE_LIMIT", "2000/s")
 INGEST_GROUP_WAIT = env_duration("INGEST_GROUP_WAIT", "10ms")

@@ -96,8 +96,15 @@ def _origin() -> str:
     return f"gen{os.getpid()}@{socket.gethostname()}"
 
 
-def task_message(*, task_name: str, queue_name: str, kwargs: dict[str, Any], kwargsrepr: str) -> bytes:
-    """The message `apply_async(kwargs=..., argsrepr="", kwargsrepr=...)` puts on a Redis queue."""
+def task_message(
+    *,
+    task_name: str,
+    queue_name: str,
+    kwargs: dict[str, Any],
+    kwargsrepr: str,
+    headers: dict[str, Any] | None = None,
+) -> bytes:
+    """The message `apply_async(kwargs=..., argsrepr="", kwargsrepr=..., headers=...)` puts on a Redis queue."""
     from config.celery import app
     from fastpaths.celery_orjson import dumps
 
@@ -131,7 +138,8 @@ def task_message(*, task_name: str, queue_name: str, kwargs: dict[str, Any], kwa
             "stamped_headers": None,
             "stamps": {},
         }
-        | extra_headers,
+        | extra_headers
+        | (headers or {}),
         "properties": {
             "correlation_id": task_id,
             "reply_to": app.thread_oid,

@@ -52,6 +52,19 @@ def _queue_for(task_name: str, broker_url: str, redis_url: str, sentinels: tuple
     return str(queue.name)  # Celery sends to a direct queue through the anonymous exchange, keyed by its name
 
 
+def publish_queue_keys() -> tuple[str, str, str] | None:
+    """Where the publish tasks are held in REDIS_URL's Redis: (the queue's list, kombu's hash of tasks taken by a
+    worker and not yet acknowledged, the registry of the workers' in-flight lists of fast path
+    kombu_redis_transport), or None when Celery's broker is elsewhere."""
+    from fastpaths.kombu_redis_transport import INFLIGHT_REGISTRY
+    from publisher.queue import PUBLISH_TASK
+
+    queue_name = queue_for(PUBLISH_TASK)
+    if queue_name is None:
+        return None
+    return queue_name, str(settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("unacked_key", "unacked")), INFLIGHT_REGISTRY
+
+
 def same_redis(broker_url: str, redis_url: str, *, sentinels: Sequence[tuple[str, int]] = ()) -> bool:
     """Whether Celery's broker is REDIS_URL's own Redis database; behind Sentinel (`sentinels`, REDIS_SENTINELS),
     whether the broker is a sentinel:// URL for the same Sentinels and database (the master name is the same:

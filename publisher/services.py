@@ -4,6 +4,8 @@ enqueue_events(events=..., source=..., accepted_at=...)   one Celery task for a 
 enqueue_events_guarded(..., guards=..., capacity_limit=...)   the same, atomically with guard keys and capacity
 publish_batch(events=..., source=...) / publish_event(event=..., source=...)   synchronous, in-process
 queue_depth()                                             events waiting for a worker
+queue_delay()                                             how long an event enqueued now would wait
+queue_capacity_for_delay(delay=...)                       queued events new ones can wait behind for `delay` s
 waiting_tasks()                                           publish tasks no worker has taken yet
 wait_for_replicas(count=..., timeout=...)                 Redis replicas holding what was enqueued so far
 ensure_topics(partitions=..., replication_factor=...)     create configured topics + dlq.events
@@ -91,6 +93,7 @@ def enqueue_events_guarded(
         queue_name=queue_name,
         kwargs=_task_kwargs(events=events, source=source, accepted_at=accepted_at, traces=traces),
         kwargsrepr=f"<{len(events)} events>",
+        headers=queue.message_headers(events=len(events), due_at=time.time()),
     )
     return celery_handoff.enqueue_guarded(
         message=message,
@@ -150,6 +153,20 @@ def queue_depth() -> int:
     return queue.depth()
 
 
+def queue_delay() -> float:
+    """Seconds an event enqueued now would wait for a worker (publisher.queue.Snapshot.delay; inf when the
+    workers are stalled); 0 when no task waits that no worker has taken, or when Celery's broker is not
+    REDIS_URL's Redis. Read with queue_depth, in the same cached round trip."""
+    return queue.snapshot().delay(time.time())
+
+
+def queue_capacity_for_delay(*, delay: float) -> int | None:
+    """The most events the queue may hold so that new ones wait at most `delay` seconds, while every worker is
+    busy and their rate is measured; None otherwise (then only INGEST_MAX_QUEUE_DEPTH applies). Cached as
+    queue_depth; pass it as the capacity limit of an admission to hold the delay exactly across processes."""
+    return queue.snapshot().capacity_for_delay(delay)
+
+
 def waiting_tasks() -> int | None:
     """Publish tasks that no worker has taken yet (each worker process holds up to its prefetch of tasks, so any
     here mean every worker is busy and has work lined up), cached for 0.2 s per process. None when Celery's
@@ -179,6 +196,8 @@ __all__ = [
     "ensure_topics",
     "publish_batch",
     "publish_event",
+    "queue_capacity_for_delay",
+    "queue_delay",
     "queue_depth",
     "release_queue_capacity",
     "reserve_queue_capacity",

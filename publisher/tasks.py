@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, NoReturn
 
 from celery import Task, shared_task
@@ -40,9 +42,15 @@ def describe_arguments(kwargs: dict[str, Any] | None) -> str:
 
 class PublisherTask(Task):
     def apply_async(self, args: Any = None, kwargs: Any = None, *positional: Any, **options: Any) -> Any:
-        """Task.apply_async; the message's log representation names the arguments, never the events."""
+        """Task.apply_async; the message's log representation names the arguments, never the events, and its
+        headers say how many events it holds and when it is due (publisher.queue), retries included."""
         options.setdefault("argsrepr", "()")
         options.setdefault("kwargsrepr", describe_arguments(kwargs))
+        events = (kwargs or {}).get("events") if self.name == queue.PUBLISH_TASK else None
+        accounting = queue.message_headers(
+            events=len(events) if isinstance(events, list) else None, due_at=_due_at(options)
+        )
+        options["headers"] = {**(options.get("headers") or {}), **accounting}
         return super().apply_async(args, kwargs, *positional, **options)
 
     def retry(self, args: Any = None, kwargs: Any = None, *positional: Any, **options: Any) -> Any:
@@ -62,6 +70,14 @@ class PublisherTask(Task):
                 extra={"event": "retry_enqueue_failed"},
             )
             raise Reject(rejected.reason, requeue=True) from None
+
+
+def _due_at(options: dict[str, Any]) -> float:
+    """When a message sent with these apply_async options may run: its eta, or now plus its countdown."""
+    eta = options.get("eta")
+    if isinstance(eta, datetime):
+        return eta.timestamp()
+    return time.time() + float(options.get("countdown") or 0)
 
 
 def publisher_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:

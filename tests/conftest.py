@@ -37,6 +37,21 @@ def _fast_path_toggle(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
     apply_toggle(request, monkeypatch)
 
 
+# The suite's tests share one publish queue that often has no worker draining it (the session's worker starts
+# with the first test that asks for it, and many tests enqueue without one): the queue-delay limit would refuse
+# their events. Off for the suite's own processes and in-process requests; tests/integration/test_admission.py
+# sets it for the processes it starts.
+NO_QUEUE_DELAY_LIMIT = {"INGEST_MAX_QUEUE_DELAY": "0"}
+
+
+@pytest.fixture(autouse=True)
+def _no_queue_delay_limit() -> Iterator[None]:
+    from django.test import override_settings
+
+    with override_settings(INGEST_MAX_QUEUE_DELAY=0):
+        yield
+
+
 @dataclass
 class ConsumedRecord:
     topic: str
@@ -153,7 +168,12 @@ class ServiceProcess:
     def __init__(self, argv: list[str], *, extra_env: dict[str, str] | None = None) -> None:
         self.log_path = ROOT / ".data" / f"test-{self.kind}-{uuid.uuid4().hex[:8]}.log"
         self.log = self.log_path.open("wb")
-        env = os.environ | {"DATABASE_URL": _test_database_url(), "PYTHONUNBUFFERED": "1"} | (extra_env or {})
+        env = (
+            NO_QUEUE_DELAY_LIMIT
+            | os.environ
+            | {"DATABASE_URL": _test_database_url(), "PYTHONUNBUFFERED": "1"}
+            | (extra_env or {})
+        )
         self.proc = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
