@@ -27,6 +27,7 @@ from kafka import KafkaProducer
 from publisher import breaker, kafka_gateway
 from publisher.models import TopicReplayEvent, TopicReplayJob
 from publisher.publishing import build_records
+from publisher.replay import Actor, topics
 from routing.models import RoutingRule, Topic
 from routing.services import invalidate_local_cache
 from tests import factories
@@ -271,3 +272,28 @@ def test_the_admin_refuses_a_bad_request_and_users_without_the_permission(scratc
     other.force_login(staff)
     assert other.get(reverse("admin:publisher_topicreplayjob_add")).status_code == 403
     assert not TopicReplayJob.objects.exists()
+
+
+def test_a_cancelled_job_resumes_from_the_command_and_a_finished_one_does_not(scratch: Any) -> None:
+    source, target = scratch("src"), scratch("dst")
+    events = attempts(5)
+    produce(source, events, seconds=[float(i) for i in range(5)])
+    job = topics.start_topic_replay(
+        source_topic=source,
+        since=BASE,
+        until=BASE + timedelta(minutes=1),
+        through_rules=False,
+        target_topic=target,
+        rate=100,
+        actor=Actor.command("test"),
+        queue=False,
+    )
+    assert topics.cancel_topic_replay(job_id=job.pk).status == "cancelled"  # queued: cancelled at once
+
+    call_command("replay_topic", resume=job.pk)
+
+    assert sorted(event_ids(reader_for(target).read(expected=5))) == sorted(e["event_id"] for e in events)
+    with pytest.raises(CommandError, match=f"Topic replay #{job.pk} is finished"):
+        call_command("replay_topic", resume=job.pk)
+    with pytest.raises(CommandError, match="no topic replay job #999999"):
+        call_command("replay_topic", resume=999999)
