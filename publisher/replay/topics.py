@@ -195,7 +195,7 @@ def run_topic_slice(
     if job is None or job.run_token != token or not job.is_active:
         return SliceOutcome()
     if job.cancelled:
-        _end(job_id, Status.CANCELLED)
+        _end(job_id, token, Status.CANCELLED)
         return SliceOutcome()
     deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
 
@@ -220,18 +220,22 @@ def run_topic_slice(
         logger.exception("topic replay %s failed", job_id)
         return SliceOutcome()
     if result == "finished":
-        _end(job_id, Status.FINISHED)
-        TopicReplayEvent.objects.filter(job_id=job_id).delete()  # a finished job never runs again
+        if _end(job_id, token, Status.FINISHED):
+            TopicReplayEvent.objects.filter(job_id=job_id).delete()  # a finished job never runs again
         return SliceOutcome()
     if result == "stopped":
-        _end(job_id, Status.CANCELLED)
+        _end(job_id, token, Status.CANCELLED)
         return SliceOutcome()
     countdown = RETRY_DELAY_SECONDS if result.startswith("retry:") else 0.0
     return _go_on(job_id=job_id, token=token, countdown=countdown, note=result.removeprefix("retry:"))
 
 
-def _end(job_id: int, status: str) -> None:
-    TopicReplayJob.objects.filter(pk=job_id).update(status=status, finished_at=timezone.now())
+def _end(job_id: int, token: str, status: str) -> bool:
+    """Fenced by the token: a slice that lost the job (cancelled as stale, then resumed) must not end it."""
+    now = timezone.now()
+    return bool(
+        TopicReplayJob.objects.filter(pk=job_id, run_token=token).update(status=status, finished_at=now, updated_at=now)
+    )
 
 
 def _go_on(*, job_id: int, token: str, countdown: float, note: str) -> SliceOutcome:
@@ -359,6 +363,8 @@ class _Run:
                 self.positions[tp.partition] = min(max(self.positions[tp.partition], moved), self.ends[tp.partition])
         for partition, offset in counts.rewind.items():
             self.positions[partition] = min(self.positions[partition], offset)
+        still_open = set(self.open_partitions())
+        self.consumer.pause(*(tp for tp in self.consumer.assignment() if tp not in still_open))  # read to its end
         for record in records:
             self.high_water[record.partition] = max(self.high_water[record.partition], record.offset + 1)
         return counts
@@ -441,7 +447,7 @@ def _replay_headers(record: Any, job: TopicReplayJob) -> list[tuple[str, bytes]]
 def _plan_copies(job: TopicReplayJob, items: Sequence[_Item]) -> None:
     for index, item in enumerate(items):
         record = item.record
-        kept = [(name, bytes(value)) for name, value in record.headers or () if name not in REPLAY_HEADERS]
+        kept = [(name, bytes(value or b"")) for name, value in record.headers or () if name not in REPLAY_HEADERS]
         headers = kept + _replay_headers(record, job)
         item.out = [Record(index, job.target_topic, record.key or b"", record.value or b"", headers, "")]
 
@@ -450,7 +456,7 @@ def _plan_rerouted(job: TopicReplayJob, items: Sequence[_Item], counts: _Counts)
     """Decode each event, route it with the rules in force now, serialize it for each destination."""
     snapshot = current_routing()
     for index, item in enumerate(items):
-        headers = {name: bytes(value).decode(errors="replace") for name, value in item.record.headers or ()}
+        headers = {name: bytes(value or b"").decode(errors="replace") for name, value in item.record.headers or ()}
         try:
             event = decode_value(
                 item.record.value or b"",
@@ -494,6 +500,8 @@ def _send(items: Sequence[_Item]) -> None:
         return
     try:
         missing = missing_topics(r.topic for r in records)
+        if missing:  # the cached list may predate a topic created a moment ago: ask the broker itself
+            missing -= kafka_gateway.list_topics()
         limits = kafka_gateway.max_message_bytes({r.topic for r in records})
         producer = kafka_gateway.get_producer()
     except Exception as exc:  # no producer: nothing was sent
