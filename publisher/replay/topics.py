@@ -43,7 +43,7 @@ from kafka.errors import KafkaError, MessageSizeTooLargeError
 
 from events.serialization import decode_value
 from publisher import kafka_gateway
-from publisher.errors import error_class, is_retryable, maybe_written
+from publisher.errors import error_class, is_outage, is_retryable, maybe_written
 from publisher.models import TopicReplayEvent, TopicReplayJob
 from publisher.publishing import CLOCK_MARGIN_SECONDS, Record, await_acks, build_records
 from publisher.replay.engine import _ensure_breaker_closed, missing_topics
@@ -526,6 +526,12 @@ def _send(items: Sequence[_Item]) -> None:
         with contextlib.suppress(Exception):  # a timeout or failure shows on each future
             producer.flush(timeout=float(settings.KAFKA_PRODUCER_TIMEOUT) + ACK_GRACE_SECONDS)
     await_acks(sent, timeout=0.0)
+    # As publishing does: a producer that acknowledged nothing, or hit a fatal error, is replaced before the retry.
+    if sent and all(record.error is not None and is_outage(record.error) for record, _ in sent):
+        kafka_gateway.reset_producer()
+    elif kafka_gateway.producer_is_broken():
+        kafka_gateway.reset_producer()
+        kafka_gateway.forget_topic_limits()
 
 
 def _settle(job: TopicReplayJob, items: Sequence[_Item], counts: _Counts, *, sent_since: float) -> None:

@@ -297,3 +297,57 @@ def test_a_cancelled_job_resumes_from_the_command_and_a_finished_one_does_not(sc
         call_command("replay_topic", resume=job.pk)
     with pytest.raises(CommandError, match="no topic replay job #999999"):
         call_command("replay_topic", resume=999999)
+
+
+class FlakyProducer:
+    """The real producer, except that sends of the records replayed from the given source offsets fail, as they do
+    when a broker connection drops (outcome unknown) or leadership moves (certainly not written)."""
+
+    def __init__(self, real: Any, failures: dict[int, Exception]) -> None:
+        self.real, self.failures = real, failures
+
+    def send(self, topic: str, **kwargs: Any) -> Any:
+        origin = dict(kwargs["headers"])["replayed-from"].decode()
+        failure = self.failures.get(int(origin.rsplit("/", 1)[1]))
+        if failure is not None:
+            raise failure
+        return self.real.send(topic, **kwargs)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.real.flush(timeout=timeout)
+
+
+def test_sends_that_failed_are_retried_later_and_nothing_goes_twice(
+    scratch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kafka.errors import KafkaConnectionError, NotLeaderForPartitionError
+
+    source, target = scratch("src"), scratch("dst")
+    events = attempts(6)
+    produce(source, events, seconds=[float(i) for i in range(6)])
+    job = topics.start_topic_replay(
+        source_topic=source,
+        since=BASE,
+        until=BASE + timedelta(minutes=1),
+        through_rules=False,
+        target_topic=target,
+        rate=1000,
+        actor=Actor.command("test"),
+        queue=False,
+    )
+    real = kafka_gateway.get_producer()
+    failures: dict[int, Exception] = {1: KafkaConnectionError("dropped"), 3: NotLeaderForPartitionError("moved")}
+    monkeypatch.setattr(kafka_gateway, "get_producer", lambda: FlakyProducer(real, failures))
+
+    outcome = topics.run_topic_slice(job_id=job.pk, token=job.run_token)
+
+    job.refresh_from_db()
+    assert outcome.next_token and outcome.countdown > 0  # the job goes on a little later
+    assert "retrying" in job.error
+    assert (job.status, job.replayed, job.failed, job.positions) == ("running", 4, 0, {"0": 1})
+    monkeypatch.undo()
+    assert topics.run_topic_slice(job_id=job.pk, token=outcome.next_token) == topics.SliceOutcome()
+
+    assert sorted(event_ids(reader_for(target).read(expected=6))) == sorted(e["event_id"] for e in events)
+    job.refresh_from_db()
+    assert (job.status, job.read, job.replayed, job.duplicates, job.failed) == ("finished", 6, 6, 0, 0)
