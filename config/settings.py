@@ -280,8 +280,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER",
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2, minimum=1)
 CELERY_TASK_DEFAULT_QUEUE = "publish"
 CELERY_TASK_ROUTES = {"publisher.*": {"queue": "publish"}}
-# Tasks declared outside an app's tasks.py (which autodiscovery finds): the replay job's slices.
-CELERY_IMPORTS = ("publisher.replay.jobs",)
+# Tasks declared outside an app's tasks.py (which autodiscovery finds): the replay jobs' slices.
+CELERY_IMPORTS = ("publisher.replay.jobs", "publisher.replay.topics")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Longer than any task's whole run (in-task retries: about (retries + 1) x KAFKA_PRODUCER_TIMEOUT) and any

@@ -578,3 +578,7 @@ class RetryPolicyAdmin(SingletonModelAdmin):
 @admin.register(DeadLetterSettings)
 class DeadLetterSettingsAdmin(SingletonModelAdmin):
     fields = ("max_replays", "replay_rate", "retention_days", "claim_timeout_seconds")
+
+
+# Topic replays by time range (publisher.replay.topics) have their own admin module.
+from publisher import topic_replay_admin  # noqa: E402, F401

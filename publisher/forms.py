@@ -1,4 +1,4 @@
-"""Admin forms for dead-letter operations: editing a payload, discarding, replaying by filter."""
+"""Admin forms for dead-letter operations (editing a payload, discarding, replaying by filter) and topic replays."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
 from events.limits import EVENT_TYPES
 from publisher import replay
 from publisher.models import DeadLetter, DeadLetterSettings
+from publisher.replay import topics
 
 
 class PrettyJSONField(forms.JSONField):
@@ -105,3 +107,48 @@ class ReplayByFilterForm(forms.Form):
             since=data.get("since"),
             until=data.get("until"),
         )
+
+
+class TopicReplayForm(forms.Form):
+    """A replay of a topic's records by time range (publisher.replay.topics); checked the way the command is."""
+
+    source_topic = forms.CharField(max_length=249, help_text="The topic to read, e.g. user.attempts.")
+    since = forms.CharField(help_text="Records at or after: 7d, 12h (that long ago), 2026-11-01 or an ISO datetime.")
+    until = forms.CharField(required=False, help_text="Records before (same forms). Empty: now.")
+    through_rules = forms.BooleanField(
+        required=False,
+        label="Through the current rules",
+        help_text="Route each event with the routing rules in force now.",
+    )
+    target_topic = forms.CharField(
+        required=False, max_length=249, label="Or to topic", help_text="Copy each record to this topic instead."
+    )
+    rate = forms.FloatField(min_value=0.1, max_value=100_000, help_text="Events per second.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["rate"].initial = DeadLetterSettings.get_solo().replay_rate
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        now = timezone.now()
+        for name in ("since", "until"):
+            text = (data.get(name) or "").strip()
+            try:
+                data[name] = replay.parse_since(text, now=now) if text else now
+            except ValueError as exc:
+                self.add_error(name, str(exc))
+        if self.errors:
+            return data
+        try:
+            topics.validate_request(
+                source_topic=data["source_topic"],
+                since=data["since"],
+                until=data["until"],
+                through_rules=bool(data.get("through_rules")),
+                target_topic=data.get("target_topic") or "",
+                rate=data["rate"],
+            )
+        except topics.TopicReplayRefused as exc:
+            raise ValidationError(str(exc)) from None
+        return data

@@ -560,6 +560,21 @@ def _scan_for_event_ids(
     return found
 
 
+def topic_reader(*, max_poll_records: int) -> KafkaConsumer:
+    """A consumer outside any group (the caller assigns partitions and seeks; nothing is committed), for reading
+    a topic's stored records, e.g. a replay by time range."""
+    timeout_ms = int(settings.KAFKA_PRODUCER_TIMEOUT * 1000)
+    return KafkaConsumer(
+        **connection_config(),
+        enable_auto_commit=False,
+        # Records removed by retention since the job fixed its window: go on from the oldest still there.
+        auto_offset_reset="earliest",
+        max_poll_records=max_poll_records,
+        bootstrap_timeout_ms=timeout_ms,
+        request_timeout_ms=max(timeout_ms, 1000) + 500,
+    )
+
+
 def list_topics(**admin_overrides: Any) -> set[str]:
     """The topic names the cluster has (a short-lived admin client; raises if no broker answers)."""
     admin = admin_client(**admin_overrides)

@@ -262,3 +262,89 @@ class ReplayAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"replay of {self.dead_letter_id} at {self.at:%Y-%m-%d %H:%M:%S}: {self.result}"
+
+
+class TopicReplayJob(models.Model):
+    """A replay of the records a Kafka topic holds for a time window (archive and replay): each event re-routed
+    through the current rules or copied to a named topic, paced, cancellable and resumable. The row is also the
+    audit record: who started it, when, with what parameters, and how it went."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        FINISHED = "finished", "finished"
+        CANCELLED = "cancelled", "cancelled"
+        FAILED = "failed", "failed"
+
+    source_topic = models.CharField(max_length=249)
+    since = models.DateTimeField(help_text="Records with a timestamp at or after this.")
+    until = models.DateTimeField(help_text="Records with a timestamp before this.")
+    through_rules = models.BooleanField(default=False, help_text="Route each event through the current rules.")
+    target_topic = models.CharField(max_length=249, blank=True, help_text="Otherwise, copy each record here.")
+    rate = models.FloatField(help_text="Events per second.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    cancelled = models.BooleanField(default=False, help_text="Set by Cancel; the run stops between chunks.")
+    total = models.PositiveIntegerField(default=0, help_text="Records in the window's offset ranges.")
+    read = models.PositiveIntegerField(default=0, help_text="Records read so far.")
+    replayed = models.PositiveIntegerField(default=0, help_text="Events sent and acknowledged by Kafka.")
+    duplicates = models.PositiveIntegerField(default=0, help_text="Records whose event this job already replayed.")
+    unrouted = models.PositiveIntegerField(default=0, help_text="Events no enabled rule matches now.")
+    out_of_window = models.PositiveIntegerField(default=0, help_text="Records in range with a timestamp outside.")
+    failed = models.PositiveIntegerField(default=0)
+    bounds = models.JSONField(default=dict, blank=True, help_text="Per partition: [first offset, end offset).")
+    positions = models.JSONField(default=dict, blank=True, help_text="Per partition: the next offset to read.")
+    high_water = models.JSONField(
+        default=dict, blank=True, help_text="Per partition: past the furthest offset counted (a retry re-reads)."
+    )
+    run_token = models.CharField(max_length=32, blank=True, help_text="Only the run holding it may work.")
+    error = models.TextField(blank=True)
+    actor = models.CharField(max_length=150, blank=True, help_text="Who started it (user or command).")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "topic replay job"
+        permissions = [("replay_topic", "Can replay Kafka topics")]
+
+    def __str__(self) -> str:
+        return f"Topic replay #{self.pk} of {self.source_topic} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING)
+
+    @property
+    def resumable(self) -> bool:
+        return self.status in (self.Status.CANCELLED, self.Status.FAILED)
+
+    @property
+    def percent(self) -> int:
+        return 100 if not self.total else min(100, round(100 * self.read / self.total))
+
+    @property
+    def destination(self) -> str:
+        return "the current routing rules" if self.through_rules else self.target_topic
+
+    def describe(self) -> str:
+        window = f"[{self.since.isoformat()} .. {self.until.isoformat()})"
+        return f"{self.source_topic} {window} -> {self.destination}, {self.rate:g}/s"
+
+
+class TopicReplayEvent(models.Model):
+    """An event a topic replay job took (claimed before it is sent): the job's seen-set, so each event id goes
+    out at most once per job, across cancel, resume and duplicates in the source topic."""
+
+    job = models.ForeignKey(TopicReplayJob, on_delete=models.CASCADE, related_name="+")
+    event_id = models.CharField(max_length=300)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "event_id"], name="topicreplayevent_job_event_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} (topic replay #{self.job_id})"

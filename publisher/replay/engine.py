@@ -87,7 +87,8 @@ def _broker_topics(*, refresh: bool) -> frozenset[str] | None:
         return names
 
 
-def _missing_topics(topics: Iterable[str]) -> set[str]:
+def missing_topics(topics: Iterable[str]) -> set[str]:
+    """The topics among `topics` the broker does not have (a cached topic list; empty if it cannot be read)."""
     wanted = set(topics)
     known = _broker_topics(refresh=False)
     if known is None or wanted <= known:
@@ -181,7 +182,7 @@ def _send(claimed: Sequence[_Claimed]) -> None:
     planned = [item for item in claimed if item.error is None and item.records]
     if not planned:
         return
-    missing = _missing_topics(r.topic for item in planned for r in item.records)
+    missing = missing_topics(r.topic for item in planned for r in item.records)
     producer = kafka_gateway.get_producer()
     futures: list[tuple[_Claimed, Record, Any]] = []
     for item in planned:
