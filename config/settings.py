@@ -203,6 +203,8 @@ INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024, minimu
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 INGEST_MAX_QUEUE_DEPTH = env_int("INGEST_MAX_QUEUE_DEPTH", 1_000_000, minimum=1)
 INGEST_DEDUP_TTL = env_duration("INGEST_DEDUP_TTL", "24h")
+# Receipts (GET /api/v1/events/<id>): what became of each accepted event, kept for INGEST_DEDUP_TTL.
+INGEST_RECEIPTS = env_bool("INGEST_RECEIPTS", True)
 INGEST_RATE_LIMIT = env_rate("INGEST_RATE_LIMIT", "2000/s")
 INGEST_GROUP_WAIT = env_duration("INGEST_GROUP_WAIT", "10ms")
 INGEST_BACKLOG_GROUP_TASKS = env_int("INGEST_BACKLOG_GROUP_TASKS", 1, minimum=0)

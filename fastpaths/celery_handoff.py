@@ -48,22 +48,26 @@ def enabled() -> bool:
 # The third part of a task body: no callbacks, errbacks, chain or chord (publish tasks never carry any).
 NO_EMBEDDED_CALLS = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
-# KEYS: queued-events counter, Celery queue list, guard keys...   ARGV: count, limit, guard ttl, message,
-# guard values... Returns {0} when enqueued, {1, i, value, ...} for guards already held (nothing done),
-# {2} when the queue has no room (nothing done).
+# KEYS: queued-events counter, Celery queue list, guard keys..., stamp keys...   ARGV: count, limit, guard ttl,
+# message, number of guards, stamp ttl, number of stamp field/value items, those items..., guard values...
+# Returns {0} when enqueued, {1, i, value, ...} for guards already held (nothing done), {2} when the queue has
+# no room (nothing done). Each stamp key is a hash set to the stamp fields (the same for all) when enqueued.
 _ENQUEUE_GUARDED = (
     queue.RESERVE_LUA
     + """
+local last_guard = 2 + tonumber(ARGV[5])
+local stamp_items = tonumber(ARGV[7])
+local values = 5 + stamp_items  -- ARGV[values + i] is the value of guard KEYS[i]
 local held = {1}
 -- MGET in slices (one command instead of one per guard; slices stay under Lua's unpack limit).
 local first = 3
-while first <= #KEYS do
-  local last = math.min(first + 999, #KEYS)
-  local values = redis.call('MGET', unpack(KEYS, first, last))
-  for j = 1, #values do
-    if values[j] then
+while first <= last_guard do
+  local last = math.min(first + 999, last_guard)
+  local found = redis.call('MGET', unpack(KEYS, first, last))
+  for j = 1, #found do
+    if found[j] then
       held[#held + 1] = first + j - 3
-      held[#held + 1] = values[j]
+      held[#held + 1] = found[j]
     end
   end
   first = last + 1
@@ -74,8 +78,14 @@ end
 if not reserve(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) then
   return {2}
 end
-for i = 3, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ARGV[3])
+for i = 3, last_guard do
+  redis.call('SET', KEYS[i], ARGV[values + i], 'EX', ARGV[3])
+end
+if stamp_items > 0 then
+  for i = last_guard + 1, #KEYS do
+    redis.call('HSET', KEYS[i], unpack(ARGV, 8, 7 + stamp_items))
+    redis.call('EXPIRE', KEYS[i], ARGV[6])
+  end
 end
 redis.call('LPUSH', KEYS[2], ARGV[4])
 return {0}
@@ -147,11 +157,24 @@ def task_message(*, task_name: str, queue_name: str, kwargs: dict[str, Any], kwa
 
 
 def enqueue_guarded(
-    *, message: bytes, queue_name: str, count: int, limit: int, guards: Sequence[tuple[str, str]], guard_ttl: int
+    *,
+    message: bytes,
+    queue_name: str,
+    count: int,
+    limit: int,
+    guards: Sequence[tuple[str, str]],
+    guard_ttl: int,
+    stamps: Sequence[str] = (),
+    stamp_fields: Sequence[str] = (),
+    stamp_ttl: int = 1,
 ) -> GuardedResult:
+    """Also, when enqueued: each of `stamps` becomes a hash with `stamp_fields` (field, value, field, value...)
+    that expires after `stamp_ttl` seconds (the events' receipts, publisher.receipts)."""
+    items = list(stamp_fields) if stamps else []
     reply = script(_ENQUEUE_GUARDED)(
-        keys=[queue.QUEUED_EVENTS_KEY, queue_name, *(key for key, _ in guards)],
-        args=[count, limit, guard_ttl, message, *(value for _, value in guards)],
+        keys=[queue.QUEUED_EVENTS_KEY, queue_name, *(key for key, _ in guards), *stamps],
+        args=[count, limit, guard_ttl, message, len(guards), stamp_ttl, len(items), *items]
+        + [value for _, value in guards],
     )
     code = int(reply[0])
     if code == 0:

@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 
 from config.redis import get_redis, script
-from events.schema import ValidatedEvent
+from events.schema import DEDUP_PREFIX, ValidatedEvent
 from ingestion import metrics
 from ingestion.group_commit import GroupCommit, GroupCommits
 from publisher import services as publisher_services
@@ -24,7 +24,6 @@ from publisher.metrics import count_each
 
 logger = logging.getLogger(__name__)
 
-DEDUP_PREFIX = "ingest:dedup:"
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
 REJECTED = "rejected"
@@ -48,6 +47,15 @@ class Outcome:
     duplicates: int = 0
 
 
+def event_receipt(*, event_id: str, owner: str) -> dict[str, Any] | None:
+    """What became of `event_id` (canonical UUID text) if the API key with prefix `owner` sent it, else None."""
+    try:
+        receipt = publisher_services.event_receipt(event_id=event_id, owner=owner)
+    except Exception as exc:
+        raise ServiceUnavailable("The receipt store is unreachable; retry later.") from exc
+    return None if receipt is None else receipt.as_dict()
+
+
 def check_backpressure() -> None:
     try:
         depth = publisher_services.queue_depth()
@@ -65,34 +73,39 @@ PENDING_TTL = 30
 PENDING_WAIT = (0.02, 0.05, 0.1)
 
 
-def accept_events(*, events: Sequence[tuple[int, ValidatedEvent]], source: str) -> Outcome:
-    """Dedup, then enqueue the new events. Raises ServiceUnavailable without side effects left.
+def accept_events(*, events: Sequence[tuple[int, ValidatedEvent]], source: str, owner: str = "") -> Outcome:
+    """Dedup, then enqueue the new events. Raises ServiceUnavailable without side effects left. `owner`, the
+    sending API key's prefix, is who may read the events' receipts (GET /api/v1/events/<id>).
 
-    Requests from the same source accepted at the same time in this process are admitted together (one
+    Requests from the same API key accepted at the same time in this process are admitted together (one
     round of Redis work, one task): see ingestion.group_commit. A request's answer still waits for its own events to be
     queued, and a group is admitted or refused as a whole.
     """
     if not events:
         return Outcome()
-    return _admissions.submit(source, events)
+    return _admissions.submit(_group_key(source=source, owner=owner), events)
+
+
+def _group_key(*, source: str, owner: str) -> str:
+    return f"{owner}\x00{source}"  # a prefix is letters and digits: the first NUL ends it
 
 
 @contextmanager
-def admission_expected(*, source: str) -> Iterator[None]:
+def admission_expected(*, source: str, owner: str = "") -> Iterator[None]:
     """This thread will ask to accept events of `source` shortly (its request is being read and validated): a
     group of that source being formed meanwhile waits for it, up to INGEST_GROUP_WAIT. Requests that are not
     announced (a sequential client's next one) never make anyone wait."""
-    with _admissions.get(source).expecting():
+    with _admissions.get(_group_key(source=source, owner=owner)).expecting():
         yield
 
 
-def _admit_group(group: list[Sequence[tuple[int, ValidatedEvent]]], *, source: str) -> list[Outcome]:
+def _admit_group(group: list[Sequence[tuple[int, ValidatedEvent]]], *, source: str, owner: str) -> list[Outcome]:
     """Admit every request of the group as one: one dedup check, one reservation, one task (see _accept).
     A dedup key repeated across requests of the group is a duplicate of its first occurrence, as inside a batch."""
     if len(group) == 1:
-        return [_accept(group[0], source=source)]
+        return [_accept(group[0], source=source, owner=owner)]
     flat = list(enumerate(ev for events in group for _, ev in events))
-    combined = _accept(flat, source=source).statuses
+    combined = _accept(flat, source=source, owner=owner).statuses
     outcomes: list[Outcome] = []
     position = 0
     for events in group:
@@ -108,12 +121,13 @@ def _admit_group(group: list[Sequence[tuple[int, ValidatedEvent]]], *, source: s
     return outcomes
 
 
-def _admission_for(source: str) -> GroupCommit[Sequence[tuple[int, ValidatedEvent]], Outcome]:
+def _admission_for(key: str) -> GroupCommit[Sequence[tuple[int, ValidatedEvent]], Outcome]:
     # A group stops at INGEST_MAX_BATCH events (one request may exceed that alone), so a task is never bigger
     # than one full batch and memory stays bounded under load. INGEST_GROUP_WAIT lets a leader wait for the
     # requests of its source this process is already reading (admission_expected), so groups grow.
+    owner, _, source = key.partition("\x00")
     return GroupCommit(
-        lambda group: _admit_group(group, source=source),
+        lambda group: _admit_group(group, source=source, owner=owner),
         weight=len,
         max_weight=lambda: settings.INGEST_MAX_BATCH,
         linger=lambda: settings.INGEST_GROUP_WAIT,
@@ -139,16 +153,32 @@ def _backlog_hold() -> float:
 _admissions: GroupCommits[Sequence[tuple[int, ValidatedEvent]], Outcome] = GroupCommits(_admission_for)
 
 
-def _accept(events: Sequence[tuple[int, ValidatedEvent]], *, source: str) -> Outcome:
+def _accept(events: Sequence[tuple[int, ValidatedEvent]], *, source: str, owner: str) -> Outcome:
     if publisher_services.can_enqueue_guarded():
-        return _accept_atomically(events, source=source)
-    return _accept_in_steps(events, source=source)
+        outcome = _accept_atomically(events, source=source, owner=owner)
+    else:
+        outcome = _accept_in_steps(events, source=source, owner=owner)
+    if outcome.duplicates:
+        _note_duplicates(events, outcome, source=source, owner=owner)
+    return outcome
+
+
+def _note_duplicates(
+    events: Sequence[tuple[int, ValidatedEvent]], outcome: Outcome, *, source: str, owner: str
+) -> None:
+    """A duplicate sent under an event id of its own gets a receipt naming the original (never raises)."""
+    duplicates = [
+        (str(ev.data["event_id"]), outcome.statuses[index][0])
+        for index, ev in events
+        if outcome.statuses[index][1] == DUPLICATE
+    ]
+    publisher_services.note_duplicates(duplicates=duplicates, owner=owner, source=source)
 
 
 GUARDED_ROUNDS = 3
 
 
-def _accept_atomically(events: Sequence[tuple[int, ValidatedEvent]], *, source: str) -> Outcome:
+def _accept_atomically(events: Sequence[tuple[int, ValidatedEvent]], *, source: str, owner: str) -> Outcome:
     """One atomic step on Redis: the marks are set, capacity reserved and the task queued together, or nothing
     is. Marks already held make their events duplicates; the rest are tried again (a second round trip only
     when a group holds a duplicate)."""
@@ -180,6 +210,7 @@ def _accept_atomically(events: Sequence[tuple[int, ValidatedEvent]], *, source: 
                 guards=[(key, str(data["event_id"])) for _, key, data in guarded],
                 guard_ttl=ttl,
                 capacity_limit=settings.INGEST_MAX_QUEUE_DEPTH,
+                receipt_owner=owner,
             )
         except Exception as exc:
             logger.warning("enqueue failed, %d events refused: %r", len(candidates), exc)
@@ -227,14 +258,14 @@ def _record_outcome(events: Sequence[tuple[int, ValidatedEvent]], duplicate_ids:
     return outcome
 
 
-def _accept_in_steps(events: Sequence[tuple[int, ValidatedEvent]], *, source: str) -> Outcome:
+def _accept_in_steps(events: Sequence[tuple[int, ValidatedEvent]], *, source: str, owner: str) -> Outcome:
     """When Celery's broker is not the project's Redis: claim pending marks, hand off one task, confirm the
     marks (the pending marks are released if the hand-off fails, so nothing is half-accepted)."""
     claimed, duplicate_ids = _claim_marks(events)
     to_publish = [ev.data for index, ev in events if index not in duplicate_ids]
     if to_publish:
         try:
-            _hand_off(to_publish, source=source)
+            _hand_off(to_publish, source=source, owner=owner)
         except ServiceUnavailable:
             _release([key for key, _ in claimed])
             raise
@@ -303,7 +334,7 @@ def _claim_marks(events: Sequence[tuple[int, ValidatedEvent]]) -> tuple[list[tup
     return claimed, duplicate_ids
 
 
-def _hand_off(to_publish: list[dict[str, Any]], *, source: str) -> None:
+def _hand_off(to_publish: list[dict[str, Any]], *, source: str, owner: str) -> None:
     """Reserve room in the queue, then enqueue one task; raises ServiceUnavailable with nothing reserved."""
     try:
         admitted = publisher_services.reserve_queue_capacity(
@@ -318,7 +349,7 @@ def _hand_off(to_publish: list[dict[str, Any]], *, source: str) -> None:
         )
     try:
         publisher_services.enqueue_events(
-            events=to_publish, source=source, accepted_at=time.time(), capacity_reserved=True
+            events=to_publish, source=source, accepted_at=time.time(), capacity_reserved=True, receipt_owner=owner
         )
     except Exception as exc:
         publisher_services.release_queue_capacity(count=len(to_publish))  # never raises; a failure is logged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +30,7 @@ from ingestion.openapi import (
     BatchResponseSchema,
     ErrorSchema,
     EventRequestSchema,
+    ReceiptSchema,
     SingleResponseSchema,
 )
 from ingestion.throttling import ApiKeyRateThrottle
@@ -194,7 +196,8 @@ class EventView(_IngestView):
         examples=EVENT_EXAMPLES,
     )
     def post(self, request: Request) -> Response:
-        with services.admission_expected(source=client_of(request).name):
+        client = client_of(request)
+        with services.admission_expected(source=client.name, owner=client.prefix):
             return self._accept(request)
 
     def _accept(self, request: Request) -> Response:
@@ -204,7 +207,8 @@ class EventView(_IngestView):
         if isinstance(result, list):
             metrics.EVENTS_REJECTED.labels(reason="invalid").inc()
             raise RequestError(400, "Invalid event.", errors=[e.as_dict() for e in result])
-        outcome = services.accept_events(events=[(0, result)], source=client_of(request).name)
+        client = client_of(request)
+        outcome = services.accept_events(events=[(0, result)], source=client.name, owner=client.prefix)
         event_id, state = outcome.statuses[0]
         return Response({"event_id": event_id, "status": state}, status=status.HTTP_202_ACCEPTED)
 
@@ -228,7 +232,8 @@ class BatchView(_IngestView):
         examples=[OpenApiExample("mixed batch", value=BATCH_EXAMPLE, request_only=True)],
     )
     def post(self, request: Request) -> Response:
-        with services.admission_expected(source=client_of(request).name):
+        client = client_of(request)
+        with services.admission_expected(source=client.name, owner=client.prefix):
             return self._accept(request)
 
     def _accept(self, request: Request) -> Response:
@@ -238,7 +243,8 @@ class BatchView(_IngestView):
         if checked.body_errors:
             metrics.EVENTS_REJECTED.labels(reason="invalid").inc()
             raise RequestError(400, "Invalid batch.", errors=[e.as_dict() for e in checked.body_errors])
-        outcome = services.accept_events(events=checked.valid, source=client_of(request).name)
+        client = client_of(request)
+        outcome = services.accept_events(events=checked.valid, source=client.name, owner=client.prefix)
         results: list[dict[str, Any]] = [{} for _ in range(len(checked.valid) + len(checked.invalid))]
         for index, (event_id, state) in outcome.statuses.items():
             results[index] = {"index": index, "event_id": event_id, "status": state, "errors": []}
@@ -259,3 +265,36 @@ class BatchView(_IngestView):
         }
         ok = outcome.accepted + outcome.duplicates > 0
         return Response(body, status=status.HTTP_202_ACCEPTED if ok else status.HTTP_400_BAD_REQUEST)
+
+
+UNKNOWN_EVENT = (
+    "No such event for this API key: unknown, sent with another key, or older than its receipt (INGEST_DEDUP_TTL)."
+)
+
+
+class ReceiptView(_IngestView):
+    endpoint = "receipt"
+
+    @extend_schema(
+        operation_id="event_receipt",
+        summary="What became of an event",
+        description="The receipt of an event this API key sent, kept for INGEST_DEDUP_TTL after its last change. "
+        "404 for an event sent with another key, exactly as for an unknown one.",
+        responses={
+            200: ReceiptSchema,
+            400: ErrorSchema,
+            401: ErrorSchema,
+            404: ErrorSchema,
+            429: ErrorSchema,
+            503: ErrorSchema,
+        },
+    )
+    def get(self, request: Request, event_id: str) -> Response:
+        try:
+            canonical = str(uuid.UUID(event_id))
+        except ValueError:
+            return _error(400, f"event_id {event_id[:100]!r} is not a UUID.")
+        receipt = services.event_receipt(event_id=canonical, owner=client_of(request).prefix)
+        if receipt is None:
+            return _error(404, UNKNOWN_EVENT)
+        return Response(receipt)

@@ -3,6 +3,8 @@
 enqueue_events(events=..., source=..., accepted_at=...)   one Celery task for a request's (or a group's) events
 enqueue_events_guarded(..., guards=..., capacity_limit=...)   the same, atomically with guard keys and capacity
 publish_batch(events=..., source=...) / publish_event(event=..., source=...)   synchronous, in-process
+event_receipt(event_id=..., owner=...)                    what became of an event (publisher.receipts)
+note_duplicates(duplicates=..., owner=..., source=...)    receipts of duplicates sent under ids of their own
 queue_depth()                                             events waiting for a worker
 waiting_tasks()                                           publish tasks no worker has taken yet
 ensure_topics(partitions=..., replication_factor=...)     create configured topics + dlq.events
@@ -19,8 +21,9 @@ from django.db import DatabaseError
 
 from fastpaths import celery_handoff
 from fastpaths.celery_handoff import GuardedResult
-from publisher import handoff, kafka_gateway, publishing, queue
+from publisher import handoff, kafka_gateway, publishing, queue, receipts
 from publisher.publishing import BatchResult, PublishDeferred
+from publisher.receipts import Receipt
 from publisher.tasks import publish_events
 from routing.services import topic_names
 
@@ -66,10 +69,12 @@ def enqueue_events_guarded(
     guards: Sequence[tuple[str, str]],
     guard_ttl: int,
     capacity_limit: int,
+    receipt_owner: str | None = None,
 ) -> GuardedResult:
     """One atomic step: if none of the `guards` keys exists and the queue stays within `capacity_limit` events,
     enqueue one publish task for `events`, count them as queued and set every guard (key, value) for
-    `guard_ttl` seconds. Otherwise nothing is done and the result says why: which guards are already held
+    `guard_ttl` seconds, and (with `receipt_owner`, the API key's prefix, and INGEST_RECEIPTS) start every
+    event's receipt as queued. Otherwise nothing is done and the result says why: which guards are already held
     (by what value), or that the queue is full. Raises if Redis cannot be reached (then nothing was done, or
     everything was)."""
     queue_name = handoff.queue_for(publish_events.name)
@@ -83,6 +88,7 @@ def enqueue_events_guarded(
         kwargs={"events": events, "source": source, "accepted_at": accepted_at},
         kwargsrepr=f"<{len(events)} events>",
     )
+    stamped = receipt_owner is not None and receipts.enabled()
     return celery_handoff.enqueue_guarded(
         message=message,
         queue_name=queue_name,
@@ -90,26 +96,63 @@ def enqueue_events_guarded(
         limit=capacity_limit,
         guards=guards,
         guard_ttl=guard_ttl,
+        stamps=[receipts.key(event["event_id"]) for event in events] if stamped else (),
+        stamp_fields=receipts.admission_fields(owner=receipt_owner or "", source=source, accepted_at=accepted_at)
+        if stamped
+        else (),
+        stamp_ttl=receipts.ttl(),
     )
 
 
 def enqueue_events(
-    *, events: list[dict[str, Any]], source: str, accepted_at: float, capacity_reserved: bool = False
+    *,
+    events: list[dict[str, Any]],
+    source: str,
+    accepted_at: float,
+    capacity_reserved: bool = False,
+    receipt_owner: str | None = None,
 ) -> None:
     """Hand an accepted request's events to the workers: one task for the whole batch. Raises if the broker
-    (Redis) cannot take it, so the caller can refuse the request instead of half-accepting it."""
-    publish_events.apply_async(
-        kwargs={"events": events, "source": source, "accepted_at": accepted_at},
-        argsrepr="",
-        kwargsrepr=f"<{len(events)} events>",
-        retry=False,
-    )
+    (Redis) cannot take it, so the caller can refuse the request instead of half-accepting it. With
+    `receipt_owner` (and INGEST_RECEIPTS) the events' receipts are started first, and removed if the task
+    could not be queued."""
+    stamped = receipt_owner is not None and receipts.enabled()
+    event_ids = [event["event_id"] for event in events]
+    if stamped:
+        # Before the task exists, so the worker's receipt writes always come after this one.
+        receipts.stamp_queued(event_ids=event_ids, owner=receipt_owner or "", source=source, accepted_at=accepted_at)
+    try:
+        publish_events.apply_async(
+            kwargs={"events": events, "source": source, "accepted_at": accepted_at},
+            argsrepr="",
+            kwargsrepr=f"<{len(events)} events>",
+            retry=False,
+        )
+    except Exception:
+        if stamped:
+            receipts.forget(event_ids=event_ids)
+        raise
     if capacity_reserved:
         return
     try:
         queue.add(len(events))
     except Exception:  # the task is queued; a missed count only weakens backpressure a little
         logger.warning("could not count %d queued events", len(events))
+
+
+def event_receipt(*, event_id: str, owner: str) -> Receipt | None:
+    """What became of `event_id`, if the API key `owner` (its prefix) sent it; None otherwise (unknown, expired,
+    someone else's: the caller cannot tell which)."""
+    receipt = receipts.read(event_id=event_id)
+    if receipt is None or not owner or receipt.owner != owner:
+        return None
+    return receipt
+
+
+def note_duplicates(*, duplicates: Sequence[tuple[str, str]], owner: str, source: str) -> None:
+    """Receipts for duplicates sent under an event id of their own: (their event id, the original's)."""
+    if receipts.enabled():
+        receipts.note_duplicates(duplicates=duplicates, owner=owner, source=source)
 
 
 def queue_depth() -> int:
@@ -140,10 +183,13 @@ __all__ = [
     "BatchResult",
     "GuardedResult",
     "PublishDeferred",
+    "Receipt",
     "can_enqueue_guarded",
     "enqueue_events",
     "enqueue_events_guarded",
     "ensure_topics",
+    "event_receipt",
+    "note_duplicates",
     "publish_batch",
     "publish_event",
     "queue_depth",
