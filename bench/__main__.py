@@ -98,6 +98,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("BENCH_REDIS_URL"),
         help="Redis for the bench's web and worker tiers (default: REDIS_URL with database 7, or BENCH_REDIS_URL)",
     )
+    parser.add_argument(
+        "--receipts-matrix",
+        action="store_true",
+        help="run the batch and single rows twice: with receipts (INGEST_RECEIPTS=true) and without",
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default bench/results/<ts>.json)")
     args = parser.parse_args(argv)
     for setting in [args.fast_paths] if args.fast_paths else []:
@@ -130,6 +135,23 @@ def fast_paths_settings(args: argparse.Namespace) -> list[str | None]:
     if args.fast_paths_matrix:
         return ["all", "none", *(f"-{name}" for name in fastpaths.REGISTRY)]
     return [args.fast_paths]
+
+
+def row_variants(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
+    """The settings each batch/single row runs with: (name suffix, extra environment), one per fast-path setting
+    (times receipts on and off with --receipts-matrix). An empty suffix: the environment's settings."""
+    variants: list[tuple[str, dict[str, str]]] = []
+    for setting in fast_paths_settings(args):
+        labels = [] if setting is None else [setting]
+        env = {} if setting is None else {"INGEST_FAST_PATHS": fast_paths_env(setting)}
+        if not args.receipts_matrix:
+            variants.append((",".join(labels), env))
+            continue
+        for receipts in ("on", "off"):
+            variants.append(
+                (",".join([*labels, f"receipts-{receipts}"]), env | {"INGEST_RECEIPTS": str(receipts == "on").lower()})
+            )
+    return variants
 
 
 def _log(message: str) -> None:
@@ -339,16 +361,16 @@ def main(argv: list[str] | None = None) -> None:
             settings.KAFKA_TOPIC_ML_TRAINING,
         ]
         phases = [
-            (name, setting)
+            (name, variant)
             for name in ("batch", "single", "peer-batch", "peer-single")
             if name in only
-            # The peer has no fast paths: it runs once.
-            for setting in (fast_paths_settings(args) if not name.startswith("peer") else [None])
+            # The peer has no fast paths and no receipts: it runs once.
+            for variant in (row_variants(args) if not name.startswith("peer") else [("", {})])
         ]
-        for phase, setting in phases:
-            # A row per fast-path setting: `batch[none]`, `single[-kafka_batches]`...; plain names without one.
-            name = phase if setting is None else f"{phase}[{setting}]"
-            extra_env = {} if setting is None else {"INGEST_FAST_PATHS": fast_paths_env(setting)}
+        for phase, (setting, extra_env) in phases:
+            # A row per setting: `batch[none]`, `single[-kafka_batches]`, `batch[receipts-off]`...; plain names
+            # without one.
+            name = f"{phase}[{setting}]" if setting else phase
             single = phase.endswith("single")
             phase_settings = Settings(
                 duration=args.duration,
@@ -388,10 +410,7 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 tiers = peer.PeerTiers(phase_settings, name, topic=settings.KAFKA_TOPIC_ATTEMPTS, producer=produce)
             else:
-                _log(
-                    f"{name}: HTTP -> granian -> Celery -> Kafka"
-                    + (f", INGEST_FAST_PATHS={extra_env}" if setting else "")
-                )
+                _log(f"{name}: HTTP -> granian -> Celery -> Kafka" + (f", {extra_env}" if extra_env else ""))
             row = pipeline.run_phase(phase_settings, name=name, tiers=tiers, broker_pid=broker_pid, redis_pid=redis_pid)
             results["rows"][name] = row
             _log(f"  {row['events_per_s']:,.0f} events/s accepted, {row['records_per_s']:,.0f} records/s in Kafka")

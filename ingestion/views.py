@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.http import HttpRequest
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import BaseParser
@@ -277,6 +278,11 @@ class ReceiptView(_IngestView):
 
     @extend_schema(
         operation_id="event_receipt",
+        parameters=[
+            OpenApiParameter(
+                "event_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The id the POST answered"
+            )
+        ],
         summary="What became of an event",
         description="The receipt of an event this API key sent, kept for INGEST_DEDUP_TTL after its last change. "
         "404 for an event sent with another key, exactly as for an unknown one.",

@@ -181,6 +181,16 @@ def test_a_dead_lettered_event_shows_the_reason_and_the_dead_letter(
     assert delivered == {"user.activities"}
 
 
+def test_an_event_no_rule_matches_is_unrouted(
+    default_routing: None, celery_worker: WorkerProcess, web_server: WebServer, api_key: str
+) -> None:
+    # The seed routes sessions only when items were attempted.
+    event = factories.session(items_attempted=0, items_correct=0)
+    event_id = post(web_server, "/api/v1/events", event, api_key).json()["event_id"]
+    wait_for(lambda: status_of(web_server, event_id, api_key) == "unrouted", timeout=30, what="unrouted")
+    assert get_receipt(web_server, event_id, api_key).json()["deliveries"] == []
+
+
 def test_the_admin_traces_an_event_by_id_and_by_attempt(
     default_routing: None, celery_worker: WorkerProcess, web_server: WebServer, api_key: str, admin_client: Client
 ) -> None:
@@ -204,3 +214,20 @@ def test_the_admin_traces_an_event_by_id_and_by_attempt(
     )
     assert f"Event {event_id}" in by_attempt.content.decode()
     assert "Trace an event" in admin_client.get("/admin/").content.decode()
+
+
+def test_openapi_documents_the_receipt(web_server: WebServer) -> None:
+    spec = requests.get(f"{web_server.url}/api/schema/?format=json", timeout=10).json()
+    operation = spec["paths"]["/api/v1/events/{event_id}"]["get"]
+    assert {"200", "400", "401", "404"} <= set(operation["responses"])
+    [parameter] = operation["parameters"]
+    assert parameter["name"] == "event_id" and parameter["schema"]["format"] == "uuid"
+    schemas = spec["components"]["schemas"]
+
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        ref = node.get("$ref") or next((n["$ref"] for n in node.get("allOf", []) if "$ref" in n), None)
+        return resolve(schemas[ref.rsplit("/", 1)[1]]) if ref else node
+
+    receipt = resolve(operation["responses"]["200"]["content"]["application/json"]["schema"])["properties"]
+    assert set(resolve(receipt["status"])["enum"]) == {"queued", "published", "dead_lettered", "duplicate", "unrouted"}
+    assert set(resolve(receipt["deliveries"]["items"])["properties"]) == {"topic", "partition", "offset"}
