@@ -49,15 +49,13 @@ def enabled() -> bool:
 NO_EMBEDDED_CALLS = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 # KEYS: queued-events counter, Celery queue list, guard keys..., stamp keys...   ARGV: count, limit, guard ttl,
-# message, number of guards, stamp ttl, number of stamp field/value items, those items..., guard values...
-# Returns {0} when enqueued, {1, i, value, ...} for guards already held (nothing done), {2} when the queue has
-# no room (nothing done). Each stamp key is a hash set to the stamp fields (the same for all) when enqueued.
+# message, number of guards, stamp ttl, stamp value, guard values... Returns {0} when enqueued, {1, i, value,
+# ...} for guards already held (nothing done), {2} when the queue has no room (nothing done). When enqueued,
+# every stamp key is set to the stamp value.
 _ENQUEUE_GUARDED = (
     queue.RESERVE_LUA
     + """
 local last_guard = 2 + tonumber(ARGV[5])
-local stamp_items = tonumber(ARGV[7])
-local values = 5 + stamp_items  -- ARGV[values + i] is the value of guard KEYS[i]
 local held = {1}
 -- MGET in slices (one command instead of one per guard; slices stay under Lua's unpack limit).
 local first = 3
@@ -79,13 +77,10 @@ if not reserve(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) then
   return {2}
 end
 for i = 3, last_guard do
-  redis.call('SET', KEYS[i], ARGV[values + i], 'EX', ARGV[3])
+  redis.call('SET', KEYS[i], ARGV[i + 5], 'EX', ARGV[3])
 end
-if stamp_items > 0 then
-  for i = last_guard + 1, #KEYS do
-    redis.call('HSET', KEYS[i], unpack(ARGV, 8, 7 + stamp_items))
-    redis.call('EXPIRE', KEYS[i], ARGV[6])
-  end
+for i = last_guard + 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[7], 'EX', ARGV[6])
 end
 redis.call('LPUSH', KEYS[2], ARGV[4])
 return {0}
@@ -165,16 +160,14 @@ def enqueue_guarded(
     guards: Sequence[tuple[str, str]],
     guard_ttl: int,
     stamps: Sequence[str] = (),
-    stamp_fields: Sequence[str] = (),
+    stamp_value: str = "",
     stamp_ttl: int = 1,
 ) -> GuardedResult:
-    """Also, when enqueued: each of `stamps` becomes a hash with `stamp_fields` (field, value, field, value...)
-    that expires after `stamp_ttl` seconds (the events' receipts, publisher.receipts)."""
-    items = list(stamp_fields) if stamps else []
+    """Also, when enqueued: each key of `stamps` is set to `stamp_value` for `stamp_ttl` seconds (the events'
+    receipts, publisher.receipts)."""
     reply = script(_ENQUEUE_GUARDED)(
         keys=[queue.QUEUED_EVENTS_KEY, queue_name, *(key for key, _ in guards), *stamps],
-        args=[count, limit, guard_ttl, message, len(guards), stamp_ttl, len(items), *items]
-        + [value for _, value in guards],
+        args=[count, limit, guard_ttl, message, len(guards), stamp_ttl, stamp_value, *(value for _, value in guards)],
     )
     code = int(reply[0])
     if code == 0:

@@ -159,20 +159,18 @@ def _accept(events: Sequence[tuple[int, ValidatedEvent]], *, source: str, owner:
     else:
         outcome = _accept_in_steps(events, source=source, owner=owner)
     if outcome.duplicates:
-        _note_duplicates(events, outcome, source=source, owner=owner)
+        _note_duplicates(events, outcome, owner=owner)
     return outcome
 
 
-def _note_duplicates(
-    events: Sequence[tuple[int, ValidatedEvent]], outcome: Outcome, *, source: str, owner: str
-) -> None:
+def _note_duplicates(events: Sequence[tuple[int, ValidatedEvent]], outcome: Outcome, *, owner: str) -> None:
     """A duplicate sent under an event id of its own gets a receipt naming the original (never raises)."""
     duplicates = [
         (str(ev.data["event_id"]), outcome.statuses[index][0])
         for index, ev in events
         if outcome.statuses[index][1] == DUPLICATE
     ]
-    publisher_services.note_duplicates(duplicates=duplicates, owner=owner, source=source)
+    publisher_services.note_duplicates(duplicates=duplicates, owner=owner, accepted_at=time.time())
 
 
 GUARDED_ROUNDS = 3

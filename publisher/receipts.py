@@ -1,14 +1,16 @@
 """Receipts: what became of each accepted event, for its producer (`GET /api/v1/events/<id>`) and for the admin's
 Trace an event screen.
 
-One Redis hash per event, `receipt:<event_id>`, kept INGEST_DEDUP_TTL after its last change (so a producer can
-ask about an event as long as it may send it again):
+One Redis string per event, `receipt:<event_id>`, kept INGEST_DEDUP_TTL (so a producer can ask about an event as
+long as it may send it again). A string, not a hash, and only appended to: one command per event at each step
+(a hash plus its EXPIRE took two, and more memory). Its text is a header and then tokens, each `|`-prefixed:
 - at admission, in the same atomic step that queues its task (or just before the task, when admitting in
-  steps): `status` queued, `owner` (the API key's prefix), `source` (its name), `accepted_at`;
-- by the worker once Kafka acknowledged: `d:<topic>` = "partition:offset" per delivery, then `status`
-  published (or unrouted) when the event has nothing left to deliver;
-- by the dead-letter writer: `x:<topic>` = "dead-letter id:reason" (any such field makes it dead-lettered);
-- for a duplicate whose event id differs from the original's: `status` duplicate, `duplicate_of`.
+  steps): `<owner>:<accepted_at ms>` (owner: the API key's prefix; no token yet: queued);
+- by the worker once Kafka acknowledged: `|d:<topic>:<partition>:<offset>` per delivery, then `|p` (published:
+  nothing left to deliver) or `|u` (unrouted: no rule matched);
+- by the dead-letter writer: `|x:<topic>:<dead-letter id>:<reason>` (any one makes the event dead-lettered);
+- for a duplicate sent under an event id of its own (only if that id has no receipt): `|=<the original's id>`.
+Topic names, owners and reasons hold no `|` or `:` (Kafka allows letters, digits, `.`, `_`, `-` in names).
 
 Receipts are a view, not the record (Kafka and the dead-letter table are): the worker's writes travel with the
 task's other deferred Redis writes, and a lost one leaves a receipt behind, never an event.
@@ -22,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from redis.client import Pipeline
 
 from config.redis import get_redis, script, writes
 
@@ -34,30 +35,26 @@ PUBLISHED = "published"
 DEAD_LETTERED = "dead_lettered"
 DUPLICATE = "duplicate"
 UNROUTED = "unrouted"
-DELIVERY_PREFIX = "d:"
-DEAD_LETTER_PREFIX = "x:"
 
-# KEYS: receipts. ARGV: ttl, then per key: n, then n field/value pairs. Sets the fields, (re)starts the TTL.
-_UPDATE = """
-local p = 2
-for _, key in ipairs(KEYS) do
-  local n = tonumber(ARGV[p])
-  redis.call('HSET', key, unpack(ARGV, p + 1, p + 2 * n))
-  redis.call('EXPIRE', key, ARGV[1])
-  p = p + 1 + 2 * n
+# KEYS: receipts. ARGV: ttl, then one text per key, appended. Read and written whole, not APPENDed: APPEND
+# leaves the string with room to grow, about 60 % more memory per receipt. A receipt that did not exist
+# (expired while its event waited, or queued before receipts were on) gets a TTL instead of living forever.
+_APPEND = """
+for i, key in ipairs(KEYS) do
+  local old = redis.call('GET', key)
+  if old then
+    redis.call('SET', key, old .. ARGV[i + 1], 'KEEPTTL')
+  else
+    redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
+  end
 end
 return #KEYS
 """
 
-# KEYS: receipts. ARGV: ttl, n, n field/value pairs for every key. Only receipts that do not exist yet are
-# written: a duplicate must never overwrite the receipt of an event that was accepted under that id.
-_CREATE_ABSENT = """
-local n = tonumber(ARGV[2])
+# KEYS: receipts. ARGV: ttl, value. Every key set to the value, with the TTL.
+_STAMP = """
 for _, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 0 then
-    redis.call('HSET', key, unpack(ARGV, 3, 2 + 2 * n))
-    redis.call('EXPIRE', key, ARGV[1])
-  end
+  redis.call('SET', key, ARGV[2], 'EX', ARGV[1])
 end
 return #KEYS
 """
@@ -75,19 +72,19 @@ def key(event_id: Any) -> str:
     return KEY_PREFIX + str(event_id)
 
 
-def admission_fields(*, owner: str, source: str, accepted_at: float) -> list[str]:
-    """The field/value pairs every receipt of an admitted group starts with (flattened, as HSET takes them)."""
-    return ["status", QUEUED, "owner", owner, "source", source, "accepted_at", repr(accepted_at)]
+def admission_value(*, owner: str, accepted_at: float) -> str:
+    """What every receipt of an admitted group starts as (queued)."""
+    return f"{owner}:{int(accepted_at * 1000)}"
 
 
 # ------------------------------------------------------------------------------------------------- writing
 
 
-def stamp_queued(*, event_ids: Sequence[Any], owner: str, source: str, accepted_at: float) -> None:
+def stamp_queued(*, event_ids: Sequence[Any], owner: str, accepted_at: float) -> None:
     """Receipts for events about to be queued (admission in steps). Raises if Redis cannot take them, so the
     caller refuses the request as it would for the queue itself."""
-    fields = admission_fields(owner=owner, source=source, accepted_at=accepted_at)
-    _update({key(event_id): fields for event_id in event_ids}, client=get_redis())
+    value = admission_value(owner=owner, accepted_at=accepted_at)
+    script(_STAMP)(keys=[key(event_id) for event_id in event_ids], args=[ttl(), value])
 
 
 def forget(*, event_ids: Sequence[Any]) -> None:
@@ -98,17 +95,18 @@ def forget(*, event_ids: Sequence[Any]) -> None:
         logger.warning("%d receipts of refused events left behind: %r", len(event_ids), exc)
 
 
-def note_duplicates(*, duplicates: Sequence[tuple[str, str]], owner: str, source: str) -> None:
-    """Receipts for duplicates sent under an event id of their own: (event id, the original's event id). A lost
-    write only costs the producer the answer it already had in its POST's response."""
-    by_original: dict[str, list[str]] = {}
-    for event_id, original in duplicates:
-        if event_id != original:
-            by_original.setdefault(original, []).append(key(event_id))
+def note_duplicates(*, duplicates: Sequence[tuple[str, str]], owner: str, accepted_at: float) -> None:
+    """Receipts for duplicates sent under an event id of their own: (event id, the original's event id). Never
+    over an existing receipt (that id's own event). A lost write only costs the producer the answer it already
+    had in its POST's response."""
+    header = admission_value(owner=owner, accepted_at=accepted_at)
     try:
-        for original, keys in by_original.items():
-            fields = ["status", DUPLICATE, "duplicate_of", original, "owner", owner, "source", source]
-            script(_CREATE_ABSENT)(keys=keys, args=[ttl(), len(fields) // 2, *fields])
+        pipe = get_redis().pipeline(transaction=False)
+        for event_id, original in duplicates:
+            if event_id != original:
+                pipe.set(key(event_id), f"{header}|={original}", nx=True, ex=ttl())
+        if len(pipe):
+            pipe.execute()
     except Exception as exc:
         logger.warning("receipts of %d duplicates not written: %r", len(duplicates), exc)
 
@@ -122,40 +120,31 @@ def note_deliveries(
 ) -> None:
     """After a publish run: the acknowledged deliveries (event index, topic, (partition, offset) when known),
     the events with nothing left to deliver (published) and those no rule routed (unrouted)."""
-    updates: dict[str, list[str]] = {}
+    texts: dict[int, str] = {}
     for index, topic, position in delivered:
         if position is not None:
-            updates.setdefault(key(events[index]["event_id"]), []).extend(
-                (DELIVERY_PREFIX + topic, f"{position[0]}:{position[1]}")
-            )
-    for status, indexes in ((PUBLISHED, finished), (UNROUTED, unrouted)):
+            texts[index] = texts.get(index, "") + f"|d:{topic}:{position[0]}:{position[1]}"
+    for token, indexes in (("|p", finished), ("|u", unrouted)):
         for index in indexes:
-            updates.setdefault(key(events[index]["event_id"]), []).extend(("status", status))
-    if updates:
-        with writes() as pipe:
-            _update(updates, client=pipe)
+            texts[index] = texts.get(index, "") + token
+    if texts:
+        _append({key(events[index]["event_id"]): text for index, text in texts.items()})
 
 
 def note_dead_letters(*, dead_letters: Iterable[tuple[Any, str, int, str]]) -> None:
     """Dead letters stored: (event id, original topic, dead-letter id, reason)."""
-    updates: dict[str, list[str]] = {}
+    texts: dict[str, str] = {}
     for event_id, topic, dead_letter_id, reason in dead_letters:
-        updates.setdefault(key(event_id), []).extend((DEAD_LETTER_PREFIX + topic, f"{dead_letter_id}:{reason}"))
-    if updates:
-        with writes() as pipe:
-            _update(updates, client=pipe)
+        receipt = key(event_id)
+        texts[receipt] = texts.get(receipt, "") + f"|x:{topic}:{dead_letter_id}:{reason}"
+    if texts:
+        _append(texts)
 
 
-def _update(updates: Mapping[str, list[str]], *, client: Any) -> None:
-    args: list[Any] = [ttl()]
-    for fields in updates.values():
-        args.append(len(fields) // 2)
-        args.extend(fields)
-    if isinstance(client, Pipeline):
+def _append(texts: Mapping[str, str]) -> None:
+    with writes() as pipe:
         # EVAL, not a registered script: redis-py checks a pipeline's scripts with a round trip of its own.
-        client.eval(_UPDATE, len(updates), *updates, *args)
-    else:
-        script(_UPDATE)(keys=list(updates), args=args)
+        pipe.eval(_APPEND, len(texts), *texts, ttl(), *texts.values())
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -180,7 +169,6 @@ class Receipt:
     event_id: str
     status: str
     owner: str
-    source: str
     accepted_at: float | None
     deliveries: list[Delivery] = field(default_factory=list)
     dead_letters: list[DeadLetterNote] = field(default_factory=list)
@@ -200,32 +188,47 @@ class Receipt:
 
 def read(*, event_id: str) -> Receipt | None:
     """The receipt of `event_id`, or None when there is none (unknown, expired, or receipts were off)."""
-    raw = get_redis().hgetall(key(event_id))
+    raw = get_redis().get(key(event_id))
     if not raw:
         return None
-    fields = {_text(k): _text(v) for k, v in raw.items()}
-    deliveries: list[Delivery] = []
-    dead: list[DeadLetterNote] = []
-    for name, value in fields.items():
-        if name.startswith(DELIVERY_PREFIX):
-            partition, _, offset = value.partition(":")
-            deliveries.append(Delivery(name[len(DELIVERY_PREFIX) :], int(partition), int(offset)))
-        elif name.startswith(DEAD_LETTER_PREFIX):
-            dead_letter_id, _, reason = value.partition(":")
-            dead.append(DeadLetterNote(name[len(DEAD_LETTER_PREFIX) :], int(dead_letter_id), reason))
-    accepted_at = fields.get("accepted_at")
+    return parse(event_id=event_id, text=raw.decode() if isinstance(raw, bytes) else str(raw))
+
+
+def parse(*, event_id: str, text: str) -> Receipt:
+    header, *tokens = text.split("|")
+    owner, _, accepted_ms = header.partition(":")
+    deliveries: dict[str, Delivery] = {}  # a redelivered task may note a topic again: the last word counts
+    dead: dict[tuple[str, int], DeadLetterNote] = {}
+    flags: set[str] = set()
+    duplicate_of = None
+    for token in tokens:
+        kind, _, rest = token.partition(":")
+        if kind == "d":
+            topic, partition, offset = rest.split(":")
+            deliveries[topic] = Delivery(topic, int(partition), int(offset))
+        elif kind == "x":
+            topic, dead_letter_id, reason = rest.split(":")
+            dead[(topic, int(dead_letter_id))] = DeadLetterNote(topic, int(dead_letter_id), reason)
+        elif token.startswith("="):
+            duplicate_of = token[1:]
+        else:
+            flags.add(token)
+    if dead:
+        status = DEAD_LETTERED  # outweighs whatever was said of the event's other destinations
+    elif duplicate_of is not None:
+        status = DUPLICATE
+    elif "u" in flags:
+        status = UNROUTED
+    elif "p" in flags:
+        status = PUBLISHED
+    else:
+        status = QUEUED
     return Receipt(
         event_id=event_id,
-        # A dead letter outweighs whatever the publisher said of the event's other destinations.
-        status=DEAD_LETTERED if dead else fields.get("status", QUEUED),
-        owner=fields.get("owner", ""),
-        source=fields.get("source", ""),
-        accepted_at=float(accepted_at) if accepted_at else None,
-        deliveries=sorted(deliveries, key=lambda d: d.topic),
-        dead_letters=sorted(dead, key=lambda d: (d.topic, d.dead_letter_id)),
-        duplicate_of=fields.get("duplicate_of"),
+        status=status,
+        owner=owner,
+        accepted_at=int(accepted_ms) / 1000 if accepted_ms.isdigit() else None,
+        deliveries=sorted(deliveries.values(), key=lambda d: d.topic),
+        dead_letters=sorted(dead.values(), key=lambda d: (d.topic, d.dead_letter_id)),
+        duplicate_of=duplicate_of,
     )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

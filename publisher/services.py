@@ -4,7 +4,7 @@ enqueue_events(events=..., source=..., accepted_at=...)   one Celery task for a 
 enqueue_events_guarded(..., guards=..., capacity_limit=...)   the same, atomically with guard keys and capacity
 publish_batch(events=..., source=...) / publish_event(event=..., source=...)   synchronous, in-process
 event_receipt(event_id=..., owner=...)                    what became of an event (publisher.receipts)
-note_duplicates(duplicates=..., owner=..., source=...)    receipts of duplicates sent under ids of their own
+note_duplicates(duplicates=..., owner=..., accepted_at=...) receipts of duplicates sent under ids of their own
 queue_depth()                                             events waiting for a worker
 waiting_tasks()                                           publish tasks no worker has taken yet
 ensure_topics(partitions=..., replication_factor=...)     create configured topics + dlq.events
@@ -97,9 +97,7 @@ def enqueue_events_guarded(
         guards=guards,
         guard_ttl=guard_ttl,
         stamps=[receipts.key(event["event_id"]) for event in events] if stamped else (),
-        stamp_fields=receipts.admission_fields(owner=receipt_owner or "", source=source, accepted_at=accepted_at)
-        if stamped
-        else (),
+        stamp_value=receipts.admission_value(owner=receipt_owner or "", accepted_at=accepted_at),
         stamp_ttl=receipts.ttl(),
     )
 
@@ -120,7 +118,7 @@ def enqueue_events(
     event_ids = [event["event_id"] for event in events]
     if stamped:
         # Before the task exists, so the worker's receipt writes always come after this one.
-        receipts.stamp_queued(event_ids=event_ids, owner=receipt_owner or "", source=source, accepted_at=accepted_at)
+        receipts.stamp_queued(event_ids=event_ids, owner=receipt_owner or "", accepted_at=accepted_at)
     try:
         publish_events.apply_async(
             kwargs={"events": events, "source": source, "accepted_at": accepted_at},
@@ -149,10 +147,10 @@ def event_receipt(*, event_id: str, owner: str) -> Receipt | None:
     return receipt
 
 
-def note_duplicates(*, duplicates: Sequence[tuple[str, str]], owner: str, source: str) -> None:
+def note_duplicates(*, duplicates: Sequence[tuple[str, str]], owner: str, accepted_at: float) -> None:
     """Receipts for duplicates sent under an event id of their own: (their event id, the original's)."""
     if receipts.enabled():
-        receipts.note_duplicates(duplicates=duplicates, owner=owner, source=source)
+        receipts.note_duplicates(duplicates=duplicates, owner=owner, accepted_at=accepted_at)
 
 
 def queue_depth() -> int:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from rest_framework_api_key.models import APIKey
+
 from config.redis import get_redis
 from events.schema import DEDUP_PREFIX, attempt_dedup_key
 from events.serialization import CONTENT_TYPES, SerializationError, decode_value
@@ -50,6 +52,15 @@ class EventTrace:
     @property
     def event_pretty(self) -> str:
         return json.dumps(self.event, indent=2, sort_keys=True, ensure_ascii=False) if self.event is not None else ""
+
+    @property
+    def api_key_name(self) -> str:
+        """The name of the API key that sent it (receipts keep only the key's prefix)."""
+        owner = self.receipt.owner if self.receipt is not None else ""
+        if not owner:
+            return ""
+        name = APIKey.objects.filter(prefix=owner).values_list("name", flat=True).first()
+        return name if name is not None else "(deleted key)"
 
     @property
     def accepted_at(self) -> datetime | None:
