@@ -97,7 +97,10 @@ def record(*, events: Sequence[Mapping[str, Any]], failures: Sequence[tuple[Reco
         for row in rows:
             _store_alone(row)
     if receipts.enabled():
-        _note_receipts(rows)
+        try:
+            _note_receipts(rows)
+        except Exception as exc:  # the dead letters are stored; a receipt is only a view of that
+            logger.warning("receipts of %d dead letters not noted: %r", len(rows), exc)
     for rec, reason in failures:
         metrics.DEAD_LETTERED.labels(topic=rec.topic, reason=reason).inc()
         logger.warning(

@@ -467,9 +467,12 @@ def _note_receipts(run: _PublishRun) -> None:
     if run.settled:
         failed = {r.index for r in run.deferred} | {r.index for r, _ in run.to_dead_letter}
         finished = run.routed - failed
-    receipts.note_deliveries(
-        events=run.events, delivered=run.delivered, finished=finished, unrouted=run.unrouted if run.settled else ()
-    )
+    try:
+        receipts.note_deliveries(
+            events=run.events, delivered=run.delivered, finished=finished, unrouted=run.unrouted if run.settled else ()
+        )
+    except Exception:  # a receipt is a view: it must never cost the task (its writes are lost, logged)
+        logger.exception("receipts of %d events not noted", len(run.events))
 
 
 def _publish_rounds(run: _PublishRun, pending: list[Record], *, retry_deadline: float) -> None:
