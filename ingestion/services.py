@@ -52,6 +52,7 @@ def event_receipt(*, event_id: str, owner: str) -> dict[str, Any] | None:
     try:
         receipt = publisher_services.event_receipt(event_id=event_id, owner=owner)
     except Exception as exc:
+        logger.warning("receipt of %s unreadable: %r", event_id, exc)
         raise ServiceUnavailable("The receipt store is unreachable; retry later.") from exc
     return None if receipt is None else receipt.as_dict()
 

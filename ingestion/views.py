@@ -284,8 +284,8 @@ class ReceiptView(_IngestView):
             )
         ],
         summary="What became of an event",
-        description="The receipt of an event this API key sent, kept for INGEST_DEDUP_TTL after its last change. "
-        "404 for an event sent with another key, exactly as for an unknown one.",
+        description="The receipt of an event this API key sent (or was answered duplicate of), kept for "
+        "INGEST_DEDUP_TTL after it was accepted. 404 for another key's event, exactly as for an unknown one.",
         responses={
             200: ReceiptSchema,
             400: ErrorSchema,

@@ -9,7 +9,9 @@ long as it may send it again). A string, not a hash, and only appended to: one c
 - by the worker once Kafka acknowledged: `|d:<topic>:<partition>:<offset>` per delivery, then `|p` (published:
   nothing left to deliver) or `|u` (unrouted: no rule matched);
 - by the dead-letter writer: `|x:<topic>:<dead-letter id>:<reason>` (any one makes the event dead-lettered);
-- for a duplicate sent under an event id of its own (only if that id has no receipt): `|=<the original's id>`.
+- for a duplicate sent under an event id of its own (only if that id has no receipt): `|=<the original's id>`;
+- on the original, when another API key was answered `duplicate` of it: `|r:<that key's prefix>` (it may read
+  the receipt too: it was told the id, and sent the same event).
 Topic names, owners and reasons hold no `|` or `:` (Kafka allows letters, digits, `.`, `_`, `-` in names).
 
 Receipts are a view, not the record (Kafka and the dead-letter table are): the worker's writes travel with the
@@ -60,6 +62,23 @@ return #KEYS
 """
 
 
+# KEYS: (receipt of the duplicate, receipt of its original) pairs. ARGV: ttl, owner, header, originals' ids.
+_DUPLICATES = """
+local reader = '|r:' .. ARGV[2]
+for i = 1, #KEYS, 2 do
+  if KEYS[i] ~= KEYS[i + 1] then
+    redis.call('SET', KEYS[i], ARGV[3] .. '|=' .. ARGV[3 + (i + 1) / 2], 'NX', 'EX', ARGV[1])
+  end
+  local text = redis.call('GET', KEYS[i + 1])
+  if text and string.sub(text, 1, #ARGV[2] + 1) ~= ARGV[2] .. ':'
+      and not string.find(text .. '|', reader .. '|', 1, true) then
+    redis.call('SET', KEYS[i + 1], text .. reader, 'KEEPTTL')
+  end
+end
+return #KEYS
+"""
+
+
 def enabled() -> bool:
     return bool(settings.INGEST_RECEIPTS)
 
@@ -96,17 +115,16 @@ def forget(*, event_ids: Sequence[Any]) -> None:
 
 
 def note_duplicates(*, duplicates: Sequence[tuple[str, str]], owner: str, accepted_at: float) -> None:
-    """Receipts for duplicates sent under an event id of their own: (event id, the original's event id). Never
-    over an existing receipt (that id's own event). A lost write only costs the producer the answer it already
-    had in its POST's response."""
-    header = admission_value(owner=owner, accepted_at=accepted_at)
+    """Duplicates answered to the API key `owner`: (event id sent, the original's event id). One sent under an id
+    of its own gets a receipt naming the original (never over an existing receipt: that id's own event), and
+    the original's receipt lets `owner` read it. A lost write only costs the producer what its POST's answer
+    already said."""
+    if not owner:
+        return  # no API key: no one could read them
     try:
-        pipe = get_redis().pipeline(transaction=False)
-        for event_id, original in duplicates:
-            if event_id != original:
-                pipe.set(key(event_id), f"{header}|={original}", nx=True, ex=ttl())
-        if len(pipe):
-            pipe.execute()
+        keys = [receipt for event_id, original in duplicates for receipt in (key(event_id), key(original))]
+        header = admission_value(owner=owner, accepted_at=accepted_at)
+        script(_DUPLICATES)(keys=keys, args=[ttl(), owner, header, *(original for _, original in duplicates)])
     except Exception as exc:
         logger.warning("receipts of %d duplicates not written: %r", len(duplicates), exc)
 
@@ -173,6 +191,10 @@ class Receipt:
     deliveries: list[Delivery] = field(default_factory=list)
     dead_letters: list[DeadLetterNote] = field(default_factory=list)
     duplicate_of: str | None = None
+    readers: frozenset[str] = frozenset()  # other API keys (prefixes) answered `duplicate` of this event
+
+    def readable_by(self, owner: str) -> bool:
+        return bool(owner) and (owner == self.owner or owner in self.readers)
 
     def as_dict(self) -> dict[str, Any]:
         """The producer's view (no owner)."""
@@ -200,6 +222,7 @@ def parse(*, event_id: str, text: str) -> Receipt:
     deliveries: dict[str, Delivery] = {}  # a redelivered task may note a topic again: the last word counts
     dead: dict[tuple[str, int], DeadLetterNote] = {}
     flags: set[str] = set()
+    readers: set[str] = set()
     duplicate_of = None
     for token in tokens:
         kind, _, rest = token.partition(":")
@@ -209,6 +232,8 @@ def parse(*, event_id: str, text: str) -> Receipt:
         elif kind == "x":
             topic, dead_letter_id, reason = rest.split(":")
             dead[(topic, int(dead_letter_id))] = DeadLetterNote(topic, int(dead_letter_id), reason)
+        elif kind == "r":
+            readers.add(rest)
         elif token.startswith("="):
             duplicate_of = token[1:]
         else:
@@ -231,4 +256,5 @@ def parse(*, event_id: str, text: str) -> Receipt:
         deliveries=sorted(deliveries.values(), key=lambda d: d.topic),
         dead_letters=sorted(dead.values(), key=lambda d: (d.topic, d.dead_letter_id)),
         duplicate_of=duplicate_of,
+        readers=frozenset(readers),
     )

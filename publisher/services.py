@@ -139,12 +139,10 @@ def enqueue_events(
 
 
 def event_receipt(*, event_id: str, owner: str) -> Receipt | None:
-    """What became of `event_id`, if the API key `owner` (its prefix) sent it; None otherwise (unknown, expired,
-    someone else's: the caller cannot tell which)."""
+    """What became of `event_id`, if the API key `owner` (its prefix) sent it or was answered `duplicate` of it;
+    None otherwise (unknown, expired, someone else's: the caller cannot tell which)."""
     receipt = receipts.read(event_id=event_id)
-    if receipt is None or not owner or receipt.owner != owner:
-        return None
-    return receipt
+    return receipt if receipt is not None and receipt.readable_by(owner) else None
 
 
 def note_duplicates(*, duplicates: Sequence[tuple[str, str]], owner: str, accepted_at: float) -> None:

@@ -159,6 +159,18 @@ def test_a_duplicate_sent_under_its_own_id_names_the_original(
     post(web_server, "/api/v1/events", attempt | {"event_id": first_id}, api_key)
     wait_for(lambda: status_of(web_server, first_id, api_key) == "published", timeout=30, what="original published")
 
+    # Another producer sending the same attempt is told the original's id, and may then read its receipt; a
+    # third, who was not, may not.
+    _, second_key = APIKey.objects.create_key(name=f"test-second-{uuid.uuid4().hex[:6]}")
+    _, third_key = APIKey.objects.create_key(name=f"test-third-{uuid.uuid4().hex[:6]}")
+    assert get_receipt(web_server, first_id, second_key).status_code == 404
+    assert post(web_server, "/api/v1/events", attempt, second_key).json() == {
+        "event_id": first_id,
+        "status": "duplicate",
+    }
+    assert get_receipt(web_server, first_id, second_key).json() == get_receipt(web_server, first_id, api_key).json()
+    assert get_receipt(web_server, first_id, third_key).status_code == 404
+
 
 def test_a_dead_lettered_event_shows_the_reason_and_the_dead_letter(
     default_routing: None, celery_worker: WorkerProcess, web_server: WebServer, api_key: str
