@@ -20,12 +20,13 @@ export DJANGO_SETTINGS_MODULE := config.settings
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 
-.PHONY: bench-fast-paths bench-receipts test-tools help install lock audit services-up services-down services-status migrate topics setup run test test-fast test-faults lint format proto bench profile clean
+.PHONY: bench-fast-paths bench-receipts test-tools help install lock audit services-up services-down services-status migrate topics setup run run-nodes nodes-down nodes-status test test-fast test-faults lint format proto bench profile clean
 
 help:
 	@echo "make run              install, start services, migrate, seed, print demo credentials, serve :8083"
 	@echo "make test             lint + the whole test suite against real PostgreSQL, Redis and Kafka (fast paths on, then off)"
 	@echo "make services-up|services-down|services-status"
+	@echo "make run-nodes        the same, as two nodes (web + worker each) behind haproxy on :8090 (nodes-down, nodes-status)"
 	@echo "make lint | audit | lock | format | proto | bench | bench-fast-paths | bench-receipts | profile | test-faults"
 
 # Exactly the set in uv.lock (every transitive dependency, with hashes); --locked fails when pyproject.toml
@@ -83,6 +84,17 @@ run: setup
 	@echo "Serving http://127.0.0.1:8083 (admin: /admin/, API docs: /api/docs/). Ctrl-C stops web and worker."
 	@# honcho would read .env itself and let it override the environment; the processes read it themselves.
 	$(VENV)/bin/honcho start -f Procfile --env /dev/null
+
+# Two app nodes behind haproxy (docs/operations.md#two-nodes): :8090, nodes on :8091 and :8092, until Ctrl-C.
+run-nodes: setup
+	$(PY) manage.py bootstrap_demo
+	@bash scripts/nodes.sh run
+
+nodes-down:
+	@bash scripts/nodes.sh down
+
+nodes-status:
+	@bash scripts/nodes.sh status
 
 lint: $(STAMP) $(ENV_FILE)
 	$(VENV)/bin/ruff check .

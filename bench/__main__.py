@@ -2,7 +2,7 @@
 
     python -m bench [--duration 30] [--warmup 5] [--concurrency 32]
                     [--only broker,client,batch,single,peer-batch,peer-single]
-                    [--batch-size 100] [--single-concurrency N] [--redis-url URL] ...
+                    [--batch-size 100] [--single-concurrency N] [--redis-url URL] [--kafka-cluster] ...
 
 Needs the services up, migrated, and the topics created (`make bench` sees to that). Prints one table and
 writes everything measured to bench/results/<timestamp>.json. See bench/README.md for what each number means.
@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     parser.add_argument("--batch-size", type=int, default=100, help="events per batch request (default 100)")
     parser.add_argument(
+        "--gzip",
+        action="store_true",
+        help="send every body gzip-compressed (Content-Encoding: gzip); the load generator compresses each request",
+    )
+    parser.add_argument(
         "--fast-paths",
         default=None,
         help="INGEST_FAST_PATHS of the web and worker processes: all, none, a comma list of names, or -NAME (all "
@@ -63,6 +69,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--fast-paths-matrix",
         action="store_true",
         help="run the batch and single rows once per setting: all, none, and each fast path off alone (-NAME)",
+    )
+    parser.add_argument(
+        "--redis-min-replicas",
+        default=None,
+        help="INGEST_REDIS_MIN_REPLICAS of the web tier, a comma list (e.g. 0,1): the batch and single rows once per "
+        "value, named e.g. batch{replicas=1}. Needs a Redis with replicas: point --redis-url at the Sentinel group's "
+        "primary (scripts/services.sh up sentinel)",
+    )
+    parser.add_argument(
+        "--kafka-transactions",
+        action="store_true",
+        help="also run the batch and single rows with KAFKA_TRANSACTIONS=true (rows batch[txn], single[txn]), "
+        "their records counted as a read_committed consumer sees them",
     )
     parser.add_argument(
         "--client-processes", type=int, default=1, help="processes running the bare producer loop (default 1)"
@@ -103,6 +122,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run the batch and single rows twice: with receipts (INGEST_RECEIPTS=true) and without",
     )
+    parser.add_argument(
+        "--kafka-cluster",
+        action="store_true",
+        help="also run the batch and single rows against a 3-broker cluster (replication factor 3, acks=all), "
+        "rows batch[cluster] and single[cluster]; started with scripts/services.sh unless already running",
+    )
+    parser.add_argument(
+        "--cluster-port", type=int, default=29092, help="the cluster's first broker port (default 29092, then +1, +2)"
+    )
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default bench/results/<ts>.json)")
     args = parser.parse_args(argv)
     for setting in [args.fast_paths] if args.fast_paths else []:
@@ -110,6 +138,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
             fast_paths_env(setting)
         except Exception as exc:
             parser.error(f"--fast-paths: {exc}")
+    if args.redis_min_replicas is not None and not all(v.strip().isdigit() for v in args.redis_min_replicas.split(",")):
+        parser.error(f"--redis-min-replicas: {args.redis_min_replicas!r} is not a comma list of integers, e.g. 0,1")
     unknown = set(args.only.split(",")) - set(ALL)
     if unknown:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))} (choose from {', '.join(ALL)})")
@@ -137,21 +167,29 @@ def fast_paths_settings(args: argparse.Namespace) -> list[str | None]:
     return [args.fast_paths]
 
 
-def row_variants(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
-    """The settings each batch/single row runs with: (name suffix, extra environment), one per fast-path setting
-    (times receipts on and off with --receipts-matrix). An empty suffix: the environment's settings."""
-    variants: list[tuple[str, dict[str, str]]] = []
-    for setting in fast_paths_settings(args):
-        labels = [] if setting is None else [setting]
-        env = {} if setting is None else {"INGEST_FAST_PATHS": fast_paths_env(setting)}
-        if not args.receipts_matrix:
-            variants.append((",".join(labels), env))
-            continue
-        for receipts in ("on", "off"):
-            variants.append(
-                (",".join([*labels, f"receipts-{receipts}"]), env | {"INGEST_RECEIPTS": str(receipts == "on").lower()})
-            )
-    return variants
+@dataclass(frozen=True)
+class Backend:
+    """The Kafka a pipeline row publishes to: the single broker (no label) or the cluster (`[cluster]`)."""
+
+    label: str | None
+    bootstrap: str
+    broker_pid: int | list[int] | None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def row_variants(args: argparse.Namespace, backends: list[Backend]) -> list[tuple[str | None, Backend]]:
+    """Each pipeline row runs once per (fast-path setting, backend). Another axis (e.g. with and without Kafka
+    transactions) belongs here too: one more label in the row's name and its variable in the tiers' env."""
+    return [(setting, backend) for backend in backends for setting in fast_paths_settings(args)]
+
+
+def row_name(
+    phase: str, setting: str | None, backend: Backend, *, transactions: bool = False, receipts: bool | None = None
+) -> str:
+    """`batch`, `batch[none]`, `batch[cluster]`, `batch[none,cluster,txn]`, `batch[receipts-off]`."""
+    receipts_label = None if receipts is None else f"receipts-{'on' if receipts else 'off'}"
+    labels = [label for label in (setting, backend.label, "txn" if transactions else None, receipts_label) if label]
+    return f"{phase}[{','.join(labels)}]" if labels else phase
 
 
 def _log(message: str) -> None:
@@ -280,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     from rest_framework_api_key.models import APIKey
 
     from bench import broker as broker_bench
+    from bench import cluster as bench_cluster
     from bench import peer, pipeline, procfs, report
     from bench.redis_state import bench_redis_url
     from bench.rows import recorded_producer_config
@@ -295,10 +334,19 @@ def main(argv: list[str] | None = None) -> None:
     tag = new_tag()
     redis_url = args.redis_url or bench_redis_url(settings.REDIS_URL)
     redis_port = urlsplit(redis_url).port or 6379
-    broker_pid = procfs.find_pid("kafka.Kafka")
+    # The single broker, not a node of a cluster (services.sh marks those).
+    broker_pid = procfs.find_pid("kafka.Kafka", without="-Dingest.kafka.node=")
     redis_pid = procfs.find_pid("redis-server", f":{redis_port}")
     bootstrap = ",".join(settings.KAFKA_BROKERS)
     produce = producer_config()
+
+    cluster_dir = ROOT / ".data" / "bench-cluster"
+    cluster = None
+    if args.kafka_cluster and {"batch", "single"} & set(only):
+        cluster = bench_cluster.start(port=args.cluster_port, data_dir=cluster_dir, log=_log)
+    backends = [Backend(None, bootstrap, broker_pid)]
+    if cluster is not None:
+        backends.append(Backend("cluster", cluster.bootstrap, cluster.pids, {"KAFKA_BROKERS": cluster.bootstrap}))
 
     source = f"bench-{stamp}"
     key_obj, api_key = APIKey.objects.create_key(name=source)
@@ -307,7 +355,11 @@ def main(argv: list[str] | None = None) -> None:
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "redis_url": redis_url,
-        "kafka": {"bootstrap": bootstrap, "compression": settings.KAFKA_COMPRESSION_TYPE},
+        "kafka": {
+            "bootstrap": bootstrap,
+            "compression": settings.KAFKA_COMPRESSION_TYPE,
+            "cluster": cluster.describe() if cluster else None,
+        },
         "producer_config": recorded_producer_config(produce),
         "workdir": str(workdir),
         "rows": {},
@@ -360,17 +412,32 @@ def main(argv: list[str] | None = None) -> None:
             settings.KAFKA_TOPIC_ACTIVITIES,
             settings.KAFKA_TOPIC_ML_TRAINING,
         ]
+        receipt_axis: list[bool | None] = [True, False] if args.receipts_matrix else [None]
         phases = [
-            (name, variant)
+            (name, setting, backend, transactions, receipts)
             for name in ("batch", "single", "peer-batch", "peer-single")
             if name in only
-            # The peer has no fast paths and no receipts: it runs once.
-            for variant in (row_variants(args) if not name.startswith("peer") else [("", {})])
+            # The peer has no fast paths, transactions or receipts, and runs on the single broker: it runs once.
+            for setting, backend in (
+                row_variants(args, backends) if not name.startswith("peer") else [(None, backends[0])]
+            )
+            for transactions in ([False, True] if args.kafka_transactions and not name.startswith("peer") else [False])
+            for receipts in (receipt_axis if not name.startswith("peer") else [None])
         ]
-        for phase, (setting, extra_env) in phases:
-            # A row per setting: `batch[none]`, `single[-kafka_batches]`, `batch[receipts-off]`...; plain names
-            # without one.
-            name = f"{phase}[{setting}]" if setting else phase
+        replicas = [None] if args.redis_min_replicas is None else args.redis_min_replicas.split(",")
+        for (phase, setting, backend, transactions, receipts), wait in [
+            (p, w) for p in phases for w in (replicas if "peer" not in p[0] else [None])
+        ]:
+            # A row per variant: `batch[none]`, `single[-kafka_batches]`, `batch[cluster,txn]`, `batch{replicas=1}`...
+            name = row_name(phase, setting, backend, transactions=transactions, receipts=receipts)
+            extra_env = backend.extra_env | ({} if setting is None else {"INGEST_FAST_PATHS": fast_paths_env(setting)})
+            if transactions:
+                extra_env |= {"KAFKA_TRANSACTIONS": "true", "KAFKA_TRANSACTIONAL_ID_PREFIX": f"bench-{tag}"}
+            if receipts is not None:
+                extra_env["INGEST_RECEIPTS"] = "true" if receipts else "false"
+            if wait is not None:
+                name += f"{{replicas={wait.strip()}}}"
+                extra_env["INGEST_REDIS_MIN_REPLICAS"] = wait.strip()
             single = phase.endswith("single")
             phase_settings = Settings(
                 duration=args.duration,
@@ -380,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
                 web_workers=args.web_workers,
                 worker_concurrency=args.worker_concurrency,
                 redis_url=redis_url,
-                bootstrap=bootstrap,
+                bootstrap=backend.bootstrap,
                 topics=topics,
                 api_key=api_key,
                 source=source,
@@ -398,6 +465,8 @@ def main(argv: list[str] | None = None) -> None:
                 offsets_interval=args.offsets_interval,
                 log=_log,
                 extra_env=extra_env,
+                gzip=args.gzip,
+                isolation_level="read_committed" if transactions else "read_uncommitted",
             )
             tiers = None
             if phase.startswith("peer"):
@@ -410,12 +479,20 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 tiers = peer.PeerTiers(phase_settings, name, topic=settings.KAFKA_TOPIC_ATTEMPTS, producer=produce)
             else:
-                _log(f"{name}: HTTP -> granian -> Celery -> Kafka" + (f", {extra_env}" if extra_env else ""))
-            row = pipeline.run_phase(phase_settings, name=name, tiers=tiers, broker_pid=broker_pid, redis_pid=redis_pid)
+                _log(
+                    f"{name}: HTTP -> granian -> Celery -> Kafka"
+                    + (f" ({backend.bootstrap})" if backend.label else "")
+                    + (f", INGEST_FAST_PATHS={extra_env['INGEST_FAST_PATHS']}" if setting else "")
+                )
+            row = pipeline.run_phase(
+                phase_settings, name=name, tiers=tiers, broker_pid=backend.broker_pid, redis_pid=redis_pid
+            )
             results["rows"][name] = row
             _log(f"  {row['events_per_s']:,.0f} events/s accepted, {row['records_per_s']:,.0f} records/s in Kafka")
     finally:
         APIKey.objects.filter(pk=key_obj.pk).update(revoked=True)
+        if cluster is not None:
+            bench_cluster.stop(cluster, port=args.cluster_port, data_dir=cluster_dir, log=_log)
         results["finished_at"] = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         report.add_ratios(results)
         output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))

@@ -28,6 +28,7 @@ def api_config(settings: Settings, tiers: Tiers, phase: str, single: bool, varia
         "path": "/api/v1/events" if single else "/api/v1/events/batch",
         "api_key": settings.api_key,
         "templates": [t.decode("latin-1") for t in templates],
+        "content_encoding": "gzip" if settings.gzip else None,
     }
 
 

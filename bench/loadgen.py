@@ -8,7 +8,9 @@ Bodies are pre-built templates; per request the only work is one bytes.replace o
 Django import, so the process stays small.
 
 Config keys: host, port, path, api_key, templates (latin-1 strings), concurrency, start_at (wall time),
-stop_at (wall time, or null), max_requests (or null), first_request, rate (requests/s, or null).
+stop_at (wall time, or null), max_requests (or null), first_request, rate (requests/s, or null),
+content_encoding ("gzip" or null: each rendered body is compressed before it is sent, at the generator's CPU,
+as a producer compressing its own requests would).
 
 With a rate, request n is due at start_at + n / rate (open loop, as far as `concurrency` allows) and its
 latency counts from when it was due, not from when a free connection sent it (no coordinated omission).
@@ -20,6 +22,7 @@ Output: {"requests": [[n, t_send, t_done, status, accepted], ...], "cpu_seconds"
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import re
 import selectors
@@ -67,10 +70,12 @@ class LoadGenerator:
         max_requests = config.get("max_requests")
         self.last_request = None if max_requests is None else self.first_request + int(max_requests)
         self.rate = float(config["rate"]) if config.get("rate") else None
+        self.gzip = config.get("content_encoding") == "gzip"
         self.head = (
             f"POST {config['path']} HTTP/1.1\r\nHost: {self.address[0]}:{self.address[1]}\r\n"
             f"Authorization: Api-Key {config['api_key']}\r\nContent-Type: application/json\r\n"
-            "Connection: keep-alive\r\nContent-Length: "
+            + ("Content-Encoding: gzip\r\n" if self.gzip else "")
+            + "Connection: keep-alive\r\nContent-Length: "
         ).encode()
         self.results: list[tuple[int, float, float, int, int]] = []
         self.errors: dict[str, int] = {}
@@ -93,6 +98,8 @@ class LoadGenerator:
 
     def _start(self, n: int, t_send: float) -> None:
         body = render(self.templates[n % len(self.templates)], n)
+        if self.gzip:
+            body = gzip.compress(body, mtime=0)
         request = self.head + b"%d\r\n\r\n" % len(body) + body
         if self.idle:
             conn = Conn(self.idle.pop(), reused=True)

@@ -67,12 +67,18 @@ def measure_queue_memory(settings: Settings, tiers: Tiers, client: redis.Redis, 
 
 
 def run_phase(
-    settings: Settings, *, name: str, broker_pid: int | None, redis_pid: int | None, tiers: Any = None
+    settings: Settings,
+    *,
+    name: str,
+    broker_pid: int | list[int] | None,
+    redis_pid: int | None,
+    tiers: Any = None,
 ) -> dict[str, Any]:
     """One row: `name` is batch, single, peer-batch or peer-single. `tiers` defaults to the project's web and
-    worker tiers; the peer rows pass the bridge's (bench.peer.PeerTiers). A fast-path variant of a row is named
-    after its setting, `batch[none]`: the same phase, other work files."""
-    kind = name.split("[")[0]
+    worker tiers; the peer rows pass the bridge's (bench.peer.PeerTiers). A variant of a row is named after what
+    differs, `batch[none]`, `single[cluster]`, a replica-wait variant `batch{replicas=1}`: the same phase, other
+    work files. `broker_pid`: the broker's, or every node's of a cluster (their CPU is summed)."""
+    kind = name.split("[")[0].split("{")[0]
     single = kind.endswith("single")
     phase = bench_events.PHASES[kind]
     per_request = 1 if single else settings.batch_size
@@ -168,14 +174,15 @@ def _probe(settings: Settings, tiers: Any, watcher: Watcher, *, name: str, singl
 
 
 def _meters(
-    tiers: Any, watcher: Watcher, *, broker_pid: int | None, redis_pid: int | None
+    tiers: Any, watcher: Watcher, *, broker_pid: int | list[int] | None, redis_pid: int | None
 ) -> dict[str, procfs.TreeMeter]:
     """CPU and RSS meters of every process tree the row measures (the load generator's is added once it runs)."""
     meters = {"web": procfs.TreeMeter(tiers.web.pid)}
     if tiers.worker is not None:
         meters["worker"] = procfs.TreeMeter(tiers.worker.pid)
-    if broker_pid:
-        meters["kafka_broker"] = procfs.TreeMeter(broker_pid)
+    brokers = broker_pid if isinstance(broker_pid, list) else [broker_pid] if broker_pid else []
+    if brokers:
+        meters["kafka_broker"] = procfs.TreeMeter(*brokers)
     if redis_pid:
         meters["redis"] = procfs.TreeMeter(redis_pid)
     meters["kafka_watcher"] = procfs.TreeMeter(watcher.proc.pid)

@@ -74,8 +74,9 @@ def status_kib(pid: int, field: str) -> int:
     return 0
 
 
-def find_pid(*needles: str) -> int | None:
-    """The first process whose command line contains every needle (e.g. the Kafka broker, redis-server)."""
+def find_pid(*needles: str, without: str | None = None) -> int | None:
+    """The first process whose command line contains every needle (e.g. the Kafka broker, redis-server), and not
+    `without`."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -83,24 +84,30 @@ def find_pid(*needles: str) -> int | None:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if all(n in cmdline for n in needles) and int(entry) != os.getpid():
+        if all(n in cmdline for n in needles) and not (without and without in cmdline) and int(entry) != os.getpid():
             return int(entry)
     return None
 
 
 class TreeMeter:
-    """CPU seconds of a process tree between `start()` and `stop()`, counting processes that appear in between
-    (from their start) and those that disappear (up to the last sample). Peak RSS is VmHWM summed over the
-    processes alive at `peak_rss_mib()` time (forked workers share pages, so the sum over-counts a little)."""
+    """CPU seconds of a process tree (or of several: a cluster's brokers) between `start()` and `stop()`, counting
+    processes that appear in between (from their start) and those that disappear (up to the last sample). Peak RSS
+    is VmHWM summed over the processes alive at `peak_rss_mib()` time (forked workers share pages, so the sum
+    over-counts a little)."""
 
-    def __init__(self, root: int) -> None:
+    def __init__(self, root: int, *more_roots: int) -> None:
         self.root = root
+        self.roots = (root, *more_roots)
         self._start: dict[int, float] = {}
         self._last: dict[int, float] = {}
         self._end: dict[int, float] | None = None
 
     def _sample(self) -> dict[int, float]:
-        return {p.pid: p.cpu_seconds for p in tree(self.root)}
+        return {p.pid: p.cpu_seconds for p in self._procs()}
+
+    def _procs(self) -> list[ProcStat]:
+        procs = all_processes()
+        return [p for root in self.roots for p in tree(root, procs)]
 
     def start(self) -> None:
         self._start = self._sample()
@@ -119,7 +126,7 @@ class TreeMeter:
         return sum(value - self._start.get(pid, 0.0) for pid, value in end.items())
 
     def pids(self) -> list[int]:
-        return [p.pid for p in tree(self.root)]
+        return [p.pid for p in self._procs()]
 
     def peak_rss_mib(self) -> tuple[float, float]:
         """(sum of VmHWM over the tree, largest single VmHWM), MiB."""

@@ -10,7 +10,7 @@ HTTP_ROWS = ("batch", "single", "peer-batch", "peer-single")
 
 def http_rows(rows: dict[str, Any]) -> list[str]:
     """The pipeline rows present, in run order: the plain names and their fast-path variants (`batch[none]`)."""
-    return [name for name in rows if name.split("[")[0] in HTTP_ROWS]
+    return [name for name in rows if name.split("[")[0].split("{")[0] in HTTP_ROWS]
 
 
 def add_ratios(results: dict[str, Any]) -> None:
@@ -30,6 +30,10 @@ def add_ratios(results: dict[str, Any]) -> None:
 
 def _n(value: Any, fmt: str = ",.0f") -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _percent(share: float | None) -> float | None:
+    return None if share is None else share * 100
 
 
 def _pct(p: dict[str, Any] | None) -> str:
@@ -103,7 +107,9 @@ def table(results: dict[str, Any]) -> str:
             f"{_n(cores.get('kafka_watcher'), '.2f')}; queue left at end {r['queued_events_at_end']:,} events, "
             f"drained {'yes' if r['drained'] else 'NO'} in {r['drain_seconds']:.1f} s, accepted but not in Kafka "
             f"at the end {r['missing_in_kafka']:,}, duplicated {r['duplicated_in_kafka']:,}; "
-            f"HTTP {r['http_statuses']}; Redis queue list {_n(q.get('queue_bytes_per_event'))} B/event"
+            f"HTTP {r['http_statuses']}, 5xx {r.get('http_5xx', 0):,}, refused (503) "
+            f"{_n(_percent(r.get('refused_share')), '.1f')} % of the requests sent in the window; "
+            f"Redis queue list {_n(q.get('queue_bytes_per_event'))} B/event"
         )
     if "broker" in rows:
         b = rows["broker"]

@@ -35,6 +35,10 @@ def analyse(
         statuses[str(r[3])] = statuses.get(str(r[3]), 0) + 1
     events_accepted = sum(r[4] for r in in_window)
     http_latencies = [r[2] - r[1] for r in requests if warm_end <= r[1] < end and r[3] == 202]
+    # Backpressure (INGEST_MAX_QUEUE_DEPTH, INGEST_MAX_QUEUE_DELAY): the share of requests sent in the window that
+    # were refused with 503; the ->Kafka latencies are of accepted events only (refused ones never get there).
+    sent_in_window = [r[3] for r in requests if warm_end <= r[1] < end]
+    refused = sum(1 for status in sent_in_window if status == 503)
     send_time = {r[0]: r[1] for r in requests}
 
     records_in_window, records_per_s = _records_in_window(seen, phase, warm_end, end)
@@ -49,6 +53,8 @@ def analyse(
         "requests_in_window": len(in_window),
         "http_statuses": statuses,
         "http_errors": load["errors"],
+        "http_5xx": sum(1 for r in requests if 500 <= int(r[3]) < 600),
+        "refused_share": refused / len(sent_in_window) if sent_in_window else None,
         "new_connections": load["new_connections"],
         "offered_events_per_s": settings.rate,
         "late_requests": load.get("late_requests", 0),

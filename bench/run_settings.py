@@ -35,6 +35,8 @@ class Settings:
     offsets_interval: float = 0.05
     log: Any = print
     extra_env: dict[str, str] = field(default_factory=dict)
+    gzip: bool = False  # bodies sent with Content-Encoding: gzip
+    isolation_level: str = "read_uncommitted"  # how the watcher reads Kafka: read_committed for transactional rows
 
 
 def new_tag() -> str:

@@ -49,6 +49,8 @@ def _consumer(config: dict[str, Any], client_id: str) -> KafkaConsumer:
         fetch_max_wait_ms=50,
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=32 * 1024 * 1024,
+        # read_committed: only committed transactions count, and end offsets stop at the first open one.
+        isolation_level=config.get("isolation_level", "read_uncommitted"),
     )
 
 

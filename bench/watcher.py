@@ -35,6 +35,7 @@ class Watcher:
             "load_done_file": str(self.load_done_file),
             "mode": settings.watch_mode,
             "offsets_interval": settings.offsets_interval,
+            "isolation_level": settings.isolation_level,
         }
         config_path = self.dir / f"{name}-watch.config.json"
         config_path.write_bytes(orjson.dumps(config))

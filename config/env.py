@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import dotenv_values
@@ -106,6 +107,17 @@ def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int
     return number
 
 
+def env_int_or_auto(name: str, *, minimum: int | None = None, maximum: int | None = None) -> int | None:
+    """An integer, or `auto` (also when unset): None, the code decides."""
+    value = _raw(name, "auto")
+    if value is None or value.strip().lower() == "auto":
+        return None
+    try:
+        return env_int(name, 0, minimum=minimum, maximum=maximum)
+    except EnvError as error:
+        raise EnvError(f"{error}, or auto") from None
+
+
 def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
     value = _raw(name, default)
     if value is None:
@@ -171,3 +183,27 @@ def env_list(name: str, default: str) -> list[str]:
     value = _raw(name, default)
     text = default if value is None else value
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def env_addresses(name: str, default: str, *, default_port: int) -> list[tuple[str, int]]:
+    """A comma list of `host:port` (the port may be left out), e.g. Sentinel addresses."""
+    addresses = []
+    for item in env_list(name, default):
+        host, colon, port = item.rpartition(":")
+        if not colon:
+            host, port = item, str(default_port)
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise EnvError(f"{name}: {item!r} is not valid: expected host:port, e.g. 127.0.0.1:{default_port}")
+        addresses.append((host, int(port)))
+    return addresses
+
+
+def sentinel_broker_url(redis_url: str, sentinels: Sequence[tuple[str, int]]) -> str | None:
+    """kombu's Sentinel transport URL for these Sentinels with REDIS_URL's database and password (kombu splits
+    the list at `;`), or None without Sentinels."""
+    if not sentinels:
+        return None
+    parts = urlsplit(redis_url)
+    auth = f"{parts.username or ''}:{parts.password}@" if parts.password else ""
+    path = parts.path if parts.path.strip("/") else "/0"
+    return ";".join(f"sentinel://{auth}{host}:{port}{path}" for host, port in sentinels)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 import redis
 from django.conf import settings
 from redis.client import Pipeline
 from redis.commands.core import Script
+from redis.connection import parse_url
+from redis.exceptions import NoScriptError
+from redis.sentinel import Sentinel
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +30,42 @@ def get_redis() -> redis.Redis:
     if _client is None or _pid != os.getpid():
         with _lock:
             if _client is None or _pid != os.getpid():
-                _client = redis.Redis.from_url(
+                _client = connect(
                     settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
                 )
                 _pid = os.getpid()
                 _scripts.clear()
     return _client
+
+
+def connect(url: str, **options: Any) -> redis.Redis:
+    """A client for `url`'s Redis, or with REDIS_SENTINELS set for the primary the Sentinels name (REDIS_URL's host
+    and port are then not used, its database and password are). That client asks the Sentinels for the primary's
+    address on every new connection and drops its connections when the answer changes, so after a failover its
+    next command reaches the new primary: callers see errors only while there is no primary."""
+    if not settings.REDIS_SENTINELS:
+        return redis.Redis.from_url(url, **options)
+    return _sentinel(url, options).master_for(settings.REDIS_SENTINEL_MASTER)
+
+
+def _sentinel(url: str, options: dict[str, Any]) -> Sentinel:
+    target = parse_url(url)
+    for name in ("host", "port", "connection_class"):
+        target.pop(name, None)
+    timeouts = {name: options[name] for name in ("socket_connect_timeout", "socket_timeout") if name in options}
+    return Sentinel(
+        settings.REDIS_SENTINELS,
+        sentinel_kwargs={"socket_connect_timeout": 1, "socket_timeout": 1} | timeouts,
+        **(target | options),
+    )
+
+
+class SentinelMasterPool:
+    """Django's cache `pool_class` (settings.CACHES) behind Sentinel: the primary's pool, as `connect` builds it."""
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Any:
+        return _sentinel(url, options).master_for(settings.REDIS_SENTINEL_MASTER).connection_pool
 
 
 _scripts: dict[str, Script] = {}
@@ -45,6 +79,27 @@ def script(source: str) -> Script:
     if registered is None:
         registered = _scripts[source] = client.register_script(source)
     return registered
+
+
+def script_then_wait(source: str, *, keys: Sequence[Any], args: Sequence[Any], replicas: int, timeout: float) -> Any:
+    """Run `source` like `script`, then Redis WAIT up to `timeout` seconds for `replicas` replicas to hold what it
+    wrote: both on one connection (WAIT covers its own connection's writes) in one round trip. Returns (the
+    script's reply, how many replicas acknowledged)."""
+    registered = script(source)
+    client = get_redis()
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        pipe.evalsha(registered.sha, len(keys), *keys, *args)
+        pipe.wait(replicas, max(1, round(timeout * 1000)))
+        try:
+            reply, acknowledged = pipe.execute()
+        except NoScriptError:  # a new primary after a failover, or a restart: its script cache is empty
+            if attempt:
+                raise
+            registered.sha = client.script_load(source)
+            continue
+        return reply, int(acknowledged)
+    raise AssertionError("unreachable")
 
 
 # Fire-and-forget writes of one unit of work (statistics, counters, cleanup) are collected here and sent in a

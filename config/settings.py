@@ -4,6 +4,7 @@ so a bad value stops startup with the variable's name (docs/configuration.md).""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,17 @@ from csp.constants import NONE, SELF, UNSAFE_INLINE
 import fastpaths
 from config.env import (
     EnvError,
+    env_addresses,
     env_bool,
     env_choice,
     env_duration,
     env_float,
     env_int,
+    env_int_or_auto,
     env_list,
     env_rate,
     env_str,
+    sentinel_broker_url,
 )
 from fastpaths import kombu_redis_transport
 
@@ -113,12 +117,23 @@ REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6380/0")
 if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
     raise EnvError(f"REDIS_URL={REDIS_URL!r} is not valid: expected redis://host:port/db")
 
-CACHES = {
+# Redis behind Sentinel: the primary's address comes from the Sentinels (asked again on every new connection, so a
+# failover is followed without a restart); REDIS_URL then gives only the database number and password.
+REDIS_SENTINELS = env_addresses("REDIS_SENTINELS", "", default_port=26379)
+REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "ingest")
+if REDIS_SENTINELS and not REDIS_URL.startswith("redis://"):
+    raise EnvError(f"REDIS_URL={REDIS_URL!r} is not valid with REDIS_SENTINELS: expected redis://[:password@]host/db")
+# Admission waits (Redis WAIT) for this many replicas to hold an accepted task before answering 202.
+INGEST_REDIS_MIN_REPLICAS = env_int("INGEST_REDIS_MIN_REPLICAS", 0, minimum=0, maximum=10)
+INGEST_REDIS_REPLICA_WAIT = env_duration("INGEST_REDIS_REPLICA_WAIT", "500ms", maximum="10s")
+
+CACHES: dict[str, dict[str, Any]] = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "ingest",
-        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2}
+        | ({"pool_class": "config.redis.SentinelMasterPool"} if REDIS_SENTINELS else {}),
     }
 }
 
@@ -171,11 +186,21 @@ KAFKA_TOPIC_ACTIVITIES = env_str("KAFKA_TOPIC_ACTIVITIES", "user.activities")
 KAFKA_TOPIC_ML_TRAINING = env_str("KAFKA_TOPIC_ML_TRAINING", "ml.training_events")
 KAFKA_TOPIC_DLQ = "dlq.events"
 KAFKA_TOPIC_PARTITIONS = env_int("KAFKA_TOPIC_PARTITIONS", 3, minimum=1)
-KAFKA_TOPIC_REPLICATION_FACTOR = env_int("KAFKA_TOPIC_REPLICATION_FACTOR", 1, minimum=1)
+# None (auto): ensure_topics replicates to min(3, live brokers), with min.insync.replicas 2 from 3 copies.
+KAFKA_TOPIC_REPLICATION_FACTOR = env_int_or_auto("KAFKA_TOPIC_REPLICATION_FACTOR", minimum=1)
 KAFKA_PRODUCER_TIMEOUT = env_duration("KAFKA_PRODUCER_TIMEOUT", "10s")
 KAFKA_PRODUCER_RETRIES = env_int("KAFKA_PRODUCER_RETRIES", 3, minimum=0, maximum=100)
 KAFKA_PRODUCER_BATCH_SIZE = env_int("KAFKA_PRODUCER_BATCH_SIZE", 100, minimum=1)
 KAFKA_PRODUCER_BATCH_TIMEOUT = env_duration("KAFKA_PRODUCER_BATCH_TIMEOUT", "10ms")
+# Each publish round one Kafka transaction (exactly once for read_committed consumers; docs/architecture.md).
+KAFKA_TRANSACTIONS = env_bool("KAFKA_TRANSACTIONS", False)
+# Transactional ids are <prefix>.<worker name>.<pool slot>: deployments sharing a cluster need different prefixes.
+KAFKA_TRANSACTIONAL_ID_PREFIX = env_str("KAFKA_TRANSACTIONAL_ID_PREFIX", "event-ingestion")
+if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", KAFKA_TRANSACTIONAL_ID_PREFIX):
+    raise EnvError(
+        f"KAFKA_TRANSACTIONAL_ID_PREFIX={KAFKA_TRANSACTIONAL_ID_PREFIX!r} is not valid: "
+        "1 to 100 letters, digits, '.', '_' or '-'"
+    )
 KAFKA_COMPRESSION_TYPE = env_choice("KAFKA_COMPRESSION_TYPE", "snappy", ("none", "gzip", "snappy", "lz4", "zstd"))
 KAFKA_SECURITY_PROTOCOL = env_choice(
     "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
@@ -202,6 +227,10 @@ INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024, minimu
 # endpoints read their bodies from the stream against INGEST_MAX_BODY_BYTES instead (ingestion.views).
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 INGEST_MAX_QUEUE_DEPTH = env_int("INGEST_MAX_QUEUE_DEPTH", 1_000_000, minimum=1)
+# Queued work waiting longer than this (the oldest task no worker has taken yet) gets new events 503; 0: no limit.
+INGEST_MAX_QUEUE_DELAY = env_duration("INGEST_MAX_QUEUE_DELAY", "250ms")
+# How often the queued-events counter is checked against the tasks the broker holds (publisher.queue); 0: never.
+INGEST_QUEUE_RECONCILE_INTERVAL = env_duration("INGEST_QUEUE_RECONCILE_INTERVAL", "30s")
 INGEST_DEDUP_TTL = env_duration("INGEST_DEDUP_TTL", "24h")
 # Receipts (GET /api/v1/events/<id>): what became of each accepted event, kept for INGEST_DEDUP_TTL.
 INGEST_RECEIPTS = env_bool("INGEST_RECEIPTS", True)
@@ -223,8 +252,15 @@ NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0, maximum=10)
 INGEST_FAST_PATHS = sorted(fastpaths.switched_on())
 
 # ---------------------------------------------------------------- Celery
-# Normally the same Redis; a deployment may give Celery its own instance.
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+# Normally the same Redis; a deployment may give Celery its own instance. Behind Sentinel the default is kombu's
+# Sentinel transport on the same Sentinels, master name and database.
+_APP_BROKER_URL = sentinel_broker_url(REDIS_URL, REDIS_SENTINELS) or REDIS_URL
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", _APP_BROKER_URL)
+# WAIT on the app's Redis says nothing about another broker's replicas.
+if INGEST_REDIS_MIN_REPLICAS and CELERY_BROKER_URL != _APP_BROKER_URL:
+    raise EnvError(
+        "INGEST_REDIS_MIN_REPLICAS needs Celery's broker to be REDIS_URL's Redis: leave CELERY_BROKER_URL unset"
+    )
 # Fast path kombu_redis_transport (fastpaths/): kombu's Redis transport minus three per-task costs and with
 # orphaned messages put back; off, or for other schemes, kombu's own transport.
 _FAST_TRANSPORT = kombu_redis_transport.transport_for(CELERY_BROKER_URL)
@@ -254,11 +290,16 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # countdown (breaker reset, <= 30 s by default), or Redis would hand an unacknowledged task to a second worker
 # while the first still holds it; short enough that a task of a worker killed outright is redelivered soon.
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 300, minimum=60)
-CELERY_BROKER_TRANSPORT_OPTIONS = {
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
 }
+if CELERY_BROKER_URL.startswith("sentinel://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS |= {
+        "master_name": REDIS_SENTINEL_MASTER,
+        "sentinel_kwargs": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
 # In-task retrying stops here (publisher/retry_budget.py): well under the visibility timeout, or a second worker
 # would run a task the first is still retrying.
 PUBLISHER_RETRY_DEADLINE = env_duration(

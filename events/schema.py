@@ -51,6 +51,7 @@ __all__ = [
     "parse_json_body",
     "validate_batch",
     "validate_event",
+    "validate_ndjson_batch",
 ]
 
 NIL_UUID: Final = "00000000-0000-0000-0000-000000000000"
@@ -110,51 +111,55 @@ class BodyError(ValueError):
 # --------------------------------------------------------------------------- JSON body
 
 
-def parse_json_body(body: bytes | bytearray | memoryview) -> Any:
+def parse_json_body(body: bytes | bytearray | memoryview, *, subject: str = "request body") -> Any:
     """Parse a request body with orjson, turning its errors into clear :class:`BodyError` messages.
 
     orjson already rejects everything the contract forbids (invalid UTF-8, lone surrogate escapes,
     NaN/Infinity, numbers overflowing to infinity such as 1e999, nesting deeper than 1024); only
-    its wording needs help.
+    its wording needs help. ``subject`` names what is parsed in those messages (an NDJSON line: "line 3").
     """
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BodyError(_describe_json_error(body, exc)) from exc
+        raise BodyError(_describe_json_error(body, exc, subject)) from exc
     if _LONG_DIGIT_RUN(body) is not None:
         # orjson turns integers beyond 64 bits into floats, silently changing them; the standard library keeps
         # them exact, so the range checks below can refuse them by name. Only bodies with such a digit run pay.
         try:
             return json.loads(bytes(body))
         except RecursionError:
-            raise BodyError("request body is nested too deeply to check its large integers") from None
+            raise BodyError(f"{subject} is nested too deeply to check its large integers") from None
     return parsed
 
 
 _LONG_DIGIT_RUN = re.compile(rb"[0-9]{19}").search  # -(2**63) - 1 has 19 digits
 
 
-def _describe_json_error(body: bytes | bytearray | memoryview | str, exc: orjson.JSONDecodeError) -> str:
+def _describe_json_error(
+    body: bytes | bytearray | memoryview | str, exc: orjson.JSONDecodeError, subject: str = "request body"
+) -> str:
     msg = exc.msg
     # orjson's position is in characters, which is what a user counts in an editor.
     where = f"line {exc.lineno} column {exc.colno} (char {exc.pos})"
+    if subject != "request body":  # one line of a body: its line number is in the subject
+        where = f"column {exc.colno}"
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
     if not raw.strip(b" \t\r\n"):
-        return "request body is empty"
+        return f"{subject} is empty"
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         # orjson reports every bad byte as "surrogates not allowed" at char 0; find the real offset.
-        return f"request body is not valid UTF-8 (invalid byte at offset {err.start})"
+        return f"{subject} is not valid UTF-8 (invalid byte at offset {err.start})"
     if "surrogate" in msg:
-        return f"request body contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff) at {where}"
+        return f"{subject} contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff) at {where}"
     if "infinity" in msg:
-        return f"request body contains a number too large to represent (it overflows to infinity) at {where}"
+        return f"{subject} contains a number too large to represent (it overflows to infinity) at {where}"
     if msg.startswith("depth limit"):
-        return f"request body is nested too deeply (more than {JSON_MAX_DEPTH} levels) at {where}"
+        return f"{subject} is nested too deeply (more than {JSON_MAX_DEPTH} levels) at {where}"
     if text.startswith(("NaN", "Infinity", "-Infinity"), exc.pos):  # orjson only says "unexpected character"
-        return f"request body contains NaN or Infinity, which are not valid JSON numbers, at {where}"
-    return f"request body is not valid JSON: {msg} at {where}"
+        return f"{subject} contains NaN or Infinity, which are not valid JSON numbers, at {where}"
+    return f"{subject} is not valid JSON: {msg} at {where}"
 
 
 # --------------------------------------------------------------------------- field tables
@@ -717,14 +722,52 @@ def validate_batch(body: Any, *, max_batch: int, now: datetime | None = None) ->
         errors.append(FieldError("events", f"must contain at most {max_batch} events (got {len(events)})"))
     if errors or not isinstance(events, list):  # the isinstance is for mypy; errors is non-empty then
         return result
+    _check_events(events, result, now)
+    return result
 
+
+def validate_ndjson_batch(body: bytes, *, max_batch: int, now: datetime | None = None) -> BatchValidation:
+    """Validate an NDJSON batch: one event per line, blank lines ignored. Events are indexed as in a JSON batch
+    (events[i], blank lines not counted); a line that is not JSON rejects that event only, like an invalid one."""
+    if max_batch < 1:
+        raise ValueError("max_batch must be at least 1")
+    result = BatchValidation()
+    lines = [(number, line) for number, line in enumerate(body.split(b"\n"), 1) if line.strip(b" \t\r")]
+    if not lines:
+        result.body_errors.append(FieldError("events", "must contain at least 1 event (one JSON object per line)"))
+    elif len(lines) > max_batch:
+        result.body_errors.append(FieldError("events", f"must contain at most {max_batch} events (got {len(lines)})"))
+    if result.body_errors:
+        return result
+    events: list[Any] = []
+    for number, line in lines:
+        try:
+            events.append(parse_json_body(line, subject=f"line {number}"))
+        except BodyError as exc:
+            events.append(_Unparsed(exc.message))
+    _check_events(events, result, now)
+    return result
+
+
+class _Unparsed:
+    """An NDJSON line that is not JSON: judged with the other events, rejected with the parser's message."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _check_events(events: list[Any], result: BatchValidation, now: datetime | None) -> None:
     limit = _future_limit(now)  # one clock read per batch: every event is judged against the same now
     new_id = _IdSource(len(events))
     valid = result.valid
     for i, raw in enumerate(events):
+        if type(raw) is _Unparsed:
+            result.invalid.append((i, None, [FieldError(f"events[{i}]", raw.message)]))
+            continue
         checked = _check(raw, limit, new_id)
         if isinstance(checked, ValidatedEvent):
             valid.append((i, checked))
         else:
             result.invalid.append((i, _client_event_id(raw), _field_errors(checked, f"events[{i}]")))
-    return result

@@ -4,6 +4,8 @@ format by hand, fenced here so it can be switched off and checked against the ve
 Each fast path is one module of this package with
 - a docstring saying which public path it replaces, why, and what upstream change would let it go;
 - `NAME` and `VERIFIED` (distribution -> version it was verified against, `importlib.metadata` spelling);
+- optionally `standing_aside()`: why it is off although switched on and verified (a setting it cannot serve),
+  or None;
 - `enabled()`: switched on by `INGEST_FAST_PATHS` *and* every installed version is the verified one. On a
   version mismatch it logs one warning per process and returns False: callers then take the library's public
   path (`producer.send()`, `apply_async()`, Celery's default strategy, Django's handler, prometheus_client's
@@ -113,10 +115,14 @@ def status() -> dict[str, tuple[bool, str]]:
         if name not in on:
             result[name] = (False, f"switched off by {ENV}")
             continue
-        verified = module(name).VERIFIED
+        fast_path = module(name)
+        verified = fast_path.VERIFIED
         mismatches = version_mismatches(name, tuple(sorted(verified.items())))
+        aside = getattr(fast_path, "standing_aside", lambda: None)()
         if mismatches:
             result[name] = (False, "version mismatch: " + ", ".join(mismatches))
+        elif aside:
+            result[name] = (False, f"standing aside: {aside}")
         else:
             result[name] = (True, "verified on " + ", ".join(f"{d} {v}" for d, v in sorted(verified.items())))
     return result

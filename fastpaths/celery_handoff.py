@@ -34,7 +34,7 @@ import orjson
 from kombu import compression
 
 import fastpaths
-from config.redis import script
+from config.redis import script, script_then_wait
 from publisher import queue
 
 NAME = "celery_handoff"
@@ -93,6 +93,7 @@ class GuardedResult:
     enqueued: bool = False
     queue_full: bool = False
     held: dict[int, str] = field(default_factory=dict)  # position in `guards` -> value that already holds it
+    replicas: int | None = None  # replicas that acknowledged the enqueue (when asked to wait for them)
 
 
 @cache
@@ -100,8 +101,15 @@ def _origin() -> str:
     return f"gen{os.getpid()}@{socket.gethostname()}"
 
 
-def task_message(*, task_name: str, queue_name: str, kwargs: dict[str, Any], kwargsrepr: str) -> bytes:
-    """The message `apply_async(kwargs=..., argsrepr="", kwargsrepr=...)` puts on a Redis queue."""
+def task_message(
+    *,
+    task_name: str,
+    queue_name: str,
+    kwargs: dict[str, Any],
+    kwargsrepr: str,
+    headers: dict[str, Any] | None = None,
+) -> bytes:
+    """The message `apply_async(kwargs=..., argsrepr="", kwargsrepr=..., headers=...)` puts on a Redis queue."""
     from config.celery import app
     from fastpaths.celery_orjson import dumps
 
@@ -135,7 +143,8 @@ def task_message(*, task_name: str, queue_name: str, kwargs: dict[str, Any], kwa
             "stamped_headers": None,
             "stamps": {},
         }
-        | extra_headers,
+        | extra_headers
+        | (headers or {}),
         "properties": {
             "correlation_id": task_id,
             "reply_to": app.thread_oid,
@@ -159,19 +168,28 @@ def enqueue_guarded(
     limit: int,
     guards: Sequence[tuple[str, str]],
     guard_ttl: int,
+    min_replicas: int = 0,
+    replica_wait: float = 0.0,
     stamps: Sequence[str] = (),
     stamp_value: str = "",
     stamp_ttl: int = 1,
 ) -> GuardedResult:
-    """Also, when enqueued: each key of `stamps` is set to `stamp_value` for `stamp_ttl` seconds (the events'
-    receipts, publisher.receipts)."""
-    reply = script(_ENQUEUE_GUARDED)(
-        keys=[queue.QUEUED_EVENTS_KEY, queue_name, *(key for key, _ in guards), *stamps],
-        args=[count, limit, guard_ttl, message, len(guards), stamp_ttl, stamp_value, *(value for _, value in guards)],
-    )
+    """Run the script; with `min_replicas`, then WAIT (same connection, same round trip) up to `replica_wait`
+    seconds for that many replicas to hold its writes, and say in `replicas` how many did. Also, when enqueued:
+    each key of `stamps` is set to `stamp_value` for `stamp_ttl` seconds (the events' receipts,
+    publisher.receipts)."""
+    keys = [queue.QUEUED_EVENTS_KEY, queue_name, *(key for key, _ in guards), *stamps]
+    args = [count, limit, guard_ttl, message, len(guards), stamp_ttl, stamp_value, *(value for _, value in guards)]
+    replicas = None
+    if min_replicas > 0:
+        reply, replicas = script_then_wait(
+            _ENQUEUE_GUARDED, keys=keys, args=args, replicas=min_replicas, timeout=replica_wait
+        )
+    else:
+        reply = script(_ENQUEUE_GUARDED)(keys=keys, args=args)
     code = int(reply[0])
     if code == 0:
-        return GuardedResult(enqueued=True)
+        return GuardedResult(enqueued=True, replicas=replicas)
     if code == 2:
         return GuardedResult(queue_full=True)
     pairs = reply[1:]

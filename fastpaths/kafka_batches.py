@@ -21,6 +21,9 @@ Also here: `has_fatal_error(producer)`, whether the idempotent producer hit an e
 (kafka-python has no public accessor). Off, a producer in a fatal state is replaced only once a whole round gets
 no acknowledgement, instead of right after the round that broke it.
 
+With KAFKA_TRANSACTIONS on it stands aside (`enabled()` is False, `standing_aside()` says why): a transaction
+must learn of every partition a record goes to (`send()` registers it), and the public path does that already.
+
 Upstream change that would let this go: a batch `send_many()` in kafka-python (or a record builder fast enough
 per record, e.g. compiled varints), plus a public `KafkaProducer` "fatal error" accessor.
 """
@@ -48,7 +51,16 @@ logger = logging.getLogger(__name__)
 
 
 def enabled() -> bool:
-    return fastpaths.gate(NAME, VERIFIED)
+    return fastpaths.gate(NAME, VERIFIED) and standing_aside() is None
+
+
+def standing_aside() -> str | None:
+    """Why this fast path is off although switched on and verified, or None."""
+    from django.conf import settings
+
+    if settings.configured and getattr(settings, "KAFKA_TRANSACTIONS", False):
+        return "KAFKA_TRANSACTIONS=true: records go through send(), which adds their partitions to the transaction"
+    return None
 
 
 class Outgoing(Protocol):

@@ -22,7 +22,16 @@ API_KEY_LOOKUPS = Counter(
 )
 
 # Every reason ingestion.views and ingestion.services count under (http_<status> for a RequestError).
-REJECT_REASONS = ("invalid", "unauthorized", "rate_limited", "backpressure", "http_400", "http_413", "http_415")
+REJECT_REASONS = (
+    "invalid",
+    "unauthorized",
+    "rate_limited",
+    "backpressure",
+    "queue_delay",
+    "http_400",
+    "http_413",
+    "http_415",
+)
 
 # Label values known in advance exist from process start, at 0: an alert's rate() then counts the first events
 # too (a series born at 5 has no increase), and "accepted but nothing published" has both sides to compare.

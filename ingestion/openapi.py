@@ -7,7 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.utils import OpenApiExample, PolymorphicProxySerializer, extend_schema_field
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema_field,
+)
 from rest_framework import serializers
 
 from events.limits import (
@@ -144,6 +150,31 @@ class BatchRequestSchema(serializers.Serializer):
     events = serializers.ListField(child=EventRequestSchema, min_length=1, help_text="At most INGEST_MAX_BATCH.")
 
 
+# application/x-ndjson: the same events, one JSON object per line (blank lines ignored). OpenAPI 3.0 has no
+# type for a sequence of lines, so it is described as the array of events the lines carry (require_request_bodies
+# adds minItems).
+NDJSONBatchSchema = PolymorphicProxySerializer(
+    component_name="Event",
+    serializers=EventRequestSchema.serializers,
+    resource_type_field_name="event_type",
+    many=True,
+)
+NDJSON_MEDIA_TYPE = "application/x-ndjson"
+
+CODINGS = ("gzip", "deflate", "zstd")
+CONTENT_ENCODING = OpenApiParameter(
+    "Content-Encoding",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    enum=[*CODINGS, "identity"],
+    description=(
+        "The body may be compressed: gzip, deflate (zlib or raw) or zstd. INGEST_MAX_BODY_BYTES limits the "
+        "compressed body and the decompressed one (413); another coding is 415, corrupt data 400."
+    ),
+)
+
+
 class FieldErrorSchema(serializers.Serializer):
     path = serializers.CharField(help_text="Field path, e.g. events[3].quality")
     message = serializers.CharField()
@@ -209,6 +240,11 @@ def require_request_bodies(result: dict[str, Any], **kwargs: Any) -> dict[str, A
         for operation in path.values():
             if isinstance(operation, dict) and "requestBody" in operation:
                 operation["requestBody"]["required"] = True
+    for path in result.get("paths", {}).values():
+        ndjson = path.get("post", {}).get("requestBody", {}).get("content", {}).get(NDJSON_MEDIA_TYPE)
+        if ndjson:
+            ndjson["schema"]["minItems"] = 1
+            ndjson["schema"]["description"] = "One event per line (shown as the array of the lines' events)"
     schemas = result.get("components", {}).get("schemas", {})
     for name in STRICT_COMPONENTS:
         if name in schemas:
@@ -219,6 +255,10 @@ def require_request_bodies(result: dict[str, Any], **kwargs: Any) -> dict[str, A
 class ErrorSchema(serializers.Serializer):
     error = serializers.CharField()
     errors = FieldErrorSchema(many=True, required=False)  # type: ignore[assignment]
+
+
+TOO_LARGE = OpenApiResponse(ErrorSchema, description="Body over INGEST_MAX_BODY_BYTES, as sent or once decompressed")
+UNSUPPORTED = OpenApiResponse(ErrorSchema, description="Content-Type or Content-Encoding not supported")
 
 
 _NOW = "2026-01-15T10:15:00Z"

@@ -16,7 +16,9 @@ from typing import Any
 from django.conf import settings
 
 from config.redis import get_redis, script
+from events import tracecontext
 from events.schema import DEDUP_PREFIX, ValidatedEvent
+from events.tracecontext import TraceContext
 from ingestion import metrics
 from ingestion.group_commit import GroupCommit, GroupCommits
 from publisher import services as publisher_services
@@ -48,7 +50,7 @@ class Outcome:
 
 
 def event_receipt(*, event_id: str, owner: str) -> dict[str, Any] | None:
-    """What became of `event_id` (canonical UUID text) if the API key with prefix `owner` sent it, else None."""
+    """What became of `event_id` (canonical UUID text) if the API key with prefix `owner` may read it, else None."""
     try:
         receipt = publisher_services.event_receipt(event_id=event_id, owner=owner)
     except Exception as exc:
@@ -58,8 +60,12 @@ def event_receipt(*, event_id: str, owner: str) -> dict[str, Any] | None:
 
 
 def check_backpressure() -> None:
+    """Refuse new work early while the queue is over INGEST_MAX_QUEUE_DEPTH events or a new event would wait
+    longer than INGEST_MAX_QUEUE_DELAY (the admission holds both exactly: _capacity). One read of Redis, cached
+    0.2 s per process."""
     try:
         depth = publisher_services.queue_depth()
+        delay = publisher_services.queue_delay()
     except Exception as exc:
         raise ServiceUnavailable("The queue is unreachable; retry later.") from exc
     if depth > settings.INGEST_MAX_QUEUE_DEPTH:
@@ -67,6 +73,47 @@ def check_backpressure() -> None:
         raise ServiceUnavailable(
             f"The publish queue holds {depth} events (limit {settings.INGEST_MAX_QUEUE_DEPTH}); retry later."
         )
+    limit = settings.INGEST_MAX_QUEUE_DELAY
+    if limit > 0 and delay > limit:
+        metrics.EVENTS_REJECTED.labels(reason="queue_delay").inc()
+        wait = "indefinitely (no worker finishes tasks)" if delay == float("inf") else f"about {delay:.2f} s"
+        raise ServiceUnavailable(f"New events would wait {wait} for a worker (limit {limit:g} s); retry later.")
+
+
+@dataclass(frozen=True)
+class _Capacity:
+    """How many events the queue may hold once a group is admitted, and which setting says so."""
+
+    limit: int
+    by_delay: bool  # INGEST_MAX_QUEUE_DELAY (what the busy workers finish in that time), not INGEST_MAX_QUEUE_DEPTH
+
+    def refusal(self) -> ServiceUnavailable:
+        if self.by_delay:
+            metrics.EVENTS_REJECTED.labels(reason="queue_delay").inc()
+            return ServiceUnavailable(
+                f"New events would wait more than {settings.INGEST_MAX_QUEUE_DELAY:g} s for a worker (limit "
+                f"{settings.INGEST_MAX_QUEUE_DELAY:g} s; {self.limit} events queued at most); retry later."
+            )
+        metrics.EVENTS_REJECTED.labels(reason="backpressure").inc()
+        return ServiceUnavailable(
+            f"The publish queue is full (limit {settings.INGEST_MAX_QUEUE_DEPTH} events); retry later."
+        )
+
+
+def _capacity(count: int) -> _Capacity:
+    """INGEST_MAX_QUEUE_DEPTH, or fewer while every worker is busy and INGEST_MAX_QUEUE_DELAY is on: the events
+    they finish within that delay, so the reservation (atomic across processes) holds the delay exactly rather
+    than from a reading 0.2 s old. At least `count`: a group larger than that still goes into an empty queue."""
+    depth_limit = settings.INGEST_MAX_QUEUE_DEPTH
+    if settings.INGEST_MAX_QUEUE_DELAY <= 0:
+        return _Capacity(depth_limit, by_delay=False)
+    try:
+        by_delay = publisher_services.queue_capacity_for_delay(delay=settings.INGEST_MAX_QUEUE_DELAY)
+    except Exception:  # Redis is down: the admission itself will say so
+        by_delay = None
+    if by_delay is None or max(by_delay, count) >= depth_limit:
+        return _Capacity(depth_limit, by_delay=False)
+    return _Capacity(max(by_delay, count), by_delay=True)
 
 
 PENDING_PREFIX = "p:"
@@ -74,17 +121,30 @@ PENDING_TTL = 30
 PENDING_WAIT = (0.02, 0.05, 0.1)
 
 
-def accept_events(*, events: Sequence[tuple[int, ValidatedEvent]], source: str, owner: str = "") -> Outcome:
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One request's events and its trace context, as it waits in an admission group."""
+
+    events: Sequence[tuple[int, ValidatedEvent]]
+    trace: TraceContext
+
+
+def accept_events(
+    *, events: Sequence[tuple[int, ValidatedEvent]], source: str, trace: TraceContext | None = None, owner: str = ""
+) -> Outcome:
     """Dedup, then enqueue the new events. Raises ServiceUnavailable without side effects left. `owner`, the
     sending API key's prefix, is who may read the events' receipts (GET /api/v1/events/<id>).
 
     Requests from the same API key accepted at the same time in this process are admitted together (one
     round of Redis work, one task): see ingestion.group_commit. A request's answer still waits for its own events to be
-    queued, and a group is admitted or refused as a whole.
+    queued, and a group is admitted or refused as a whole. Each event keeps its request's `trace` (W3C trace
+    context; a new trace when None) inside the shared task.
     """
     if not events:
         return Outcome()
-    return _admissions.submit(_group_key(source=source, owner=owner), events)
+    return _admissions.submit(
+        _group_key(source=source, owner=owner), _Request(events, trace or tracecontext.generate())
+    )
 
 
 def _group_key(*, source: str, owner: str) -> str:
@@ -100,16 +160,19 @@ def admission_expected(*, source: str, owner: str = "") -> Iterator[None]:
         yield
 
 
-def _admit_group(group: list[Sequence[tuple[int, ValidatedEvent]]], *, source: str, owner: str) -> list[Outcome]:
+def _admit_group(group: list[_Request], *, source: str, owner: str = "") -> list[Outcome]:
     """Admit every request of the group as one: one dedup check, one reservation, one task (see _accept).
     A dedup key repeated across requests of the group is a duplicate of its first occurrence, as inside a batch."""
     if len(group) == 1:
-        return [_accept(group[0], source=source, owner=owner)]
-    flat = list(enumerate(ev for events in group for _, ev in events))
-    combined = _accept(flat, source=source, owner=owner).statuses
+        only = group[0]
+        return [_accept(only.events, source=source, owner=owner, traces=[only.trace] * len(only.events))]
+    flat = list(enumerate(ev for request in group for _, ev in request.events))
+    traces = [request.trace for request in group for _ in request.events]
+    combined = _accept(flat, source=source, owner=owner, traces=traces).statuses
     outcomes: list[Outcome] = []
     position = 0
-    for events in group:
+    for request in group:
+        events = request.events
         outcome = Outcome()
         statuses = outcome.statuses
         for index, _ in events:
@@ -122,14 +185,14 @@ def _admit_group(group: list[Sequence[tuple[int, ValidatedEvent]]], *, source: s
     return outcomes
 
 
-def _admission_for(key: str) -> GroupCommit[Sequence[tuple[int, ValidatedEvent]], Outcome]:
+def _admission_for(key: str) -> GroupCommit[_Request, Outcome]:
     # A group stops at INGEST_MAX_BATCH events (one request may exceed that alone), so a task is never bigger
     # than one full batch and memory stays bounded under load. INGEST_GROUP_WAIT lets a leader wait for the
     # requests of its source this process is already reading (admission_expected), so groups grow.
     owner, _, source = key.partition("\x00")
     return GroupCommit(
         lambda group: _admit_group(group, source=source, owner=owner),
-        weight=len,
+        weight=lambda request: len(request.events),
         max_weight=lambda: settings.INGEST_MAX_BATCH,
         linger=lambda: settings.INGEST_GROUP_WAIT,
         hold=_backlog_hold,
@@ -151,21 +214,25 @@ def _backlog_hold() -> float:
     return settings.INGEST_BACKLOG_GROUP_WAIT if waiting is not None and waiting >= threshold else 0.0
 
 
-_admissions: GroupCommits[Sequence[tuple[int, ValidatedEvent]], Outcome] = GroupCommits(_admission_for)
+_admissions: GroupCommits[_Request, Outcome] = GroupCommits(_admission_for)
 
 
-def _accept(events: Sequence[tuple[int, ValidatedEvent]], *, source: str, owner: str) -> Outcome:
+def _accept(
+    events: Sequence[tuple[int, ValidatedEvent]], *, source: str, owner: str, traces: Sequence[TraceContext]
+) -> Outcome:
+    """`traces`: each event's trace context, by position in `events`."""
     if publisher_services.can_enqueue_guarded():
-        outcome = _accept_atomically(events, source=source, owner=owner)
+        outcome = _accept_atomically(events, source=source, owner=owner, traces=traces)
     else:
-        outcome = _accept_in_steps(events, source=source, owner=owner)
+        outcome = _accept_in_steps(events, source=source, owner=owner, traces=traces)
     if outcome.duplicates:
         _note_duplicates(events, outcome, owner=owner)
     return outcome
 
 
 def _note_duplicates(events: Sequence[tuple[int, ValidatedEvent]], outcome: Outcome, *, owner: str) -> None:
-    """A duplicate sent under an event id of its own gets a receipt naming the original (never raises)."""
+    """A duplicate sent under an event id of its own gets a receipt naming the original, and the original's
+    receipt lets this key read it (never raises)."""
     duplicates = [
         (str(ev.data["event_id"]), outcome.statuses[index][0])
         for index, ev in events
@@ -177,48 +244,54 @@ def _note_duplicates(events: Sequence[tuple[int, ValidatedEvent]], outcome: Outc
 GUARDED_ROUNDS = 3
 
 
-def _accept_atomically(events: Sequence[tuple[int, ValidatedEvent]], *, source: str, owner: str) -> Outcome:
+def _accept_atomically(
+    events: Sequence[tuple[int, ValidatedEvent]], *, source: str, owner: str, traces: Sequence[TraceContext]
+) -> Outcome:
     """One atomic step on Redis: the marks are set, capacity reserved and the task queued together, or nothing
     is. Marks already held make their events duplicates; the rest are tried again (a second round trip only
     when a group holds a duplicate)."""
     duplicate_ids: dict[int, str] = {}
     repeat_of: dict[int, int] = {}  # a dedup key seen earlier in the group: index -> its first occurrence
     first_by_key: dict[str, int] = {}
-    # (index, data, guard key or None) of the events to try, in order; one pass builds it for the first round.
-    candidates: list[tuple[int, dict[str, Any], str | None]] = []
-    for index, ev in events:
+    # (index, data, guard key or None, trace) of the events to try, in order; one pass builds it for the first
+    # round.
+    candidates: list[tuple[int, dict[str, Any], str | None, TraceContext]] = []
+    for (index, ev), trace in zip(events, traces, strict=True):
         key = None if ev.dedup_key is None else DEDUP_PREFIX + ev.dedup_key
         if key is not None:
             first = first_by_key.setdefault(key, index)
             if first != index:
                 repeat_of[index] = first
                 continue
-        candidates.append((index, ev.data, key))
+        candidates.append((index, ev.data, key, trace))
     ttl = max(1, int(settings.INGEST_DEDUP_TTL))
+    capacity = _capacity(len(candidates))
     for _ in range(GUARDED_ROUNDS):
         if duplicate_ids:
             candidates = [c for c in candidates if c[0] not in duplicate_ids]
         if not candidates:
             break
-        guarded = [(index, key, data) for index, data, key in candidates if key is not None]
+        guarded = [(index, key, data) for index, data, key, _ in candidates if key is not None]
         try:
             result = publisher_services.enqueue_events_guarded(
-                events=[data for _, data, _ in candidates],
+                events=[data for _, data, _, _ in candidates],
+                traces=[trace for _, _, _, trace in candidates],
                 source=source,
                 accepted_at=time.time(),
                 guards=[(key, str(data["event_id"])) for _, key, data in guarded],
                 guard_ttl=ttl,
-                capacity_limit=settings.INGEST_MAX_QUEUE_DEPTH,
+                capacity_limit=capacity.limit,
+                min_replicas=settings.INGEST_REDIS_MIN_REPLICAS,
+                replica_wait=settings.INGEST_REDIS_REPLICA_WAIT,
                 receipt_owner=owner,
             )
         except Exception as exc:
             logger.warning("enqueue failed, %d events refused: %r", len(candidates), exc)
             raise ServiceUnavailable("The queue is unreachable; nothing was accepted, retry later.") from exc
+        if result.enqueued and result.replicas is not None:
+            _require_replicas(result.replicas, count=len(candidates))
         if result.queue_full:
-            metrics.EVENTS_REJECTED.labels(reason="backpressure").inc()
-            raise ServiceUnavailable(
-                f"The publish queue is full (limit {settings.INGEST_MAX_QUEUE_DEPTH} events); retry later."
-            )
+            raise capacity.refusal()
         if result.enqueued:
             break
         undecided: list[tuple[int, str]] = []
@@ -257,19 +330,53 @@ def _record_outcome(events: Sequence[tuple[int, ValidatedEvent]], duplicate_ids:
     return outcome
 
 
-def _accept_in_steps(events: Sequence[tuple[int, ValidatedEvent]], *, source: str, owner: str) -> Outcome:
+def _accept_in_steps(
+    events: Sequence[tuple[int, ValidatedEvent]], *, source: str, owner: str, traces: Sequence[TraceContext]
+) -> Outcome:
     """When Celery's broker is not the project's Redis: claim pending marks, hand off one task, confirm the
     marks (the pending marks are released if the hand-off fails, so nothing is half-accepted)."""
     claimed, duplicate_ids = _claim_marks(events)
-    to_publish = [ev.data for index, ev in events if index not in duplicate_ids]
+    kept = [(ev.data, trace) for (index, ev), trace in zip(events, traces, strict=True) if index not in duplicate_ids]
+    to_publish = [data for data, _ in kept]
     if to_publish:
         try:
-            _hand_off(to_publish, source=source, owner=owner)
+            _hand_off(to_publish, source=source, owner=owner, traces=[trace for _, trace in kept])
         except ServiceUnavailable:
             _release([key for key, _ in claimed])
             raise
     _confirm_marks(claimed)
+    if to_publish and settings.INGEST_REDIS_MIN_REPLICAS > 0:
+        try:
+            replicas = publisher_services.wait_for_replicas(
+                count=settings.INGEST_REDIS_MIN_REPLICAS, timeout=settings.INGEST_REDIS_REPLICA_WAIT
+            )
+        except Exception as exc:
+            raise ServiceUnavailable(NOT_REPLICATED) from exc
+        _require_replicas(replicas, count=len(to_publish))
     return _record_outcome(events, duplicate_ids)
+
+
+# The task stays queued: if this primary survives it is published, and the client's retry of events with a dedup
+# key (client event_id, attempt id) finds their marks and is answered `duplicate`; if a failover loses it, it
+# loses the marks with it (one script, replicated as one), so the retry is accepted anew. Either way: once.
+NOT_REPLICATED = (
+    "Queued, but not yet confirmed by enough Redis replicas; retry: events already queued are answered duplicate."
+)
+
+
+def _require_replicas(replicas: int, *, count: int) -> None:
+    """INGEST_REDIS_MIN_REPLICAS: answer 503 unless that many replicas hold the queued task."""
+    if replicas >= settings.INGEST_REDIS_MIN_REPLICAS:
+        return
+    metrics.EVENTS_REJECTED.labels(reason="not_replicated").inc()
+    logger.warning(
+        "%d events queued but held by %d of %d required Redis replicas: answered 503",
+        count,
+        replicas,
+        settings.INGEST_REDIS_MIN_REPLICAS,
+        extra={"event": "not_replicated"},
+    )
+    raise ServiceUnavailable(NOT_REPLICATED)
 
 
 # Claim a pending dedup mark per key atomically across processes (SET NX), and say who holds the others:
@@ -333,22 +440,23 @@ def _claim_marks(events: Sequence[tuple[int, ValidatedEvent]]) -> tuple[list[tup
     return claimed, duplicate_ids
 
 
-def _hand_off(to_publish: list[dict[str, Any]], *, source: str, owner: str) -> None:
+def _hand_off(to_publish: list[dict[str, Any]], *, source: str, owner: str, traces: Sequence[TraceContext]) -> None:
     """Reserve room in the queue, then enqueue one task; raises ServiceUnavailable with nothing reserved."""
+    capacity = _capacity(len(to_publish))
     try:
-        admitted = publisher_services.reserve_queue_capacity(
-            count=len(to_publish), limit=settings.INGEST_MAX_QUEUE_DEPTH
-        )
+        admitted = publisher_services.reserve_queue_capacity(count=len(to_publish), limit=capacity.limit)
     except Exception as exc:
         raise ServiceUnavailable("The queue is unreachable; retry later.") from exc
     if not admitted:
-        metrics.EVENTS_REJECTED.labels(reason="backpressure").inc()
-        raise ServiceUnavailable(
-            f"The publish queue is full (limit {settings.INGEST_MAX_QUEUE_DEPTH} events); retry later."
-        )
+        raise capacity.refusal()
     try:
         publisher_services.enqueue_events(
-            events=to_publish, source=source, accepted_at=time.time(), capacity_reserved=True, receipt_owner=owner
+            events=to_publish,
+            source=source,
+            accepted_at=time.time(),
+            traces=traces,
+            capacity_reserved=True,
+            receipt_owner=owner,
         )
     except Exception as exc:
         publisher_services.release_queue_capacity(count=len(to_publish))  # never raises; a failure is logged

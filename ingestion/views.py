@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable
@@ -20,23 +21,41 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from events.schema import BodyError, error_body, parse_json_body, validate_batch, validate_event
-from ingestion import metrics, services
+from config.logging import trace_scope
+from events import tracecontext
+from events.schema import (
+    BatchValidation,
+    BodyError,
+    error_body,
+    parse_json_body,
+    validate_batch,
+    validate_event,
+    validate_ndjson_batch,
+)
+from ingestion import bodies, metrics, services
 from ingestion.auth import ApiKeyAuthentication, client_of
 from ingestion.openapi import (
     BATCH_EXAMPLE,
+    CONTENT_ENCODING,
     EVENT_EXAMPLES,
+    TOO_LARGE,
+    UNSUPPORTED,
     BatchRejectedSchema,
     BatchRequestSchema,
     BatchResponseSchema,
     ErrorSchema,
     EventRequestSchema,
+    NDJSONBatchSchema,
     ReceiptSchema,
     SingleResponseSchema,
 )
 from ingestion.throttling import ApiKeyRateThrottle
 
+logger = logging.getLogger(__name__)
+
 ALLOWED_CHARSETS = {"utf-8", "utf8"}
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
 
 
 class RawJSONParser(BaseParser):
@@ -47,6 +66,12 @@ class RawJSONParser(BaseParser):
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
         return None
+
+
+class RawNDJSONParser(RawJSONParser):
+    """Declares application/x-ndjson (one event per line) for the batch endpoint; read like RawJSONParser's."""
+
+    media_type = NDJSON
 
 
 class ORJSONRenderer(JSONRenderer):
@@ -78,6 +103,15 @@ class JSONFirstNegotiation(DefaultContentNegotiation):
         return super().select_renderer(request, renderers, format_suffix)
 
 
+def _log_admitted(outcome: services.Outcome) -> None:
+    """One debug line per admitted request (with its trace, see config.logging); off at the default level: the
+    event endpoints log nothing per request unless asked to."""
+    logger.debug(
+        "events admitted",
+        extra={"event": "events_admitted", "accepted": outcome.accepted, "duplicates": outcome.duplicates},
+    )
+
+
 class RequestError(Exception):
     def __init__(self, status_code: int, message: str, *, errors: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
@@ -93,50 +127,54 @@ def _error(status_code: int, message: str, errors: list[dict[str, str]] | None =
     return response
 
 
-def _read_json(request: HttpRequest | Request) -> Any:
-    """DRF's Request passes META, read() and body on to Django's (documented: "all the other standard
-    attributes and methods are also available"), so either may be given."""
+def _media_type(request: HttpRequest | Request, accepted: tuple[str, ...]) -> str:
     content_type = request.META.get("CONTENT_TYPE", "")
     media_type, _, params = content_type.partition(";")
-    if media_type.strip().lower() != "application/json":
-        raise RequestError(415, f"Content-Type must be application/json (got {content_type or 'none'!r}).")
+    media_type = media_type.strip().lower()
+    if media_type not in accepted:
+        raise RequestError(415, f"Content-Type must be {' or '.join(accepted)} (got {content_type or 'none'!r}).")
     for param in params.split(";"):
         name, _, value = param.partition("=")
         if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ALLOWED_CHARSETS:
             raise RequestError(415, f"Unsupported charset {value.strip()!r}: the body must be UTF-8 JSON.")
+    return media_type
+
+
+def _read_body(request: HttpRequest | Request, accepted: tuple[str, ...] = (JSON,)) -> tuple[str, bytes]:
+    """The media type and the decoded body, each limit checked (ingestion.bodies). DRF's Request passes META,
+    read() and body on to Django's (documented: "all the other standard attributes and methods are also
+    available"), so either may be given."""
+    media_type = _media_type(request, accepted)
+    coding = bodies.content_coding(header=request.META.get("HTTP_CONTENT_ENCODING"))
     limit = settings.INGEST_MAX_BODY_BYTES
-    declared = request.META.get("CONTENT_LENGTH")
-    if declared:
-        try:
-            length = int(declared)
-        except ValueError:
-            raise RequestError(400, "Content-Length is not a number.") from None
-        if length > limit:
-            raise RequestError(413, f"Body of {length} bytes is over the limit of {limit} bytes.")
-        # Read from the stream, which stops at Content-Length (checked above): request.body would apply Django's
-        # DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB, meant for the admin's forms) instead of INGEST_MAX_BODY_BYTES.
-        body = request.read()
-    elif request.META.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
-        # Django does not read chunked bodies; read the stream ourselves, never more than the limit + 1.
-        stream = request.META["wsgi.input"]
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = stream.read(min(65536, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"Body is over the limit of {limit} bytes.")
-        body = b"".join(chunks)
-    else:
-        body = request.body
+    body = bodies.read_body(meta=request.META, read=request.read, limit=limit)
+    if body and coding:
+        body = bodies.decode(body=body, coding=coding, limit=limit)
     if not body:
         raise RequestError(400, "The request body is empty: send a JSON object.")
+    return media_type, body
+
+
+def _parse_json(body: bytes) -> Any:
     try:
         return parse_json_body(body)
     except BodyError as exc:
         raise RequestError(400, f"Malformed JSON: {exc.message}") from None
+
+
+def _read_json(request: HttpRequest | Request) -> Any:
+    return _parse_json(_read_body(request)[1])
+
+
+def _read_batch(request: Request) -> BatchValidation:
+    """A JSON or NDJSON batch, validated; backpressure is checked once the body is known to be readable."""
+    media_type, body = _read_body(request, (JSON, NDJSON))
+    if media_type == NDJSON:
+        services.check_backpressure()
+        return validate_ndjson_batch(body, max_batch=settings.INGEST_MAX_BATCH)
+    raw = _parse_json(body)
+    services.check_backpressure()
+    return validate_batch(raw, max_batch=settings.INGEST_MAX_BATCH)
 
 
 class _IngestView(APIView):
@@ -147,10 +185,19 @@ class _IngestView(APIView):
     renderer_classes = [ORJSONRenderer]  # JSON only, also for a browser: no answer under /api/ is HTML
     content_negotiation_class = JSONFirstNegotiation
     endpoint = ""
+    # Not `trace`: DRF takes any attribute named like an HTTP method for its handler (TRACE would be allowed).
+    trace_context: tracecontext.TraceContext
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
-        response = super().dispatch(request, *args, **kwargs)
+        # The request's W3C trace context: the caller's when valid, else a new trace. Its events carry it to
+        # Kafka, its log lines and its task's name it, and the answer's `traceresponse` says which it was.
+        self.trace_context, _ = tracecontext.from_headers(
+            request.META.get("HTTP_TRACEPARENT"), request.META.get("HTTP_TRACESTATE")
+        )
+        with trace_scope(self.trace_context):
+            response = super().dispatch(request, *args, **kwargs)
+        response["traceresponse"] = self.trace_context.traceparent
         metrics.REQUEST_DURATION.labels(endpoint=self.endpoint, status=str(response.status_code)).observe(
             time.perf_counter() - started
         )
@@ -164,6 +211,8 @@ class _IngestView(APIView):
         super().initial(request, *args, **kwargs)
 
     def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, bodies.BodyRejected):
+            exc = RequestError(exc.status_code, exc.message)
         if isinstance(exc, RequestError):
             metrics.EVENTS_REJECTED.labels(reason=f"http_{exc.status_code}").inc()
             return _error(exc.status_code, exc.message, exc.errors)
@@ -185,12 +234,13 @@ class EventView(_IngestView):
         operation_id="ingest_event",
         summary="Ingest one event",
         request=EventRequestSchema,
+        parameters=[CONTENT_ENCODING],
         responses={
             202: SingleResponseSchema,
             400: ErrorSchema,
             401: ErrorSchema,
-            413: ErrorSchema,
-            415: ErrorSchema,
+            413: TOO_LARGE,
+            415: UNSUPPORTED,
             429: ErrorSchema,
             503: ErrorSchema,
         },
@@ -209,24 +259,29 @@ class EventView(_IngestView):
             metrics.EVENTS_REJECTED.labels(reason="invalid").inc()
             raise RequestError(400, "Invalid event.", errors=[e.as_dict() for e in result])
         client = client_of(request)
-        outcome = services.accept_events(events=[(0, result)], source=client.name, owner=client.prefix)
+        outcome = services.accept_events(
+            events=[(0, result)], source=client.name, trace=self.trace_context, owner=client.prefix
+        )
+        _log_admitted(outcome)
         event_id, state = outcome.statuses[0]
         return Response({"event_id": event_id, "status": state}, status=status.HTTP_202_ACCEPTED)
 
 
 class BatchView(_IngestView):
     endpoint = "batch"
+    parser_classes = [RawJSONParser, RawNDJSONParser]
 
     @extend_schema(
         operation_id="ingest_batch",
         summary="Ingest a batch of events",
-        request=BatchRequestSchema,
+        request={JSON: BatchRequestSchema, NDJSON: NDJSONBatchSchema},
+        parameters=[CONTENT_ENCODING],
         responses={
             202: BatchResponseSchema,
             400: OpenApiResponse(BatchRejectedSchema, description="No event accepted, or the body itself is invalid"),
             401: ErrorSchema,
-            413: ErrorSchema,
-            415: ErrorSchema,
+            413: TOO_LARGE,
+            415: UNSUPPORTED,
             429: ErrorSchema,
             503: ErrorSchema,
         },
@@ -238,14 +293,15 @@ class BatchView(_IngestView):
             return self._accept(request)
 
     def _accept(self, request: Request) -> Response:
-        raw = _read_json(request)
-        services.check_backpressure()
-        checked = validate_batch(raw, max_batch=settings.INGEST_MAX_BATCH)
+        checked = _read_batch(request)
         if checked.body_errors:
             metrics.EVENTS_REJECTED.labels(reason="invalid").inc()
             raise RequestError(400, "Invalid batch.", errors=[e.as_dict() for e in checked.body_errors])
         client = client_of(request)
-        outcome = services.accept_events(events=checked.valid, source=client.name, owner=client.prefix)
+        outcome = services.accept_events(
+            events=checked.valid, source=client.name, trace=self.trace_context, owner=client.prefix
+        )
+        _log_admitted(outcome)
         results: list[dict[str, Any]] = [{} for _ in range(len(checked.valid) + len(checked.invalid))]
         for index, (event_id, state) in outcome.statuses.items():
             results[index] = {"index": index, "event_id": event_id, "status": state, "errors": []}

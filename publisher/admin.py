@@ -139,7 +139,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         ("created_at", admin.DateFieldListFilter),
     )
     search_fields = ("event_id", "user_id", "key")  # exact matches, see get_search_results
-    search_help_text = "Exact event id, user id or message key."
+    search_help_text = "Exact event id, user id, message key or trace id (or a whole traceparent)."
     list_select_related = ("replayed_by", "discarded_by")
     list_per_page = 50
     list_max_show_all = 200
@@ -209,6 +209,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
                         "format",
                         "schema_version",
                         "source",
+                        "trace_id",
                     ]
                 },
             ),

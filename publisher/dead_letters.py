@@ -19,6 +19,7 @@ from django.db.models import Q
 
 from config.redis import get_redis
 from events.timefmt import utc_iso_ms
+from events.tracecontext import parse_traceparent
 from publisher import breaker, kafka_gateway, metrics, receipts
 from publisher.errors import error_class, is_database_outage
 from publisher.models import DeadLetter
@@ -51,8 +52,17 @@ def _dlq_headers(record: Record, *, reason: str, now: datetime, replay_count: in
 
 _UPSERT_FIELDS = [
     "payload", "value", "headers", "reason", "error_class", "error_message",
-    "attempts", "last_failed_at", "status", "quarantine_reason", "original_b64",
+    "attempts", "last_failed_at", "status", "quarantine_reason", "original_b64", "trace_id",
 ]  # fmt: skip
+
+
+def _trace_of(record: Record) -> tuple[str, str]:
+    """(trace id, parent id) of the record's traceparent header, ('', '') without one."""
+    for name, value in record.headers:
+        if name == "traceparent":
+            context = parse_traceparent(value.decode(errors="replace"))
+            return ("", "") if context is None else (context.trace_id, context.parent_id)
+    return "", ""
 
 
 def record(*, events: Sequence[Mapping[str, Any]], failures: Sequence[tuple[Record, str]], source: str) -> None:
@@ -61,7 +71,8 @@ def record(*, events: Sequence[Mapping[str, Any]], failures: Sequence[tuple[Reco
     is stored sanitized and quarantined, with the event as accepted in base64."""
     now = datetime.now(UTC)
     rows: list[DeadLetter] = []
-    for rec, reason in failures:
+    traces = [_trace_of(rec) for rec, _ in failures]
+    for (rec, reason), (trace_id, _) in zip(failures, traces, strict=True):
         event = events[rec.index]
         exc = rec.error
         rows.append(
@@ -86,6 +97,7 @@ def record(*, events: Sequence[Mapping[str, Any]], failures: Sequence[tuple[Reco
                 status=DeadLetter.Status.PENDING,
                 quarantine_reason="",
                 original_b64="",
+                trace_id=trace_id,
             )
         )
     try:
@@ -101,14 +113,21 @@ def record(*, events: Sequence[Mapping[str, Any]], failures: Sequence[tuple[Reco
             _note_receipts(rows)
         except Exception as exc:  # the dead letters are stored; a receipt is only a view of that
             logger.warning("receipts of %d dead letters not noted: %r", len(rows), exc)
-    for rec, reason in failures:
+    for (rec, reason), (trace_id, span_id) in zip(failures, traces, strict=True):
         metrics.DEAD_LETTERED.labels(topic=rec.topic, reason=reason).inc()
         logger.warning(
             "dead-lettered %s -> %s: %s",
             events[rec.index].get("event_id"),
             rec.topic,
             reason,
-            extra={"event": "dead_letter", "event_id": str(events[rec.index].get("event_id")), "topic": rec.topic},
+            extra={
+                "event": "dead_letter",
+                "event_id": str(events[rec.index].get("event_id")),
+                "topic": rec.topic,
+                # This event's own trace: the task's lines may name several.
+                "trace_id": trace_id,
+                "span_id": span_id,
+            },
         )
     _copy_to_kafka(events, failures, now=now)
     _flood_guard(len(failures))
@@ -192,6 +211,7 @@ def _sanitized(row: DeadLetter, refusal: Exception, *, ascii_only: bool) -> Dead
         first_failed_at=row.first_failed_at,
         last_failed_at=row.last_failed_at,
         status=DeadLetter.Status.QUARANTINED,
+        trace_id=row.trace_id,
         quarantine_reason=text(
             f"the database refused the entry as it was ({refusal}); text shown escaped, "
             "the event as accepted is in original_b64"

@@ -16,6 +16,19 @@ class ProducerReset(kafka_errors.KafkaError):
     retriable = True
 
 
+class TransactionAborted(kafka_errors.KafkaError):
+    """The record was acknowledged, but the round's transaction was aborted (another record of the round failed,
+    or the broker refused the commit): it is not in Kafka for read_committed consumers, and is sent again."""
+
+    retriable = True
+
+
+class CommitInDoubt(kafka_errors.KafkaError):
+    """The round's commit got no clear answer: its records may be committed. Kafka is read before resending."""
+
+    retriable = True
+
+
 # The record itself is wrong, or we may never write there: retrying cannot help.
 def _kafka_errors(*names: str) -> tuple[type[BaseException], ...]:
     """Error classes by name; kafka-python renames a few between releases, and a missing one must not crash."""
@@ -63,7 +76,7 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = _kafka_errors(
     "SaslAuthenticationFailedError",
     "AuthenticationFailedError",
     "KafkaUnavailableError",
-) + (ssl.SSLError, ConnectionError, TimeoutError, ProducerReset)
+) + (ssl.SSLError, ConnectionError, TimeoutError, ProducerReset, CommitInDoubt)
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -88,7 +101,7 @@ NOT_WRITTEN_ERRORS: tuple[type[BaseException], ...] = _kafka_errors(
     "NoBrokersAvailable",
     "SaslAuthenticationFailedError",
     "AuthenticationFailedError",
-)
+) + (TransactionAborted,)
 
 
 def maybe_written(exc: BaseException) -> bool:

@@ -32,7 +32,7 @@ import psycopg
 import redis
 from django.conf import settings
 
-from config.redis import get_redis
+from config.redis import connect, get_redis
 from events.timefmt import utc_iso_ms
 from publisher import breaker, kafka_gateway, queue, stats
 
@@ -182,7 +182,7 @@ _redis_clients: dict[str, redis.Redis] = {}
 def probe_redis(url: str) -> Check:
     client = _redis_clients.get(url)
     if client is None:
-        client = redis.Redis.from_url(url, socket_connect_timeout=PROBE_TIMEOUT, socket_timeout=PROBE_TIMEOUT)
+        client = connect(url, socket_connect_timeout=PROBE_TIMEOUT, socket_timeout=PROBE_TIMEOUT)
         _redis_clients[url] = client
     started = time.monotonic()
     client.ping()

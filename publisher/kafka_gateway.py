@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 from fastpaths import kafka_batches
@@ -223,7 +224,8 @@ def get_producer() -> KafkaProducer:
 
 
 def close_producer(timeout: float = 10.0) -> None:
-    """Flush what is buffered and close; called on worker shutdown so nothing waits in memory."""
+    """Flush what is buffered and close (the transactional producer too); called on worker shutdown so nothing
+    waits in memory. A transaction still open is left to the broker, which aborts it."""
     global _producer, _producer_pid
     with _lock:
         producer, owner = _producer, _producer_pid
@@ -233,6 +235,11 @@ def close_producer(timeout: float = 10.0) -> None:
             producer.flush(timeout=timeout)
         finally:
             producer.close(timeout=timeout)
+    with _transactional_lock:
+        transactional, owner = _transactional.producer, _transactional.pid
+        _transactional.producer = _transactional.pid = None
+    if transactional is not None and owner == os.getpid():
+        transactional.close(timeout=timeout)
 
 
 def producer_is_broken() -> bool:
@@ -252,6 +259,153 @@ def reset_producer() -> None:
             producer.close(timeout=0)
         except Exception:
             logger.exception("closing a broken producer failed")
+
+
+# --- Transactions (KAFKA_TRANSACTIONS) ---------------------------------------------------------------------------
+#
+# One transactional producer per process, beside the plain one (which dead-letter copies and replays keep using:
+# they are not publish rounds). Its transactional id is stable per worker slot, <prefix>.<worker name>.<pool
+# slot>: a pool process Celery starts in place of a dead one gets the dead one's slot, and so its id, and its
+# init_transactions() fences the predecessor and settles the transaction it left open (aborted, or completed if
+# it had asked to commit). A slot's id is never used by two live processes: Celery worker names are unique per
+# host (`-n`), the prefix tells deployments sharing a cluster apart.
+
+
+@dataclass
+class _TransactionalSlot:
+    producer: KafkaProducer | None = None
+    pid: int | None = None
+
+
+_transactional = _TransactionalSlot()
+_transactional_lock = threading.Lock()
+# One round in a transaction at a time per process (a transaction is the producer's, not a thread's).
+transaction_lock = threading.Lock()
+_worker_name: str | None = None
+# The commit or abort of a round gets at least this long (seconds) out of the round's time.
+TRANSACTION_END_SECONDS = 2.0
+
+
+def transactions_on() -> bool:
+    return bool(settings.KAFKA_TRANSACTIONS)
+
+
+def set_worker_name(name: str) -> None:
+    """The Celery worker's node name (`celery@host`, unique per host), told by the worker before it forks."""
+    global _worker_name
+    _worker_name = name
+
+
+def transactional_id() -> str:
+    """<prefix>.<worker name>.<slot>: the pool process index in a prefork pool, `main` for the worker's own process
+    (solo pool); outside a Celery worker (a shell, a test), the host and the process id, which are never reused."""
+    from celery.utils.log import current_process_index
+
+    prefix = settings.KAFKA_TRANSACTIONAL_ID_PREFIX
+    if _worker_name is None:
+        return f"{prefix}.{socket.gethostname()}.pid{os.getpid()}"
+    index = current_process_index(base=0)
+    return f"{prefix}.{_worker_name}.{'main' if index is None else index}"
+
+
+def transaction_timeout_seconds() -> float:
+    """How long the broker lets a transaction stay open before aborting it (a worker that died mid-round and whose
+    slot does not come back). A round lasts publisher.retry_budget.round_seconds() at most; this leaves room,
+    within the broker's default transaction.max.timeout.ms (15 min)."""
+    return min(900.0, max(10.0, 3 * float(settings.KAFKA_PRODUCER_TIMEOUT)))
+
+
+def transactional_producer() -> KafkaProducer:
+    """This process's transactional producer, created and initialised (init_transactions) on first use."""
+    pid = os.getpid()
+    slot = _transactional
+    if slot.producer is not None and slot.pid == pid:
+        return slot.producer
+    with _transactional_lock:
+        if slot.producer is None or slot.pid != pid:
+            tid = transactional_id()
+            producer = KafkaProducer(
+                **producer_config(
+                    transactional_id=tid, transaction_timeout_ms=int(transaction_timeout_seconds() * 1000)
+                )
+            )
+            try:
+                producer.init_transactions()
+            except BaseException:
+                producer.close(timeout=0)
+                raise
+            slot.producer, slot.pid = producer, pid
+            logger.info("kafka transactional producer %s ready", tid, extra={"pid": pid, "transactional_id": tid})
+    return slot.producer
+
+
+def replace_transactional_producer(*, settle: bool) -> None:
+    """Drop this process's transactional producer (it hit an error, or a commit's outcome is unknown); the next
+    round makes a new one. `settle`: make it now, in the background, because its init_transactions() settles the
+    transaction the old one left (completes a commit it asked for, aborts the rest), which Kafka is about to be
+    read for."""
+    with _transactional_lock:
+        producer, _transactional.producer, _transactional.pid = _transactional.producer, None, None
+    if producer is not None:
+        # close(timeout=0) refuses while records are pending (its flush times out) and leaves the client's network
+        # thread running; closing with time for them to expire (or be fenced by the successor) ends it.
+        timeout = float(settings.KAFKA_PRODUCER_TIMEOUT) + 5.0
+        threading.Thread(target=_close_quietly, args=(producer, timeout), name="kafka-close", daemon=True).start()
+    if settle:
+        _make_transactional_producer_in_background()
+
+
+def _close_quietly(producer: KafkaProducer, timeout: float, *, attempts: int = 10) -> None:
+    """While Kafka is unreachable a transactional producer's pending requests neither finish nor expire, so its
+    close keeps timing out: try again, as long as an outage is worth waiting for."""
+    for _ in range(attempts):
+        try:
+            producer.close(timeout=timeout)
+            return
+        except Exception as exc:
+            error = exc
+    logger.warning("could not close a replaced transactional producer: %r", error)
+
+
+def end_transaction(producer: KafkaProducer, *, commit: bool, timeout: float) -> BaseException | None:
+    """Commit or abort the open transaction, waiting `timeout` seconds at most; None when the broker confirmed it,
+    else the error (KafkaTimeoutError: outcome unknown). kafka-python waits for the coordinator's answer without
+    a time limit (and a closed producer never answers), so the call runs in a thread of its own; one that times
+    out is left waiting, with the producer the caller must then replace."""
+    outcome: list[BaseException | None] = []
+    end = producer.commit_transaction if commit else producer.abort_transaction
+
+    def run() -> None:
+        try:
+            end()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="kafka-end-transaction", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        what = "commit" if commit else "abort"
+        return KafkaTimeoutError(f"no answer to the transaction's {what} within {timeout:.1f} s")
+    return outcome[0]
+
+
+def prepare_transactional_slot() -> None:
+    """In a fresh pool process: make the transactional producer now, in the background, so that a dead
+    predecessor's open transaction is settled at once rather than when the first task arrives."""
+    if transactions_on():
+        _make_transactional_producer_in_background()
+
+
+def _make_transactional_producer_in_background() -> None:
+    def run() -> None:
+        try:
+            transactional_producer()
+        except Exception as exc:
+            logger.warning("could not make a transactional producer yet: %r", exc)
+
+    threading.Thread(target=run, name="kafka-transactions-init", daemon=True).start()
 
 
 _TOPIC_LIMIT_TTL = 60.0
@@ -302,61 +456,118 @@ FIND_MAX_SECONDS = 30.0
 def find_written(*, topics: Iterable[str], since: float, event_ids: set[str]) -> set[tuple[str, str]] | None:
     """(event_id, topic) pairs among `event_ids` that some producer wrote to `topics` since the wall-clock time
     `since` (record timestamps), read with a short-lived consumer. None when Kafka could not be read in bounded
-    time: the caller must then assume nothing was written."""
-    timeout_ms = int(settings.KAFKA_PRODUCER_TIMEOUT * 1000)
-    found: set[tuple[str, str]] = set()
-    try:
-        consumer = KafkaConsumer(
-            **connection_config(),
-            enable_auto_commit=False,
-            # Kafka still down: give up soon, the caller sends again (nothing can be written while it is down).
-            bootstrap_timeout_ms=min(timeout_ms, 2000),
-            request_timeout_ms=max(timeout_ms, 1000) + 500,
-            fetch_max_bytes=16 * 1024 * 1024,
-        )
-    except Exception as exc:
-        logger.warning("cannot look for records a dead run wrote: %r", exc)
-        return None
-    try:
-        partitions = [
-            TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        consumer.assign(partitions)
-        starts = consumer.offsets_for_times({tp: int(since * 1000) for tp in partitions})
-        ends = consumer.end_offsets(partitions)
-        pending = {}
-        for tp in partitions:
-            start = starts.get(tp)
-            if start is not None and start.offset < ends[tp]:
-                consumer.seek(tp, start.offset)
-                pending[tp] = ends[tp]
-        consumer.pause(*(tp for tp in partitions if tp not in pending))
-        deadline = time.monotonic() + FIND_MAX_SECONDS
-        scanned = 0
-        while pending:
-            if time.monotonic() > deadline or scanned > FIND_MAX_RECORDS:
-                logger.warning("gave up looking for records a dead run wrote (%d read)", scanned)
+    time: the caller must then assume nothing was written.
+
+    A cluster that lost a partition leader answers metadata but not that partition until the dead broker is
+    fenced and a new leader elected (seconds): a transient error after the bootstrap is read again, with fresh
+    metadata, within the same bounded time, rather than answered "unreadable" (which would send twice what the
+    dead leader had already replicated).
+
+    With KAFKA_TRANSACTIONS on, only committed records count (isolation_level=read_committed), and the read goes
+    up to the end of each partition as it is now, committed or not: it waits until every transaction with
+    records before that end is settled, so a round a dead worker left open is counted only if it commits."""
+    transactional = transactions_on()
+    # Long enough to see a dead worker's open transaction aborted by the broker's timeout.
+    limit = max(FIND_MAX_SECONDS, transaction_timeout_seconds() + 10) if transactional else FIND_MAX_SECONDS
+    deadline = time.monotonic() + limit
+    options = _lookup_options()
+    while True:
+        try:
+            consumer = KafkaConsumer(
+                **options, isolation_level="read_committed" if transactional else "read_uncommitted"
+            )
+        except Exception as exc:  # Kafka down: nothing can be written while it is; the caller sends again
+            logger.warning("cannot look for records a dead run wrote: %r", exc)
+            return None
+        try:
+            return _find_written(
+                consumer, options, transactional=transactional, topics=topics, since=since, event_ids=event_ids,
+                deadline=deadline,
+            )  # fmt: skip
+        except Exception as exc:
+            if not is_retryable(exc) or time.monotonic() + 1.0 > deadline:
+                logger.warning("cannot look for records a dead run wrote: %r", exc)
                 return None
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for record in records:
-                    if record.offset >= pending.get(tp, 0):
-                        break
-                    scanned += 1
-                    for name, value in record.headers or ():
-                        if name == "event_id":
-                            event_id = value.decode(errors="replace")
-                            if event_id in event_ids:
-                                found.add((event_id, tp.topic))
-                            break
-                if tp in pending and consumer.position(tp) >= pending[tp]:
-                    del pending[tp]
-                    consumer.pause(tp)
-        return found
-    except Exception as exc:
-        logger.warning("cannot look for records a dead run wrote: %r", exc)
-        return None
+            logger.info("looking for records a dead run wrote failed (%r); reading again", exc)
+        finally:
+            consumer.close()
+        time.sleep(0.5)
+
+
+def _lookup_options() -> dict[str, Any]:
+    timeout_ms = int(settings.KAFKA_PRODUCER_TIMEOUT * 1000)
+    return connection_config() | {
+        "enable_auto_commit": False,
+        # Kafka still down: give up soon, the caller sends again (nothing can be written while it is down).
+        "bootstrap_timeout_ms": min(timeout_ms, 2000),
+        "request_timeout_ms": max(timeout_ms, 1000) + 500,
+        "fetch_max_bytes": 16 * 1024 * 1024,
+    }
+
+
+def _find_written(
+    consumer: KafkaConsumer,
+    options: Mapping[str, Any],
+    *,
+    transactional: bool,
+    topics: Iterable[str],
+    since: float,
+    event_ids: set[str],
+    deadline: float,
+) -> set[tuple[str, str]] | None:
+    """One reading of find_written; raises what the client raises, None when out of time or records."""
+    partitions = [
+        TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic) or [])
+    ]
+    consumer.assign(partitions)
+    starts = consumer.offsets_for_times({tp: int(since * 1000) for tp in partitions})
+    # A read_committed consumer's end offsets stop before the first open transaction: take the real ends.
+    ends = _high_watermarks(options, partitions) if transactional else consumer.end_offsets(partitions)
+    pending = {}
+    for tp in partitions:
+        start = starts.get(tp)
+        if start is not None and start.offset < ends[tp]:
+            consumer.seek(tp, start.offset)
+            pending[tp] = ends[tp]
+    consumer.pause(*(tp for tp in partitions if tp not in pending))
+    return _scan_for_event_ids(consumer, pending, event_ids, deadline=deadline)
+
+
+def _high_watermarks(options: Mapping[str, Any], partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    consumer = KafkaConsumer(**options)
+    try:
+        return dict(consumer.end_offsets(partitions))
     finally:
         consumer.close()
+
+
+def _scan_for_event_ids(
+    consumer: KafkaConsumer, pending: dict[TopicPartition, int], event_ids: set[str], *, deadline: float
+) -> set[tuple[str, str]] | None:
+    """Read each pending partition up to its end offset; the (event_id, topic) pairs found, None past the limits."""
+    found: set[tuple[str, str]] = set()
+    scanned = 0
+    while pending:
+        if time.monotonic() > deadline or scanned > FIND_MAX_RECORDS:
+            logger.warning("gave up looking for records a dead run wrote (%d read)", scanned)
+            return None
+        for tp, records in consumer.poll(timeout_ms=500).items():
+            for record in records:
+                if record.offset >= pending.get(tp, 0):
+                    break
+                scanned += 1
+                for name, value in record.headers or ():
+                    if name == "event_id":
+                        event_id = value.decode(errors="replace")
+                        if event_id in event_ids:
+                            found.add((event_id, tp.topic))
+                        break
+        # Checked for every partition, not only those that returned records: a partition can end with what a
+        # consumer never sees (a transaction's commit or abort marker, an aborted transaction's records).
+        for tp in [tp for tp, end in pending.items() if consumer.position(tp) >= end]:
+            del pending[tp]
+            consumer.pause(tp)
+    return found
 
 
 @dataclass(frozen=True)
@@ -407,28 +618,109 @@ def list_topics(**admin_overrides: Any) -> set[str]:
 
 
 @dataclass(frozen=True)
+class Replication:
+    """How the topics ensure_topics creates are replicated: copies of each partition, and how many of them must
+    have a record before a write with acks=all (our producer's) succeeds."""
+
+    factor: int
+    min_insync_replicas: int
+    live_brokers: int
+
+
+@dataclass(frozen=True)
+class UnderReplicatedTopic:
+    """An existing topic replicated less than ensure_topics would create it (it never changes existing topics)."""
+
+    name: str
+    replication_factor: int
+    min_insync_replicas: int
+
+
+@dataclass(frozen=True)
 class EnsureTopicsResult:
     created: list[str]
     existing: list[str]
+    replication: Replication
+    under_replicated: list[UnderReplicatedTopic] = field(default_factory=list)
 
 
-def ensure_topics(*, names: Iterable[str], partitions: int, replication_factor: int) -> EnsureTopicsResult:
-    """Create the topics that do not exist yet; leave existing ones (and their settings) alone."""
+class ReplicationError(ValueError):
+    pass
+
+
+def replication_for(*, live_brokers: int, replication_factor: int | None) -> Replication:
+    """The replication for new topics: `replication_factor` copies, or (None) min(3, live brokers); with 3 copies
+    or more a write needs 2 in sync (one broker may fail without losing or refusing an acknowledged record),
+    below that 1 (with 2 copies, needing both would stop writes whenever either broker is down)."""
+    factor = min(3, live_brokers) if replication_factor is None else replication_factor
+    if factor < 1:
+        raise ReplicationError("no live Kafka broker to place replicas on")
+    if factor > live_brokers:
+        raise ReplicationError(
+            f"replication factor {factor} needs {factor} live brokers, the cluster has {live_brokers}"
+        )
+    return Replication(factor=factor, min_insync_replicas=2 if factor >= 3 else 1, live_brokers=live_brokers)
+
+
+def live_broker_count(admin: KafkaAdminClient) -> int:
+    """Brokers registered and not fenced (a killed broker is fenced once its session times out)."""
+    brokers = admin.describe_cluster()["brokers"]
+    return sum(1 for broker in brokers if not broker.get("is_fenced"))
+
+
+def ensure_topics(
+    *, names: Iterable[str], partitions: int, replication_factor: int | None = None
+) -> EnsureTopicsResult:
+    """Create the topics that do not exist yet; leave existing ones (and their settings) alone, but report those
+    replicated less than new ones would be. `replication_factor` None: as replication_for decides."""
     wanted = list(dict.fromkeys(names))
     admin = admin_client()
     try:
+        replication = replication_for(live_brokers=live_broker_count(admin), replication_factor=replication_factor)
+        # Only when above the broker default (1): a single broker's topics stay exactly as they always were.
+        configs = {"min.insync.replicas": str(replication.min_insync_replicas)}
+        configs = configs if replication.min_insync_replicas > 1 else {}
         present = set(admin.list_topics())
         missing = [name for name in wanted if name not in present]
         created: list[str] = []
+        spec = {"num_partitions": partitions, "replication_factor": replication.factor, "configs": configs}
         for name in missing:
             try:
-                admin.create_topics(
-                    {name: {"num_partitions": partitions, "replication_factor": replication_factor}},
-                    wait_for_metadata=True,
-                )
+                admin.create_topics({name: spec}, wait_for_metadata=True)
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass  # created concurrently by another process: that is what we wanted
-        return EnsureTopicsResult(created=created, existing=[name for name in wanted if name in present])
+        existing = [name for name in wanted if name in present]
+        return EnsureTopicsResult(
+            created=created,
+            existing=existing,
+            replication=replication,
+            under_replicated=_under_replicated(admin, existing, replication),
+        )
     finally:
         admin.close()
+
+
+def _under_replicated(admin: KafkaAdminClient, names: list[str], wanted: Replication) -> list[UnderReplicatedTopic]:
+    """The topics among `names` with fewer copies (of any partition) or a lower min.insync.replicas than wanted."""
+    if not names:
+        return []
+    factors = {
+        topic["name"]: min((len(p["replica_nodes"]) for p in topic["partitions"]), default=0)
+        for topic in admin.describe_topics(names)
+        if not topic.get("error_code")
+    }
+    described = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name, {"min.insync.replicas": None}) for name in factors],
+        config_filter="all",
+    )
+    min_isr = {
+        name: int(configs.get("min.insync.replicas", {}).get("value") or 1)
+        for name, configs in described.get("topic", {}).items()
+    }
+    weak = []
+    for name, factor in factors.items():
+        isr = min_isr.get(name, 1)
+        if factor < wanted.factor or isr < wanted.min_insync_replicas:
+            weak.append(UnderReplicatedTopic(name=name, replication_factor=factor, min_insync_replicas=isr))
+    return weak

@@ -98,6 +98,11 @@ class DeadLetter(models.Model):
         db_default="",
         help_text="The event as accepted (compact JSON, base64) when the row holds a sanitized copy.",
     )
+    # The W3C trace id of the request that sent the event (its traceparent and tracestate are in `headers`), so an
+    # operator can find a request's dead letters; a replay links to it. db_default: see quarantine_reason.
+    trace_id = models.CharField(
+        max_length=32, blank=True, db_default="", help_text="W3C trace id of the request that sent the event."
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -138,6 +143,8 @@ class DeadLetter(models.Model):
             models.Index(fields=["reason", "-created_at", "-id"], name="deadletter_reason_created"),
             # Replay jobs and purges walk one status in id order (keyset pagination).
             models.Index(fields=["status", "id"], name="deadletter_status_id"),
+            # Search by trace id (selectors.search): the dead letters of one request.
+            models.Index(fields=["trace_id"], name="deadletter_trace_id", condition=~models.Q(trace_id="")),
         ]
         permissions = [
             ("replay_deadletter", "Can replay dead letters"),

@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
+from events.tracecontext import TraceContext
 from publisher import dead_letters
 from publisher.models import DeadLetter
 from publisher.publishing import build_records, owed_records, plan_routes
@@ -28,6 +29,7 @@ def dead_letter_task(
     deliveries: int,
     delivered: Set[tuple[int, str]] = frozenset(),
     in_doubt_since: float | None = None,
+    traces: Sequence[TraceContext] | None = None,
 ) -> None:
     """Dead-letter what the task still owed. `delivered`: the (index, topic) pairs Kafka already acknowledged in
     its earlier runs; a dead letter of those would be published a second time by its replay."""
@@ -39,7 +41,10 @@ def dead_letter_task(
     if delivered:
         planned = {i: [t for t in topics if (i, t) not in delivered] for i, topics in planned.items()}
         planned = {i: topics for i, topics in planned.items() if topics}
-    records, unencodable = build_records(events, planned, formats, source=source, accepted_at=time.time())
+    records, unencodable = build_records(
+        events, planned, formats, source=source, accepted_at=time.time(), traces=traces
+    )
+
     if in_doubt_since is not None:
         # A run killed mid-send may have written some of them: those are delivered, not poison.
         records = owed_records(events, records, since=in_doubt_since, on_delivered=None)

@@ -17,17 +17,21 @@ from typing import Any
 
 import pybreaker
 from django.conf import settings
-from kafka.errors import MessageSizeTooLargeError
+from kafka.errors import InvalidTxnStateError, MessageSizeTooLargeError, ProducerFencedError
 
+from events import tracecontext
 from events.serialization import CONTENT_TYPES, SerializationError, encode_event, schema_name
 from events.timefmt import utc_iso_ms
+from events.tracecontext import TraceContext
 from fastpaths import kafka_batches
 from fastpaths.kafka_batches import HeaderBlocks
 from publisher import breaker as breaker_module
 from publisher import dead_letters, kafka_gateway, metrics, receipts, retry_budget, stats
 from publisher.errors import (
     DATABASE_OUTAGE_ERRORS,
+    CommitInDoubt,
     ProducerReset,
+    TransactionAborted,
     error_class,
     is_outage,
     is_retryable,
@@ -148,6 +152,7 @@ class _TypedHeaders:
         fmt: str,
         shared_tail: tuple[tuple[str, bytes], ...],
         encoded_tail: bytes,
+        trace_headers: int,
     ) -> _TypedHeaders:
         first = ("event_type", event_type.encode())
         typed = (
@@ -155,7 +160,7 @@ class _TypedHeaders:
             ("content-type", CONTENT_TYPES[fmt].encode()),
             ("schema", schema_name(event_type, fmt).encode()),
         )
-        count = 2 + len(typed) + len(shared_tail)  # first, event_id, typed, tail
+        count = 2 + trace_headers + len(typed) + len(shared_tail)  # first, event_id, trace, typed, tail
         return cls(
             first=first,
             rest=typed + shared_tail,
@@ -165,17 +170,28 @@ class _TypedHeaders:
 
 
 def build_records(
-    events: Sequence[Mapping[str, Any]], routes: Routes, formats: Mapping[str, str], *, source: str, accepted_at: float
+    events: Sequence[Mapping[str, Any]],
+    routes: Routes,
+    formats: Mapping[str, str],
+    *,
+    source: str,
+    accepted_at: float,
+    traces: Sequence[TraceContext] | None = None,
 ) -> tuple[list[Record], list[Record]]:
-    """Serialize each event once per format it is needed in. Returns (records, unencodable records)."""
+    """Serialize each event once per format it is needed in. Returns (records, unencodable records). `traces`:
+    each event's W3C trace context, its records' traceparent/tracestate headers (one new trace for all if None)."""
+    if traces is None:
+        traces = [tracecontext.generate()] * len(events)
+    trace_blocks: dict[TraceContext, tuple[tuple[tuple[str, bytes], ...], bytes]] = {}
     ingested_at = utc_iso_ms(accepted_at).encode()
     source_header = source.encode()
-    # Seven headers per record; all but event_id depend only on (event_type, schema_version, format) or on the
-    # batch, so they are made — and encoded as Kafka writes them — once per batch.
+    # Eight or nine headers per record; all but event_id depend only on (event_type, schema_version, format), on
+    # the event's request (traceparent, tracestate) or on the batch, so they are made — and encoded as Kafka
+    # writes them — once per batch or request.
     shared_tail = (("ingested_at", ingested_at), ("source", source_header))
     encoded_tail = b"".join(HeaderBlocks.encode(name, value) for name, value in shared_tail)
     encode_blocks = kafka_batches.enabled()  # else send() takes the headers list
-    typed_headers: dict[tuple[str, str, str], _TypedHeaders] = {}
+    typed_headers: dict[tuple[str, str, str, int], _TypedHeaders] = {}
     records: list[Record] = []
     broken: list[Record] = []
     for index, topics in routes.items():
@@ -186,6 +202,12 @@ def build_records(
         event_id = str(event["event_id"]).encode()
         encoded_id = _encode_event_id(event_id) if encode_blocks else b""
         schema_version = str(event.get("schema_version", 1))
+        trace = traces[index]
+        trace_block = trace_blocks.get(trace)
+        if trace_block is None:
+            pairs = tracecontext.header_pairs(trace)
+            trace_block = trace_blocks[trace] = (pairs, b"".join(HeaderBlocks.encode(n, v) for n, v in pairs))
+        trace_headers, encoded_trace = trace_block
         for topic in topics:
             fmt = formats.get(topic, "json")
             if fmt not in encoded:
@@ -194,16 +216,22 @@ def build_records(
                 except SerializationError as exc:
                     encoded[fmt] = exc
             value = encoded[fmt]
-            typed = typed_headers.get((event_type, schema_version, fmt))
+            typed_key = (event_type, schema_version, fmt, len(trace_headers))
+            typed = typed_headers.get(typed_key)
             if typed is None:
-                typed = typed_headers[(event_type, schema_version, fmt)] = _TypedHeaders.make(
-                    event_type, schema_version, fmt, shared_tail, encoded_tail
+                typed = typed_headers[typed_key] = _TypedHeaders.make(
+                    event_type, schema_version, fmt, shared_tail, encoded_tail, len(trace_headers)
                 )
-            headers = [typed.first, ("event_id", event_id), *typed.rest]
+            headers = [typed.first, ("event_id", event_id), *trace_headers, *typed.rest]
             if isinstance(value, SerializationError):
                 broken.append(Record(index, topic, key, b"", headers, fmt, attempts=1, error=value))
             else:
-                block = b"".join((typed.encoded_first, encoded_id, typed.encoded_rest)) if encode_blocks else None
+                block = (
+                    b"".join((typed.encoded_first, encoded_id, encoded_trace, typed.encoded_rest))
+                    if encode_blocks
+                    else None
+                )
+
                 records.append(Record(index, topic, key, value, headers, fmt, header_block=block))
     return records, broken
 
@@ -218,9 +246,9 @@ def _record_size(record: Record) -> int:
     return _RECORD_OVERHEAD + len(record.key) + len(record.value) + sum(len(k) + len(v) + 8 for k, v in record.headers)
 
 
-def await_acks(sent: Sequence[tuple[Record, Any]], *, timeout: float) -> None:
+def await_acks(sent: Sequence[tuple[Record, Any]], *, timeout: float, count: bool = True) -> None:
     """Wait for every delivery within one shared deadline; a failure lands in `record.error` (never lost in a
-    callback), a success is counted."""
+    callback), a success is counted (unless `count` is False: a transaction's records count once committed)."""
     errors = kafka_gateway.delivery_errors([delivery for _, delivery in sent], timeout=timeout + ACK_GRACE_SECONDS)
     acked: list[str] = []
     positions = receipts.enabled()
@@ -230,25 +258,45 @@ def await_acks(sent: Sequence[tuple[Record, Any]], *, timeout: float) -> None:
             acked.append(record.topic)
             if positions:
                 record.position = kafka_gateway.delivery_position(delivery)
-    metrics.count_each(metrics.PUBLISHED, "topic", acked)
+    if count:
+        metrics.count_each(metrics.PUBLISHED, "topic", acked)
 
 
 def _send_round(records: list[Record], timeout: float) -> list[Record]:
-    """Send every record, then wait for every acknowledgement. Returns the records that failed permanently;
-    raises _RoundFailed when any failed in a retryable way (so the breaker counts the round as a failure)."""
+    """Send every record, then wait for every acknowledgement (with KAFKA_TRANSACTIONS, all in one transaction,
+    committed only if every record was acknowledged). Returns the records that failed permanently; raises
+    _RoundFailed when any failed in a retryable way (so the breaker counts the round as a failure)."""
     for record in records:
         record.attempts += 1
         record.error = None
-    try:
-        producer = kafka_gateway.get_producer()
-    except Exception as exc:
-        # No producer (broker unreachable, bad credentials, untrusted certificate): every record failed this round.
-        if not is_retryable(exc):
-            raise
-        for record in records:
-            record.error = exc
-        _count_failures(records)
-        raise _RoundFailed(list(records)) from exc
+    transactional = kafka_gateway.transactions_on()
+    # One transaction at a time per process (threads share the producer), on the producer the round began with.
+    with kafka_gateway.transaction_lock if transactional else contextlib.nullcontext():
+        try:
+            producer = kafka_gateway.transactional_producer() if transactional else kafka_gateway.get_producer()
+        except Exception as exc:
+            # No producer (broker unreachable, bad credentials, untrusted certificate): every record failed.
+            if not is_retryable(exc):
+                raise
+            for record in records:
+                record.error = exc
+            _count_failures(records)
+            raise _RoundFailed(list(records)) from exc
+        if transactional:
+            _transaction_round(producer, records, timeout)
+        else:
+            _plain_round(producer, records, timeout)
+    _count_failures(records)
+    permanent = [r for r in records if r.error is not None and not is_retryable(r.error)]
+    retryable = [r for r in records if r.error is not None and is_retryable(r.error)]
+    if retryable:
+        raise _RoundFailed(retryable + permanent)
+    return permanent
+
+
+def _send_and_flush(producer: Any, records: list[Record], *, flush_timeout: float) -> list[tuple[Record, Any]]:
+    """Queue every record the size check lets through and flush; the (record, delivery) pairs queued. What the
+    size check or the client refused has its error set."""
     limits = kafka_gateway.max_message_bytes({r.topic for r in records})
     sendable: list[Record] = []
     sizes: list[int] = []
@@ -272,7 +320,12 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
     if futures:
         # The task waits for every ack anyway: send now rather than after linger_ms.
         with contextlib.suppress(Exception):  # a timeout or failure shows on each future below
-            producer.flush(timeout=timeout + ACK_GRACE_SECONDS)
+            producer.flush(timeout=flush_timeout)
+    return futures
+
+
+def _plain_round(producer: Any, records: list[Record], timeout: float) -> None:
+    futures = _send_and_flush(producer, records, flush_timeout=timeout + ACK_GRACE_SECONDS)
     await_acks(futures, timeout=0.0 if futures else timeout)
     if futures and all(record.error is not None and is_outage(record.error) for record, _ in futures):
         # Not one acknowledgement. kafka-python's producer does not always recover from a broker restart (its
@@ -287,12 +340,55 @@ def _send_round(records: list[Record], timeout: float) -> list[Record]:
         for record, _ in futures:
             if record.error is not None:
                 record.error = ProducerReset(f"producer replaced after: {record.error!r}")
-    _count_failures(records)
-    permanent = [r for r in records if r.error is not None and not is_retryable(r.error)]
-    retryable = [r for r in records if r.error is not None and is_retryable(r.error)]
-    if retryable:
-        raise _RoundFailed(retryable + permanent)
-    return permanent
+
+
+def _transaction_round(producer: Any, records: list[Record], timeout: float) -> None:
+    """One round as one transaction: committed when every record sent was acknowledged, else aborted, and then
+    every record of it fails (those acknowledged with TransactionAborted, sent again next round). Records the size
+    check refused were never part of it. The round keeps within publisher.retry_budget.round_seconds()."""
+    ends_by = time.monotonic() + retry_budget.round_seconds()
+    try:
+        producer.begin_transaction()
+    except Exception as exc:  # the producer is in an error state (fenced, fatal): nothing was sent
+        logger.warning("cannot begin a kafka transaction (%r); replacing the producer", exc)
+        kafka_gateway.replace_transactional_producer(settle=False)
+        for record in records:
+            record.error = TransactionAborted(f"no transaction could begin: {exc!r}")
+        return
+    end_reserve = kafka_gateway.TRANSACTION_END_SECONDS
+    futures = _send_and_flush(producer, records, flush_timeout=max(0.1, ends_by - time.monotonic() - end_reserve))
+    await_acks(futures, timeout=0.0, count=False)
+    sent = [record for record, _ in futures]
+    # Deliveries refused for good (too large) go to the dead-letter queue whatever happens to the transaction;
+    # anything else that failed must take the whole round with it.
+    commit = (
+        bool(sent)
+        and all(record.error is None for record in sent)
+        and not any(record.error is not None and is_retryable(record.error) for record in records)
+    )
+    error = kafka_gateway.end_transaction(producer, commit=commit, timeout=max(end_reserve, ends_by - time.monotonic()))
+    if commit and error is None:
+        metrics.count_each(metrics.PUBLISHED, "topic", [record.topic for record in sent])
+        return
+    if error is not None:
+        what = "commit" if commit else "abort"
+        logger.warning("kafka transaction %s failed (%r); replacing the producer", what, error)
+        kafka_gateway.replace_transactional_producer(settle=commit)
+    elif sent and all(r.error is not None and is_outage(r.error) for r in sent):
+        # Not one acknowledgement: as in _plain_round, the next round starts with a fresh producer.
+        logger.warning("no record of the round was acknowledged; replacing the kafka producer")
+        kafka_gateway.replace_transactional_producer(settle=False)
+    if commit:
+        # A commit the coordinator refused left nothing; one without an answer may have committed.
+        refused = isinstance(error, (ProducerFencedError, InvalidTxnStateError))
+        for record in sent:
+            record.error = TransactionAborted(f"commit refused: {error!r}") if refused else CommitInDoubt(repr(error))
+        return
+    # Never asked to commit, the transaction can only end aborted, whatever the abort's answer was.
+    first = next((r.error for r in records if r.error is not None), None)
+    for record in sent:
+        if record.error is None:
+            record.error = TransactionAborted(f"aborted with its round after: {first!r}")
 
 
 def _count_failures(records: Sequence[Record]) -> None:
@@ -395,6 +491,7 @@ def publish_events(
     skip: Set[tuple[int, str]] = frozenset(),
     on_delivered: Callable[[list[tuple[int, str]]], None] | None = None,
     in_doubt_since: float | None = None,
+    traces: Sequence[TraceContext] | None = None,
 ) -> BatchResult:
     """Deliver a batch. With `routes` (a deferred task coming back), only those deliveries are attempted and
     routing is not evaluated again, so destinations that already succeeded are never sent twice. `skip` lists
@@ -404,7 +501,8 @@ def publish_events(
 
     A delivery whose outcome is unknown (an earlier run died after sending; a timeout or a lost connection) may
     be in Kafka already: before it is sent again or dead-lettered, Kafka is read for it (written since
-    `in_doubt_since`, or since this run started), and what is found there counts as delivered."""
+    `in_doubt_since`, or since this run started), and what is found there counts as delivered. `traces`: each
+    event's W3C trace context, put on its records (build_records)."""
     started = time.monotonic()
     run = _PublishRun(
         events=events,
@@ -418,7 +516,10 @@ def publish_events(
         run.settled = True
         _note_receipts(run)
         return run.result
-    run.records, unencodable = build_records(events, planned, formats, source=source, accepted_at=accepted_at)
+    run.records, unencodable = build_records(
+        events, planned, formats, source=source, accepted_at=accepted_at, traces=traces
+    )
+
     run.to_dead_letter = [(r, DeadLetter.Reason.PERMANENT_ERROR) for r in unencodable]
     pending = run.records
     if in_doubt_since is not None:

@@ -12,6 +12,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.db.models import Count, Q, QuerySet
 
+from events.tracecontext import parse_traceparent
 from publisher.models import DeadLetter, ReplayAttempt, ReplayJob
 
 # The list shows none of these, and each can be tens of KiB per row.
@@ -28,11 +29,17 @@ def for_list(queryset: QuerySet[Any]) -> QuerySet[Any]:
 
 
 def search(queryset: QuerySet[DeadLetter], term: str) -> QuerySet[DeadLetter]:
-    """Exact matches on indexed columns: the user id, the record key, or the event id when the term is a UUID."""
+    """Exact matches on indexed columns: the user id, the record key, the event id when the term is a UUID, the
+    trace id when it is a W3C trace id or a whole traceparent."""
     term = term.strip()
     if not term:
         return queryset
     condition = Q(user_id=term) | Q(key=term)
+    context = parse_traceparent(term)
+    trace_id = context.trace_id if context is not None else term.lower()
+    if len(trace_id) == 32 and all(c in "0123456789abcdef" for c in trace_id):
+        condition |= Q(trace_id=trace_id)
+
     with contextlib.suppress(ValueError):  # not a UUID: search user id and key only
         condition |= Q(event_id=uuid.UUID(term))
     return queryset.filter(condition)

@@ -6,7 +6,10 @@ publish_batch(events=..., source=...) / publish_event(event=..., source=...)   s
 event_receipt(event_id=..., owner=...)                    what became of an event (publisher.receipts)
 note_duplicates(duplicates=..., owner=..., accepted_at=...) receipts of duplicates sent under ids of their own
 queue_depth()                                             events waiting for a worker
+queue_delay()                                             how long an event enqueued now would wait
+queue_capacity_for_delay(delay=...)                       queued events new ones can wait behind for `delay` s
 waiting_tasks()                                           publish tasks no worker has taken yet
+wait_for_replicas(count=..., timeout=...)                 Redis replicas holding what was enqueued so far
 ensure_topics(partitions=..., replication_factor=...)     create configured topics + dlq.events
 """
 
@@ -19,6 +22,8 @@ from typing import Any
 
 from django.db import DatabaseError
 
+from events import tracecontext
+from events.tracecontext import TraceContext
 from fastpaths import celery_handoff
 from fastpaths.celery_handoff import GuardedResult
 from publisher import handoff, kafka_gateway, publishing, queue, receipts
@@ -30,8 +35,9 @@ from routing.services import topic_names
 logger = logging.getLogger(__name__)
 
 
-def ensure_topics(*, partitions: int, replication_factor: int) -> kafka_gateway.EnsureTopicsResult:
-    """Create every configured topic, every topic named in the routing table, and dlq.events if missing."""
+def ensure_topics(*, partitions: int, replication_factor: int | None = None) -> kafka_gateway.EnsureTopicsResult:
+    """Create every configured topic, every topic named in the routing table, and dlq.events if missing.
+    `replication_factor` None: min(3, live brokers) (kafka_gateway.replication_for)."""
     try:
         routed = topic_names()
     except DatabaseError:  # not migrated yet: the configured topics are enough
@@ -66,9 +72,12 @@ def enqueue_events_guarded(
     events: list[dict[str, Any]],
     source: str,
     accepted_at: float,
+    traces: Sequence[TraceContext] | None = None,
     guards: Sequence[tuple[str, str]],
     guard_ttl: int,
     capacity_limit: int,
+    min_replicas: int = 0,
+    replica_wait: float = 0.0,
     receipt_owner: str | None = None,
 ) -> GuardedResult:
     """One atomic step: if none of the `guards` keys exists and the queue stays within `capacity_limit` events,
@@ -76,7 +85,9 @@ def enqueue_events_guarded(
     `guard_ttl` seconds, and (with `receipt_owner`, the API key's prefix, and INGEST_RECEIPTS) start every
     event's receipt as queued. Otherwise nothing is done and the result says why: which guards are already held
     (by what value), or that the queue is full. Raises if Redis cannot be reached (then nothing was done, or
-    everything was)."""
+    everything was). With `min_replicas`, it then waits up to `replica_wait` seconds for that many Redis replicas
+    to hold the task and its guards, and says in `replicas` how many did (the task stays queued either way).
+    `traces`: each event's W3C trace context (one new trace for all when None)."""
     queue_name = handoff.queue_for(publish_events.name)
     if queue_name is None or not celery_handoff.enabled():
         raise RuntimeError(
@@ -85,8 +96,9 @@ def enqueue_events_guarded(
     message = celery_handoff.task_message(
         task_name=publish_events.name,
         queue_name=queue_name,
-        kwargs={"events": events, "source": source, "accepted_at": accepted_at},
+        kwargs=_task_kwargs(events=events, source=source, accepted_at=accepted_at, traces=traces),
         kwargsrepr=f"<{len(events)} events>",
+        headers=queue.message_headers(events=len(events), due_at=time.time()),
     )
     stamped = receipt_owner is not None and receipts.enabled()
     return celery_handoff.enqueue_guarded(
@@ -96,10 +108,28 @@ def enqueue_events_guarded(
         limit=capacity_limit,
         guards=guards,
         guard_ttl=guard_ttl,
+        min_replicas=min_replicas,
+        replica_wait=replica_wait,
         stamps=[receipts.key(event["event_id"]) for event in events] if stamped else (),
         stamp_value=receipts.admission_value(owner=receipt_owner or "", accepted_at=accepted_at),
         stamp_ttl=receipts.ttl(),
     )
+
+
+def wait_for_replicas(*, count: int, timeout: float) -> int:
+    """After an enqueue through Celery (enqueue_events): wait up to `timeout` seconds for `count` Redis replicas
+    to hold everything written so far, the task included; returns how many did. Meaningful only when Celery's
+    broker is REDIS_URL's Redis (settings refuse INGEST_REDIS_MIN_REPLICAS otherwise)."""
+    return queue.wait_for_replicas(count, timeout=timeout)
+
+
+def _task_kwargs(
+    *, events: list[dict[str, Any]], source: str, accepted_at: float, traces: Sequence[TraceContext] | None
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"events": events, "source": source, "accepted_at": accepted_at}
+    if traces is not None:
+        kwargs["traces"] = tracecontext.pack(traces)  # runs: a few entries per task, not one per event
+    return kwargs
 
 
 def enqueue_events(
@@ -107,12 +137,14 @@ def enqueue_events(
     events: list[dict[str, Any]],
     source: str,
     accepted_at: float,
+    traces: Sequence[TraceContext] | None = None,
     capacity_reserved: bool = False,
     receipt_owner: str | None = None,
 ) -> None:
     """Hand an accepted request's events to the workers: one task for the whole batch. Raises if the broker
-    (Redis) cannot take it, so the caller can refuse the request instead of half-accepting it. With
-    `receipt_owner` (and INGEST_RECEIPTS) the events' receipts are started first, and removed if the task
+    (Redis) cannot take it, so the caller can refuse the request instead of half-accepting it. `traces`: each
+    event's W3C trace context, carried to its Kafka records and the task's log lines (one new trace when None).
+    With `receipt_owner` (and INGEST_RECEIPTS) the events' receipts are started first, and removed if the task
     could not be queued."""
     stamped = receipt_owner is not None and receipts.enabled()
     event_ids = [event["event_id"] for event in events]
@@ -121,7 +153,7 @@ def enqueue_events(
         receipts.stamp_queued(event_ids=event_ids, owner=receipt_owner or "", accepted_at=accepted_at)
     try:
         publish_events.apply_async(
-            kwargs={"events": events, "source": source, "accepted_at": accepted_at},
+            kwargs=_task_kwargs(events=events, source=source, accepted_at=accepted_at, traces=traces),
             argsrepr="",
             kwargsrepr=f"<{len(events)} events>",
             retry=False,
@@ -156,6 +188,20 @@ def queue_depth() -> int:
     return queue.depth()
 
 
+def queue_delay() -> float:
+    """Seconds an event enqueued now would wait for a worker (publisher.queue.Snapshot.delay; inf when the
+    workers are stalled); 0 when no task waits that no worker has taken, or when Celery's broker is not
+    REDIS_URL's Redis. Read with queue_depth, in the same cached round trip."""
+    return queue.snapshot().delay(time.time())
+
+
+def queue_capacity_for_delay(*, delay: float) -> int | None:
+    """The most events the queue may hold so that new ones wait at most `delay` seconds, while every worker is
+    busy and their rate is measured; None otherwise (then only INGEST_MAX_QUEUE_DEPTH applies). Cached as
+    queue_depth; pass it as the capacity limit of an admission to hold the delay exactly across processes."""
+    return queue.snapshot().capacity_for_delay(delay)
+
+
 def waiting_tasks() -> int | None:
     """Publish tasks that no worker has taken yet (each worker process holds up to its prefetch of tasks, so any
     here mean every worker is busy and has work lined up), cached for 0.2 s per process. None when Celery's
@@ -188,9 +234,12 @@ __all__ = [
     "note_duplicates",
     "publish_batch",
     "publish_event",
+    "queue_capacity_for_delay",
+    "queue_delay",
     "queue_depth",
     "release_queue_capacity",
     "reserve_queue_capacity",
     "topic_exists",
+    "wait_for_replicas",
     "waiting_tasks",
 ]

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, NoReturn
 
 from celery import Task, shared_task
 from celery.exceptions import Reject
 from django.conf import settings
 
+from config.logging import trace_scope
 from config.redis import deferred_writes
+from events import tracecontext
+from events.tracecontext import TraceContext
 from fastpaths import celery_lean_strategy
 from publisher import poison, publishing, queue
 from publisher.errors import DATABASE_OUTAGE_ERRORS
@@ -37,9 +42,15 @@ def describe_arguments(kwargs: dict[str, Any] | None) -> str:
 
 class PublisherTask(Task):
     def apply_async(self, args: Any = None, kwargs: Any = None, *positional: Any, **options: Any) -> Any:
-        """Task.apply_async; the message's log representation names the arguments, never the events."""
+        """Task.apply_async; the message's log representation names the arguments, never the events, and its
+        headers say how many events it holds and when it is due (publisher.queue), retries included."""
         options.setdefault("argsrepr", "()")
         options.setdefault("kwargsrepr", describe_arguments(kwargs))
+        events = (kwargs or {}).get("events") if self.name == queue.PUBLISH_TASK else None
+        accounting = queue.message_headers(
+            events=len(events) if isinstance(events, list) else None, due_at=_due_at(options)
+        )
+        options["headers"] = {**(options.get("headers") or {}), **accounting}
         return super().apply_async(args, kwargs, *positional, **options)
 
     def retry(self, args: Any = None, kwargs: Any = None, *positional: Any, **options: Any) -> Any:
@@ -59,6 +70,14 @@ class PublisherTask(Task):
                 extra={"event": "retry_enqueue_failed"},
             )
             raise Reject(rejected.reason, requeue=True) from None
+
+
+def _due_at(options: dict[str, Any]) -> float:
+    """When a message sent with these apply_async options may run: its eta, or now plus its countdown."""
+    eta = options.get("eta")
+    if isinstance(eta, datetime):
+        return eta.timestamp()
+    return time.time() + float(options.get("countdown") or 0)
 
 
 def publisher_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:
@@ -90,11 +109,21 @@ def publish_events(
     accepted_at: float,
     routes: dict[str, list[str]] | None = None,
     in_doubt_since: float | None = None,
+    traces: list[list[Any]] | None = None,
 ) -> None:
+    # Each event's W3C trace context (runs, events.tracecontext.pack); a task queued without them (an older
+    # release) is one new trace. The task's log lines name every trace it carries.
+    contexts = tracecontext.unpack(traces, len(events))
     # Statistics, the queue counter and progress cleanup go to Redis in one round trip when the task ends.
-    with deferred_writes():
+    with deferred_writes(), trace_scope(contexts):
         _publish_events(
-            self, events=events, source=source, accepted_at=accepted_at, routes=routes, in_doubt_since=in_doubt_since
+            self,
+            events=events,
+            source=source,
+            accepted_at=accepted_at,
+            routes=routes,
+            in_doubt_since=in_doubt_since,
+            traces=contexts,
         )
 
 
@@ -106,6 +135,7 @@ def _publish_events(
     accepted_at: float,
     routes: dict[str, list[str]] | None,
     in_doubt_since: float | None,
+    traces: list[TraceContext],
 ) -> None:
     progress = TaskProgress(task.request.id)
     started = progress.start()
@@ -127,6 +157,7 @@ def _publish_events(
             deliveries=started.runs - 1,
             delivered=started.done,
             in_doubt_since=in_doubt_since,
+            traces=traces,
         )
         progress.finish(complete=True)
         queue.done(len(events))
@@ -140,9 +171,12 @@ def _publish_events(
             skip=started.done,
             on_delivered=progress.delivered,
             in_doubt_since=in_doubt_since,
+            traces=traces,
         )
     except publishing.PublishDeferred as deferred:
-        _retry_what_is_owed(task, progress, deferred, events=events, source=source, accepted_at=accepted_at)
+        _retry_what_is_owed(
+            task, progress, deferred, events=events, source=source, accepted_at=accepted_at, traces=traces
+        )
     except DATABASE_OUTAGE_ERRORS:
         progress.ended_cleanly()  # Postgres is away: wait for it as long as it takes, this is no poison
         raise  # retried by autoretry_for, with backoff
@@ -175,6 +209,7 @@ def _retry_what_is_owed(
     events: list[dict[str, Any]],
     source: str,
     accepted_at: float,
+    traces: list[TraceContext],
 ) -> NoReturn:
     """Hand the deliveries still owed to a new task (the rest are done and must not repeat), then end this one."""
     indexes = sorted(deferred.pending)
@@ -190,6 +225,7 @@ def _retry_what_is_owed(
                 "accepted_at": accepted_at,
                 "routes": retry_routes,
                 "in_doubt_since": deferred.in_doubt_since,
+                "traces": tracecontext.pack([traces[i] for i in indexes]),
             },
             countdown=deferred.delay,
             max_retries=None,

@@ -52,6 +52,9 @@ class RuleSet:
     def rules_for(self, event_type: str) -> tuple[CompiledRule, ...]:
         return self._by_type.get(event_type, ())
 
+    def rules(self) -> tuple[CompiledRule, ...]:
+        return tuple(rule for group in self._by_type.values() for rule in group)
+
     def __len__(self) -> int:
         return sum(len(group) for group in self._by_type.values())
 

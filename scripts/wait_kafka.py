@@ -1,4 +1,5 @@
-"""Wait until a Kafka broker answers a metadata request; exit non-zero on timeout or if its process died."""
+"""Wait until Kafka answers a metadata request (listing at least --brokers brokers); exit non-zero on timeout or if
+one of the --pid processes died."""
 
 import argparse
 import os
@@ -13,25 +14,27 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("bootstrap")
     parser.add_argument("--timeout", type=float, default=60)
-    parser.add_argument("--pid", type=int, help="give up early if this process exits")
+    parser.add_argument("--pid", type=int, action="append", default=[], help="give up early if this process exits")
+    parser.add_argument("--brokers", type=int, default=1, help="wait until the cluster lists this many brokers")
     args = parser.parse_args()
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        if args.pid:
+        for pid in args.pid:
             try:
-                os.kill(args.pid, 0)
+                os.kill(pid, 0)
             except ProcessLookupError:
-                print(f"kafka process {args.pid} exited", file=sys.stderr)
+                print(f"kafka process {pid} exited", file=sys.stderr)
                 return 1
         try:
             admin = KafkaAdminClient(bootstrap_servers=args.bootstrap, request_timeout_ms=3000)
             try:
-                admin.describe_cluster()
-                return 0
+                if len(admin.describe_cluster()["brokers"]) >= args.brokers:
+                    return 0
             finally:
                 admin.close()
         except (KafkaError, OSError):
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     return 1
 
 

@@ -18,6 +18,8 @@ import pytest
 from django.conf import settings
 from kafka import KafkaConsumer, TopicPartition
 
+from tests.cluster import kafka_cluster  # noqa: F401  (a session fixture for every test module)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,6 +37,21 @@ def _fast_path_toggle(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
     apply_toggle(request, monkeypatch)
 
 
+# The suite's tests share one publish queue that often has no worker draining it (the session's worker starts
+# with the first test that asks for it, and many tests enqueue without one): the queue-delay limit would refuse
+# their events. Off for the suite's own processes and in-process requests; tests/integration/test_admission.py
+# sets it for the processes it starts.
+NO_QUEUE_DELAY_LIMIT = {"INGEST_MAX_QUEUE_DELAY": "0"}
+
+
+@pytest.fixture(autouse=True)
+def _no_queue_delay_limit() -> Iterator[None]:
+    from django.test import override_settings
+
+    with override_settings(INGEST_MAX_QUEUE_DELAY=0):
+        yield
+
+
 @dataclass
 class ConsumedRecord:
     topic: str
@@ -46,11 +63,22 @@ class ConsumedRecord:
 
 
 class KafkaReader:
-    """Remembers the end offsets of some topics, then reads only what was written after that."""
+    """Remembers the end offsets of some topics, then reads only what was written after that (`isolation_level`
+    `read_committed`: only what transactions committed, as a consumer that wants exactly once reads)."""
 
-    def __init__(self, topics: list[str], start: dict[Any, int] | None = None) -> None:
+    def __init__(
+        self,
+        topics: list[str],
+        start: dict[Any, int] | None = None,
+        *,
+        brokers: list[str] | None = None,
+        isolation_level: str = "read_uncommitted",
+    ) -> None:
         self.consumer = KafkaConsumer(
-            bootstrap_servers=settings.KAFKA_BROKERS, enable_auto_commit=False, consumer_timeout_ms=500
+            bootstrap_servers=brokers or settings.KAFKA_BROKERS,
+            enable_auto_commit=False,
+            consumer_timeout_ms=500,
+            isolation_level=isolation_level,
         )
         self.partitions = [
             TopicPartition(topic, p)
@@ -140,7 +168,12 @@ class ServiceProcess:
     def __init__(self, argv: list[str], *, extra_env: dict[str, str] | None = None) -> None:
         self.log_path = ROOT / ".data" / f"test-{self.kind}-{uuid.uuid4().hex[:8]}.log"
         self.log = self.log_path.open("wb")
-        env = os.environ | {"DATABASE_URL": _test_database_url(), "PYTHONUNBUFFERED": "1"} | (extra_env or {})
+        env = (
+            NO_QUEUE_DELAY_LIMIT
+            | os.environ
+            | {"DATABASE_URL": _test_database_url(), "PYTHONUNBUFFERED": "1"}
+            | (extra_env or {})
+        )
         self.proc = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -222,8 +255,8 @@ class WebServer(ServiceProcess):
 
     kind = "web"
 
-    def __init__(self, *, workers: int = 2, extra_env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, *, workers: int = 2, extra_env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             [
@@ -255,6 +288,23 @@ def web_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[WebServ
     server = WebServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_group() -> Iterator[Any]:
+    """The Sentinel group (tests/sentinel.py), started if it is not running (and then stopped at the end), its
+    test database emptied; waits for a primary with a replica in sync."""
+    from tests.sentinel import SentinelGroup, sentinel_running, sentinel_services
+
+    started = not sentinel_running()
+    if started:
+        sentinel_services("up")
+    group = SentinelGroup()
+    group.wait_ready()
+    group.primary_client().flushdb()
+    yield group
+    if started:
+        sentinel_services("down")
 
 
 @pytest.fixture

@@ -7,12 +7,18 @@ keys (control characters) — so that
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
+import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import schemathesis
+import zstandard
+from schemathesis.transport.serialization import serialize_json
 
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
@@ -81,4 +87,41 @@ def _plausible(event: Any) -> bool:
 def filter_body(ctx: Any, body: Any) -> bool:
     if isinstance(body, dict) and isinstance(body.get("events"), list):
         return all(_plausible(event) for event in body["events"])
+    if isinstance(body, list):  # an NDJSON batch: its lines' events
+        return all(_plausible(event) for event in body)
     return _plausible(body)
+
+
+# The body is compressed as the generated Content-Encoding header says (one of the schema's enum), so a
+# positive case is a request the API must accept; any other value is sent over a plain body.
+_COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "zstd": zstandard.ZstdCompressor().compress,
+}
+
+
+def _encoded(ctx: Any, body: bytes) -> bytes:
+    coding = (ctx.case.headers or {}).get("Content-Encoding")
+    compress = _COMPRESSORS.get(coding) if isinstance(coding, str) else None
+    return compress(body) if compress else body
+
+
+def _json(value: Any) -> bytes:
+    """What schemathesis's own JSON serializer sends (raw bytes as they are, the rest as requests' json=)."""
+    prepared = serialize_json(value)
+    if "data" in prepared:
+        return bytes(prepared["data"])
+    return json.dumps(prepared["json"], allow_nan=False).encode()
+
+
+@schemathesis.serializer("application/json")
+def json_body(ctx: Any, value: Any) -> bytes:
+    return _encoded(ctx, _json(value))
+
+
+@schemathesis.serializer("application/x-ndjson")
+def ndjson_body(ctx: Any, value: Any) -> bytes:
+    """One line per event of the generated array; anything else (negative data) as one line."""
+    lines = [_json(item) for item in value] if isinstance(value, list) else [_json(value)]
+    return _encoded(ctx, b"\n".join(lines))

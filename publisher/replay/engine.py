@@ -17,6 +17,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from events import tracecontext
 from events.timefmt import utc_iso_ms
 from publisher import breaker as breaker_module
 from publisher import kafka_gateway, metrics
@@ -145,22 +146,34 @@ def _plan(claimed: Sequence[_Claimed], *, reroute: bool) -> None:
             if not item.topics:
                 continue  # everything was delivered by an earlier (partly failed) replay
             formats = {row.original_topic: row.format} | dict(snapshot.topic_formats)
+            trace, link = _replay_trace(row)
             records, broken = build_records(
                 [event],
                 {0: list(item.topics)},
                 formats,
                 source=row.source or header(row, "source") or "",
                 accepted_at=_ingested_at(row),
+                traces=[trace],
             )
             if broken:
                 raise broken[0].error or ValueError("cannot serialize the payload")
-            extra = [("dlq_replay_count", str(row.replay_count + 1).encode()), ("dlq_replayed_at", now_text)]
+            extra = [("dlq_replay_count", str(row.replay_count + 1).encode()), ("dlq_replayed_at", now_text), *link]
             for record in records:
                 record.headers = [*record.headers, *extra]
                 record.header_block = None
             item.records = records
         except Exception as exc:
             item.error = exc
+
+
+def _replay_trace(row: DeadLetter) -> tuple[tracecontext.TraceContext, list[tuple[str, bytes]]]:
+    """A replay is an operation of its own, maybe days after the request: a new trace (the W3C spec's restart, so
+    no tracestate), keeping the original's sampled flag, with the original traceparent in a `tracelink` header
+    (what OpenTelemetry calls a span link) so a consumer can follow it back."""
+    original = tracecontext.parse_traceparent(header(row, "traceparent"))
+    if original is None:
+        return tracecontext.generate(), []
+    return tracecontext.generate(sampled=original.sampled), [("tracelink", original.traceparent.encode())]
 
 
 def _send(claimed: Sequence[_Claimed]) -> None:

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import gzip
 import secrets
 import threading
 import time
+import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import orjson
 import pytest
 import redis
 import requests
+import zstandard
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.redis import get_redis
@@ -28,13 +31,30 @@ CORPUS = [
 ]
 
 
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "zstd": zstandard.ZstdCompressor().compress,
+}
+
+
 def _body(case: dict[str, Any]) -> tuple[str, bytes]:
+    """The path and the body to send: built from the case, then compressed if it says "compress"."""
+    path, body = _plain_body(case)
+    if "compress" in case:
+        body = COMPRESSORS[case["compress"]](body)
+    return case.get("endpoint", path), body
+
+
+def _plain_body(case: dict[str, Any]) -> tuple[str, bytes]:
     if "event" in case:
         return "/api/v1/events", orjson.dumps(case["event"])
     if "raw_event" in case:  # sent as written: integers beyond 64 bits must reach the server as digits
         return "/api/v1/events", case["raw_event"].encode()
     if "batch_of" in case:
         return "/api/v1/events/batch", orjson.dumps({"events": [factories.activity()] * case["batch_of"]})
+    if "ndjson_of" in case:
+        return "/api/v1/events/batch", b"\n".join([orjson.dumps(factories.activity())] * case["ndjson_of"])
     if "body_hex" in case:
         return "/api/v1/events/batch", bytes.fromhex(case["body_hex"])
     if "generate" in case:
@@ -65,6 +85,8 @@ def test_bad_input_gets_a_clear_4xx_and_enqueues_nothing(
     headers = {"Authorization": case.get("authorization", f"Api-Key {api_key}")}
     if case["content_type"]:
         headers["Content-Type"] = case["content_type"]
+    if "content_encoding" in case:
+        headers["Content-Encoding"] = case["content_encoding"]
     queued_before = get_redis().llen("publish")
     response = requests.post(f"{web_server.url}{path}", data=body, headers=headers, timeout=30)
     assert response.status_code == case["status"], response.text[:500]
@@ -81,7 +103,10 @@ def test_bad_input_gets_a_clear_4xx_and_enqueues_nothing(
 
 
 def _headers(case: dict[str, Any], api_key: str) -> dict[str, str]:
-    return {"Authorization": case.get("authorization", f"Api-Key {api_key}"), "Content-Type": case["content_type"]}
+    headers = {"Authorization": case.get("authorization", f"Api-Key {api_key}"), "Content-Type": case["content_type"]}
+    if "content_encoding" in case:
+        headers["Content-Encoding"] = case["content_encoding"]
+    return headers
 
 
 def test_the_corpus_leaves_the_service_up_with_bounded_memory(web_server: WebServer, api_key: str) -> None:

@@ -330,7 +330,7 @@ def test_rate_limit_is_429_with_retry_after(api_key: str) -> None:
     assert int(response["Retry-After"]) >= 1
 
 
-@override_settings(INGEST_MAX_QUEUE_DEPTH=10)
+@override_settings(INGEST_MAX_QUEUE_DEPTH=10, INGEST_QUEUE_RECONCILE_INTERVAL=0)  # the counter is set by hand
 def test_backpressure_is_503_with_retry_after_and_accepts_nothing(api_key: str) -> None:
     redis = get_redis()
     saved = redis.get(queue.QUEUED_EVENTS_KEY)

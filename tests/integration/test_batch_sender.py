@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.test import override_settings
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import IllegalStateError as KafkaIllegalStateError
 from kafka.errors import MessageSizeTooLargeError
 
+import fastpaths
 from fastpaths import kafka_batches
 from fastpaths.kafka_batches import BatchAck, PlainRecord, encode_headers
 from publisher import kafka_gateway
@@ -191,3 +193,20 @@ def test_a_producer_closed_under_the_sender_fails_its_records_instead_of_the_rou
     deliveries = _send(sender, records)  # does not raise
     assert len(deliveries) == 5
     assert all(isinstance(d, KafkaIllegalStateError) for d in deliveries)
+
+
+@pytest.mark.fastpath("kafka_batches")
+def test_the_bulk_path_stands_aside_for_kafka_transactions(producer: Any) -> None:
+    """A transaction must register every partition a record goes to, which send() does: with KAFKA_TRANSACTIONS on
+    every record takes send(), and the worker's startup line says why the fast path is off."""
+    topic = settings.KAFKA_TOPIC_ATTEMPTS
+    producer.partitions_for(topic)
+    record = PlainRecord(topic, b"user-1", b"{}", _headers(0))
+    assert isinstance(_send(BatchSender(producer, topic_limits={topic: NO_LIMIT}), [record])[0], BatchAck)
+    with override_settings(KAFKA_TRANSACTIONS=True):
+        assert not kafka_batches.enabled()
+        [delivery] = _send(BatchSender(producer, topic_limits={topic: NO_LIMIT}), [record])
+        assert not isinstance(delivery, BatchAck)
+        assert delivery_error(delivery, timeout=10) is None
+        active, why = fastpaths.status()["kafka_batches"]
+        assert not active and "KAFKA_TRANSACTIONS" in why

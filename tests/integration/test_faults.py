@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,14 +68,17 @@ def stack(default_routing: None, api_key: str) -> Iterator[Stack]:
 
 @dataclass
 class Load:
-    """Posts batches of activities in a loop; remembers what was answered and which event ids were accepted."""
+    """Posts batches of events (activities unless `make_event` says otherwise) in a loop; remembers what was
+    answered and which event ids were accepted."""
 
     stack: Stack
     batch: int = 20
     pause: float = 0.02
+    make_event: Callable[[], dict[str, Any]] = lambda: factories.activity(user_id="fault")
     accepted: list[str] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     missing_retry_after: int = 0
+    answers: list[tuple[float, int]] = field(default_factory=list)  # (time.monotonic() when answered, status)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -88,15 +91,17 @@ class Load:
         session = requests.Session()
         headers = {"Content-Type": "application/json", "Authorization": f"Api-Key {self.stack.key}"}
         while not self._stop.is_set():
-            body = orjson.dumps({"events": [factories.activity(user_id="fault") for _ in range(self.batch)]})
+            body = orjson.dumps({"events": [self.make_event() for _ in range(self.batch)]})
             try:
                 response = session.post(
                     f"{self.stack.web.url}/api/v1/events/batch", data=body, headers=headers, timeout=30
                 )
             except requests.RequestException:
                 self.statuses[0] += 1
+                self.answers.append((time.monotonic(), 0))
                 continue
             self.statuses[response.status_code] += 1
+            self.answers.append((time.monotonic(), response.status_code))
             if response.status_code == 202:
                 self.accepted.extend(r["event_id"] for r in response.json()["results"] if r["status"] == "accepted")
             elif response.status_code in (429, 503) and "Retry-After" not in response.headers:
@@ -342,3 +347,74 @@ def test_sigterm_lets_the_worker_finish_or_requeue_its_tasks(stack: Stack, kafka
     assert "Warm shutdown" in stack.worker.output() or "worker: Warm shutdown" in stack.worker.output()
     stack.worker = WorkerProcess(extra_env=FAULT_ENV)
     assert_all_delivered_once(stack, reader, load.accepted)
+
+
+def _wait_for(condition: Any, *, timeout: float, what: str) -> float:
+    """Poll until `condition()`; returns the time.monotonic() it became true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return time.monotonic()
+        time.sleep(0.1)
+    raise AssertionError(f"{what} within {timeout} s")
+
+
+def _delivered_or_dead_lettered(reader: KafkaReader, accepted: list[str], *, timeout: float) -> tuple[set[str], dict]:
+    """(accepted events neither in Kafka nor dead-lettered, events seen in Kafka more than once)."""
+    seen = count_in_kafka(reader, set(accepted), timeout=timeout)
+    dead = set(DeadLetter.objects.filter(event_id__in=accepted).values_list("event_id", flat=True))
+    lost = set(accepted) - set(seen) - {str(e) for e in dead}
+    return lost, {event_id: n for event_id, n in seen.items() if n != 1}
+
+
+# Issue 22 fault (b). Sentinel notices the dead primary after SENTINEL_DOWN_AFTER_MS (2 s in services.sh) and
+# promotes the replica; the killed node is started again and Sentinel makes it a replica. With
+# INGEST_REDIS_MIN_REPLICAS=1 every admission answers 503 from the kill until that replica is back in sync.
+@pytest.mark.fastpath("kombu_redis_transport")
+@pytest.mark.parametrize("min_replicas", [0, 1])
+def test_redis_primary_killed_and_sentinel_promotes_the_replica(
+    sentinel_group: Any, default_routing: None, api_key: str, kafka_reader: Any, min_replicas: int
+) -> None:
+    from tests.sentinel import SENTINEL_ENV, sentinel_services
+
+    env = FAULT_ENV | SENTINEL_ENV | {"INGEST_REDIS_MIN_REPLICAS": str(min_replicas)}
+    reader = kafka_reader("user.activities")
+    web = WebServer(workers=2, extra_env=env)
+    stack = Stack(web, WorkerProcess(extra_env=env), api_key, sentinel_group.primary_client())
+    try:
+        with Load(stack, batch=20, pause=0.02) as load:
+            assert _answered_within(load, 10)
+            time.sleep(3)
+            old = sentinel_group.primary()
+            killed_at = time.monotonic()
+            os.kill(sentinel_group.primary_pid(), signal.SIGKILL)
+            promoted_at = _wait_for(lambda: sentinel_group.promoted_from(old), timeout=60, what="no promotion")
+            sentinel_services("up")  # the killed node comes back; Sentinel makes it a replica
+            _wait_for(lambda: _answered_within(load, 0.5), timeout=60, what="no 202 after the failover")
+            recovered_at = time.monotonic()
+            time.sleep(5)
+        in_window = Counter(status for at, status in load.answers if killed_at <= at <= recovered_at)
+        outside = Counter(status for at, status in load.answers if not killed_at <= at <= recovered_at)
+        accepted_last_second = (
+            sum(1 for at, status in load.answers if status == 202 and killed_at - 1 <= at <= killed_at) * load.batch
+        )
+        lost, duplicated = _delivered_or_dead_lettered(reader, load.accepted, timeout=150)
+        print(
+            f"\nmin_replicas={min_replicas}: promoted {promoted_at - killed_at:.1f} s after the kill, answering 202"
+            f" again after {recovered_at - killed_at:.1f} s; in that window {dict(in_window)}, outside"
+            f" {dict(outside)}; {len(load.accepted)} accepted, {len(lost)} lost (events accepted in the last second"
+            f" before the kill: at most {accepted_last_second}), {len(duplicated)} published twice"
+        )
+        assert set(outside) <= {202, 429, 503}, outside
+        assert load.missing_retry_after == 0
+        assert not duplicated
+        if min_replicas:
+            assert not lost
+        else:
+            # Replication is asynchronous: what the primary had not yet sent to its replica dies with it.
+            assert len(lost) <= accepted_last_second
+    finally:
+        stack.worker.stop()
+        stack.web.stop()
+        sentinel_services("up")
+        sentinel_group.wait_ready()

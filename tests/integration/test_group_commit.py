@@ -204,7 +204,7 @@ def test_waiting_tasks_is_the_length_of_the_publish_queue_and_unknown_with_anoth
         assert publisher_services.waiting_tasks() is None
 
 
-@override_settings(INGEST_MAX_QUEUE_DEPTH=10)
+@override_settings(INGEST_MAX_QUEUE_DEPTH=10, INGEST_QUEUE_RECONCILE_INTERVAL=0)  # the counter is set by hand
 def test_a_refused_group_refuses_every_request_in_it_and_keeps_no_mark() -> None:
     """The queue is full: every request gets its own 503 error, and the dedup marks are released, so each
     client's retry is accepted later rather than called a duplicate."""

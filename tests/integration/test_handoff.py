@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from typing import Any
 
@@ -48,14 +49,24 @@ def test_the_hand_built_message_is_the_one_apply_async_writes(scratch_queue: Any
         "source": "s",
         "accepted_at": 1.25,
     }
+    sent = time.time()
     publish_events.apply_async(
         kwargs=kwargs, argsrepr="", kwargsrepr="<1 events>", retry=False, queue=SCRATCH_QUEUE, routing_key=SCRATCH_QUEUE
     )
     [celery_raw] = scratch_queue.lrange(SCRATCH_QUEUE, 0, -1)
+    celery = _decoded(celery_raw)
+    # The queue's accounting headers (publisher.queue): the events it holds, and when it was sent.
+    due_at = celery["headers"][queue.DUE_HEADER]
+    assert sent - 0.001 <= due_at <= time.time() + 0.001  # headers keep 0.1 ms
+    assert celery["headers"][queue.EVENTS_HEADER] == 1
     ours_raw = celery_handoff.task_message(
-        task_name=publish_events.name, queue_name=SCRATCH_QUEUE, kwargs=kwargs, kwargsrepr="<1 events>"
+        task_name=publish_events.name,
+        queue_name=SCRATCH_QUEUE,
+        kwargs=kwargs,
+        kwargsrepr="<1 events>",
+        headers=queue.message_headers(events=1, due_at=due_at),
     )
-    celery, ours = _decoded(celery_raw), _decoded(ours_raw)
+    ours = _decoded(ours_raw)
 
     # Fresh per message: the task id (also root id and correlation id) and the delivery tag.
     for message in (celery, ours):

@@ -4,7 +4,8 @@ before it becomes a cycle someone dodges with a function-local import.
 - `ingestion` (the HTTP API) is a leaf: only ingestion itself, the tests, config's URL wiring (and the WSGI
   entry point's short chain for the event endpoints) and bench/ may import it. `publisher` and `routing` share
   what they need with it through `events`.
-- `routing` decides where an event goes; it never talks to Kafka (that is publisher's job).
+- `routing` decides where an event goes; it never talks to Kafka (that is publisher's job). Only its admin glue
+  (routing/admin_preview.py) imports publisher, to read recent events for the rule preview.
 - `events` (types, schema, serialization) depends on no app at all.
 
 Every import counts, including those inside functions and under `if TYPE_CHECKING:`.
@@ -103,6 +104,17 @@ def test_routing_does_not_import_kafka() -> None:
 
     found = _violations(lambda rel: rel.parts[0] == "routing", talks_to_kafka)
     assert not found, "routing must not talk to Kafka:\n" + "\n".join(found)
+
+
+def test_routing_reads_recent_events_only_in_its_admin_glue() -> None:
+    """The admin's *Preview on recent traffic* reads Kafka through publisher.recent, from routing/admin_preview.py;
+    the rest of routing (the engine, the comparison) stays free of publishing."""
+
+    def checked(rel: Path) -> bool:
+        return rel.parts[0] == "routing" and rel.as_posix() != "routing/admin_preview.py"
+
+    found = _violations(checked, "publisher")
+    assert not found, "routing must not import publisher outside its admin glue:\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize("app", ["ingestion", "routing", "publisher", "config"])

@@ -11,6 +11,7 @@ from kafka.record.default_records import DefaultRecordBatch
 from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.record.util import encode_varint
 
+from events import tracecontext
 from fastpaths import kafka_batches
 from fastpaths.kafka_batches import encode_headers, varint
 from publisher.publishing import build_records
@@ -72,8 +73,12 @@ def test_the_publishers_records_carry_their_headers_encoded(fast_path_on: bool) 
         for n, kind in enumerate(["attempt", "session", "attempt", "placement"])
     ]
     routes = {0: ["a", "b"], 1: ["a"], 2: ["b"], 3: ["a"]}
+    # Two requests' events in one task: with and without a tracestate (one header more or less per record).
+    with_state, _ = tracecontext.from_headers("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "congo=t1")
+    plain = tracecontext.generate()
+    traces = [with_state, plain, with_state, plain]
     records, broken = build_records(
-        events, routes, {"a": "json", "b": "json"}, source="test", accepted_at=1_700_000_000.5
+        events, routes, {"a": "json", "b": "json"}, source="test", accepted_at=1_700_000_000.5, traces=traces
     )
     assert not broken and len(records) == 5
     for record in records:
@@ -81,7 +86,11 @@ def test_the_publishers_records_carry_their_headers_encoded(fast_path_on: bool) 
             assert record.header_block == encode_headers(record.headers)
         else:
             assert record.header_block is None  # send() takes the headers list
-        assert dict(record.headers)["event_id"] == f"id-{record.index}".encode()
+        headers = dict(record.headers)
+        assert headers["event_id"] == f"id-{record.index}".encode()
+        trace = traces[record.index]
+        assert headers["traceparent"] == trace.traceparent.encode()
+        assert headers.get("tracestate") == (trace.tracestate.encode() if trace.tracestate else None)
 
 
 def test_the_header_blocks_api_writes_what_encode_headers_writes() -> None:
