@@ -20,14 +20,14 @@ export DJANGO_SETTINGS_MODULE := config.settings
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 
-.PHONY: bench-fast-paths test-tools help install lock audit services-up services-down services-status migrate topics setup run run-nodes nodes-down nodes-status test test-fast test-faults lint format proto bench profile clean
+.PHONY: bench-fast-paths bench-receipts test-tools help install lock audit services-up services-down services-status migrate topics setup run run-nodes nodes-down nodes-status test test-fast test-faults lint format proto bench profile clean
 
 help:
 	@echo "make run              install, start services, migrate, seed, print demo credentials, serve :8083"
 	@echo "make test             lint + the whole test suite against real PostgreSQL, Redis and Kafka (fast paths on, then off)"
 	@echo "make services-up|services-down|services-status"
 	@echo "make run-nodes        the same, as two nodes (web + worker each) behind haproxy on :8090 (nodes-down, nodes-status)"
-	@echo "make lint | audit | lock | format | proto | bench | bench-fast-paths | profile | test-faults"
+	@echo "make lint | audit | lock | format | proto | bench | bench-fast-paths | bench-receipts | profile | test-faults"
 
 # Exactly the set in uv.lock (every transitive dependency, with hashes); --locked fails when pyproject.toml
 # changed without `make lock`, and sync removes whatever the lock does not list.
@@ -129,6 +129,10 @@ bench: setup
 # The batch and single rows with every fast path on, all off, and each one off alone (bench/README.md).
 bench-fast-paths: setup
 	$(PY) -m bench --fast-paths-matrix --only batch,single $(BENCH_ARGS)
+
+# The batch and single rows with receipts on and off (INGEST_RECEIPTS).
+bench-receipts: setup
+	$(PY) -m bench --receipts-matrix --only batch,single $(BENCH_ARGS)
 
 profile: setup
 	$(PY) -m bench.profile

@@ -118,6 +118,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Redis for the bench's web and worker tiers (default: REDIS_URL with database 7, or BENCH_REDIS_URL)",
     )
     parser.add_argument(
+        "--receipts-matrix",
+        action="store_true",
+        help="run the batch and single rows twice: with receipts (INGEST_RECEIPTS=true) and without",
+    )
+    parser.add_argument(
         "--kafka-cluster",
         action="store_true",
         help="also run the batch and single rows against a 3-broker cluster (replication factor 3, acks=all), "
@@ -178,9 +183,12 @@ def row_variants(args: argparse.Namespace, backends: list[Backend]) -> list[tupl
     return [(setting, backend) for backend in backends for setting in fast_paths_settings(args)]
 
 
-def row_name(phase: str, setting: str | None, backend: Backend, *, transactions: bool = False) -> str:
-    """`batch`, `batch[none]`, `batch[cluster]`, `batch[none,cluster,txn]`."""
-    labels = [label for label in (setting, backend.label, "txn" if transactions else None) if label]
+def row_name(
+    phase: str, setting: str | None, backend: Backend, *, transactions: bool = False, receipts: bool | None = None
+) -> str:
+    """`batch`, `batch[none]`, `batch[cluster]`, `batch[none,cluster,txn]`, `batch[receipts-off]`."""
+    receipts_label = None if receipts is None else f"receipts-{'on' if receipts else 'off'}"
+    labels = [label for label in (setting, backend.label, "txn" if transactions else None, receipts_label) if label]
     return f"{phase}[{','.join(labels)}]" if labels else phase
 
 
@@ -404,25 +412,29 @@ def main(argv: list[str] | None = None) -> None:
             settings.KAFKA_TOPIC_ACTIVITIES,
             settings.KAFKA_TOPIC_ML_TRAINING,
         ]
+        receipt_axis: list[bool | None] = [True, False] if args.receipts_matrix else [None]
         phases = [
-            (name, setting, backend, transactions)
+            (name, setting, backend, transactions, receipts)
             for name in ("batch", "single", "peer-batch", "peer-single")
             if name in only
-            # The peer has no fast paths and no transactions, and runs on the single broker: it runs once.
+            # The peer has no fast paths, transactions or receipts, and runs on the single broker: it runs once.
             for setting, backend in (
                 row_variants(args, backends) if not name.startswith("peer") else [(None, backends[0])]
             )
             for transactions in ([False, True] if args.kafka_transactions and not name.startswith("peer") else [False])
+            for receipts in (receipt_axis if not name.startswith("peer") else [None])
         ]
         replicas = [None] if args.redis_min_replicas is None else args.redis_min_replicas.split(",")
-        for (phase, setting, backend, transactions), wait in [
+        for (phase, setting, backend, transactions, receipts), wait in [
             (p, w) for p in phases for w in (replicas if "peer" not in p[0] else [None])
         ]:
             # A row per variant: `batch[none]`, `single[-kafka_batches]`, `batch[cluster,txn]`, `batch{replicas=1}`...
-            name = row_name(phase, setting, backend, transactions=transactions)
+            name = row_name(phase, setting, backend, transactions=transactions, receipts=receipts)
             extra_env = backend.extra_env | ({} if setting is None else {"INGEST_FAST_PATHS": fast_paths_env(setting)})
             if transactions:
                 extra_env |= {"KAFKA_TRANSACTIONS": "true", "KAFKA_TRANSACTIONAL_ID_PREFIX": f"bench-{tag}"}
+            if receipts is not None:
+                extra_env["INGEST_RECEIPTS"] = "true" if receipts else "false"
             if wait is not None:
                 name += f"{{replicas={wait.strip()}}}"
                 extra_env["INGEST_REDIS_MIN_REPLICAS"] = wait.strip()

@@ -232,6 +232,8 @@ INGEST_MAX_QUEUE_DELAY = env_duration("INGEST_MAX_QUEUE_DELAY", "250ms")
 # How often the queued-events counter is checked against the tasks the broker holds (publisher.queue); 0: never.
 INGEST_QUEUE_RECONCILE_INTERVAL = env_duration("INGEST_QUEUE_RECONCILE_INTERVAL", "30s")
 INGEST_DEDUP_TTL = env_duration("INGEST_DEDUP_TTL", "24h")
+# Receipts (GET /api/v1/events/<id>): what became of each accepted event, kept for INGEST_DEDUP_TTL.
+INGEST_RECEIPTS = env_bool("INGEST_RECEIPTS", True)
 INGEST_RATE_LIMIT = env_rate("INGEST_RATE_LIMIT", "2000/s")
 INGEST_GROUP_WAIT = env_duration("INGEST_GROUP_WAIT", "10ms")
 INGEST_BACKLOG_GROUP_TASKS = env_int("INGEST_BACKLOG_GROUP_TASKS", 1, minimum=0)

@@ -41,6 +41,7 @@ from events.limits import (
 )
 
 __all__ = [
+    "DEDUP_PREFIX",
     "BatchValidation",
     "BodyError",
     "FieldError",
@@ -657,6 +658,11 @@ def _check(raw: Any, limit: str, new_id: _IdSource) -> ValidatedEvent | _Errors:
 
 
 # --------------------------------------------------------------------------- public entry points
+
+
+# The Redis key of a dedup mark is this prefix + the event's dedup key; the mark's value is the event id that
+# holds it (ingestion sets them, the admin's Trace an event screen looks attempts up by them).
+DEDUP_PREFIX = "ingest:dedup:"
 
 
 def attempt_dedup_key(user_id: str, client_attempt_id: str) -> str:

@@ -48,22 +48,24 @@ def enabled() -> bool:
 # The third part of a task body: no callbacks, errbacks, chain or chord (publish tasks never carry any).
 NO_EMBEDDED_CALLS = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
-# KEYS: queued-events counter, Celery queue list, guard keys...   ARGV: count, limit, guard ttl, message,
-# guard values... Returns {0} when enqueued, {1, i, value, ...} for guards already held (nothing done),
-# {2} when the queue has no room (nothing done).
+# KEYS: queued-events counter, Celery queue list, guard keys..., stamp keys...   ARGV: count, limit, guard ttl,
+# message, number of guards, stamp ttl, stamp value, guard values... Returns {0} when enqueued, {1, i, value,
+# ...} for guards already held (nothing done), {2} when the queue has no room (nothing done). When enqueued,
+# every stamp key is set to the stamp value.
 _ENQUEUE_GUARDED = (
     queue.RESERVE_LUA
     + """
+local last_guard = 2 + tonumber(ARGV[5])
 local held = {1}
 -- MGET in slices (one command instead of one per guard; slices stay under Lua's unpack limit).
 local first = 3
-while first <= #KEYS do
-  local last = math.min(first + 999, #KEYS)
-  local values = redis.call('MGET', unpack(KEYS, first, last))
-  for j = 1, #values do
-    if values[j] then
+while first <= last_guard do
+  local last = math.min(first + 999, last_guard)
+  local found = redis.call('MGET', unpack(KEYS, first, last))
+  for j = 1, #found do
+    if found[j] then
       held[#held + 1] = first + j - 3
-      held[#held + 1] = values[j]
+      held[#held + 1] = found[j]
     end
   end
   first = last + 1
@@ -74,8 +76,11 @@ end
 if not reserve(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])) then
   return {2}
 end
-for i = 3, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 2], 'EX', ARGV[3])
+for i = 3, last_guard do
+  redis.call('SET', KEYS[i], ARGV[i + 5], 'EX', ARGV[3])
+end
+for i = last_guard + 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[7], 'EX', ARGV[6])
 end
 redis.call('LPUSH', KEYS[2], ARGV[4])
 return {0}
@@ -165,11 +170,16 @@ def enqueue_guarded(
     guard_ttl: int,
     min_replicas: int = 0,
     replica_wait: float = 0.0,
+    stamps: Sequence[str] = (),
+    stamp_value: str = "",
+    stamp_ttl: int = 1,
 ) -> GuardedResult:
     """Run the script; with `min_replicas`, then WAIT (same connection, same round trip) up to `replica_wait`
-    seconds for that many replicas to hold its writes, and say in `replicas` how many did."""
-    keys = [queue.QUEUED_EVENTS_KEY, queue_name, *(key for key, _ in guards)]
-    args = [count, limit, guard_ttl, message, *(value for _, value in guards)]
+    seconds for that many replicas to hold its writes, and say in `replicas` how many did. Also, when enqueued:
+    each key of `stamps` is set to `stamp_value` for `stamp_ttl` seconds (the events' receipts,
+    publisher.receipts)."""
+    keys = [queue.QUEUED_EVENTS_KEY, queue_name, *(key for key, _ in guards), *stamps]
+    args = [count, limit, guard_ttl, message, len(guards), stamp_ttl, stamp_value, *(value for _, value in guards)]
     replicas = None
     if min_replicas > 0:
         reply, replicas = script_then_wait(

@@ -106,6 +106,18 @@ def ack_error(ack: BatchAck, deadline: float, settled: dict[int, tuple[BaseExcep
     return error if record_errors is None else record_errors(ack.index)
 
 
+def ack_position(ack: BatchAck) -> tuple[int, int] | None:
+    """Where an acknowledged record landed: (partition, offset) — its batch's base offset plus its place in the
+    batch, as kafka-python's own FutureRecordMetadata computes it. None if not (or not yet) acknowledged."""
+    future = ack.future
+    if not future.succeeded():
+        return None
+    base = future.value[0]
+    if base is None or base < 0:
+        return None
+    return int(future.topic_partition.partition), int(base) + ack.index
+
+
 def _batch_outcome(future: Any, deadline: float) -> tuple[BaseException | None, Any]:
     try:
         if not future.is_done:

@@ -55,10 +55,12 @@ _LOOKED_UP_INVALID = metrics.API_KEY_LOOKUPS.labels(result="invalid")
 
 @dataclass(frozen=True)
 class Client:
-    """The producer behind a request: its key's id and name (the name travels as the `source` header)."""
+    """The producer behind a request: its key's id, name (the name travels as the `source` header) and prefix
+    (the public, unique part of the key: it owns the receipts of the events it sent)."""
 
     key_id: str
     name: str
+    prefix: str = ""
     is_authenticated: bool = True
 
 
@@ -73,7 +75,7 @@ def _lookup(raw_key: str) -> Client | None:
         return None
     if api_key.revoked or (api_key.expiry_date is not None and api_key.expiry_date < timezone.now()):
         return None
-    return Client(key_id=str(api_key.pk), name=api_key.name)
+    return Client(key_id=str(api_key.pk), name=api_key.name, prefix=api_key.prefix)
 
 
 def clear_key_cache() -> None:

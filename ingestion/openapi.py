@@ -199,6 +199,31 @@ class BatchResponseSchema(serializers.Serializer):
     results = BatchResultSchema(many=True)
 
 
+class ReceiptDeliverySchema(serializers.Serializer):
+    topic = serializers.CharField()
+    partition = serializers.IntegerField(min_value=0)
+    offset = serializers.IntegerField(min_value=0)
+
+
+class ReceiptDeadLetterSchema(serializers.Serializer):
+    dead_letter_id = serializers.IntegerField(help_text="The dead letter's id, for the operators")
+    topic = serializers.CharField(help_text="The destination that refused the event")
+    reason = serializers.ChoiceField(choices=["retries_exhausted", "permanent_error", "poison_task"])
+
+
+class ReceiptSchema(serializers.Serializer):
+    event_id = serializers.UUIDField()
+    status = serializers.ChoiceField(
+        choices=["queued", "published", "dead_lettered", "duplicate", "unrouted"],
+        help_text="queued: accepted, not yet in Kafka (or being retried); published: every destination "
+        "acknowledged; dead_lettered: at least one destination refused it (see dead_letters); duplicate: not "
+        "published itself, see duplicate_of; unrouted: no routing rule matched, it went nowhere",
+    )
+    duplicate_of = serializers.UUIDField(required=False, help_text="Only for duplicate: the original event")
+    deliveries = ReceiptDeliverySchema(many=True, help_text="Acknowledged by Kafka, with where the record is")
+    dead_letters = ReceiptDeadLetterSchema(many=True)
+
+
 STRICT_COMPONENTS = (
     "AttemptEventSchema",
     "SessionEventSchema",

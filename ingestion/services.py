@@ -17,7 +17,7 @@ from django.conf import settings
 
 from config.redis import get_redis, script
 from events import tracecontext
-from events.schema import ValidatedEvent
+from events.schema import DEDUP_PREFIX, ValidatedEvent
 from events.tracecontext import TraceContext
 from ingestion import metrics
 from ingestion.group_commit import GroupCommit, GroupCommits
@@ -26,7 +26,6 @@ from publisher.metrics import count_each
 
 logger = logging.getLogger(__name__)
 
-DEDUP_PREFIX = "ingest:dedup:"
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
 REJECTED = "rejected"
@@ -48,6 +47,16 @@ class Outcome:
     statuses: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> (event_id, status)
     accepted: int = 0
     duplicates: int = 0
+
+
+def event_receipt(*, event_id: str, owner: str) -> dict[str, Any] | None:
+    """What became of `event_id` (canonical UUID text) if the API key with prefix `owner` may read it, else None."""
+    try:
+        receipt = publisher_services.event_receipt(event_id=event_id, owner=owner)
+    except Exception as exc:
+        logger.warning("receipt of %s unreadable: %r", event_id, exc)
+        raise ServiceUnavailable("The receipt store is unreachable; retry later.") from exc
+    return None if receipt is None else receipt.as_dict()
 
 
 def check_backpressure() -> None:
@@ -121,38 +130,45 @@ class _Request:
 
 
 def accept_events(
-    *, events: Sequence[tuple[int, ValidatedEvent]], source: str, trace: TraceContext | None = None
+    *, events: Sequence[tuple[int, ValidatedEvent]], source: str, trace: TraceContext | None = None, owner: str = ""
 ) -> Outcome:
-    """Dedup, then enqueue the new events. Raises ServiceUnavailable without side effects left.
+    """Dedup, then enqueue the new events. Raises ServiceUnavailable without side effects left. `owner`, the
+    sending API key's prefix, is who may read the events' receipts (GET /api/v1/events/<id>).
 
-    Requests from the same source accepted at the same time in this process are admitted together (one
+    Requests from the same API key accepted at the same time in this process are admitted together (one
     round of Redis work, one task): see ingestion.group_commit. A request's answer still waits for its own events to be
     queued, and a group is admitted or refused as a whole. Each event keeps its request's `trace` (W3C trace
     context; a new trace when None) inside the shared task.
     """
     if not events:
         return Outcome()
-    return _admissions.submit(source, _Request(events, trace or tracecontext.generate()))
+    return _admissions.submit(
+        _group_key(source=source, owner=owner), _Request(events, trace or tracecontext.generate())
+    )
+
+
+def _group_key(*, source: str, owner: str) -> str:
+    return f"{owner}\x00{source}"  # a prefix is letters and digits: the first NUL ends it
 
 
 @contextmanager
-def admission_expected(*, source: str) -> Iterator[None]:
+def admission_expected(*, source: str, owner: str = "") -> Iterator[None]:
     """This thread will ask to accept events of `source` shortly (its request is being read and validated): a
     group of that source being formed meanwhile waits for it, up to INGEST_GROUP_WAIT. Requests that are not
     announced (a sequential client's next one) never make anyone wait."""
-    with _admissions.get(source).expecting():
+    with _admissions.get(_group_key(source=source, owner=owner)).expecting():
         yield
 
 
-def _admit_group(group: list[_Request], *, source: str) -> list[Outcome]:
+def _admit_group(group: list[_Request], *, source: str, owner: str = "") -> list[Outcome]:
     """Admit every request of the group as one: one dedup check, one reservation, one task (see _accept).
     A dedup key repeated across requests of the group is a duplicate of its first occurrence, as inside a batch."""
     if len(group) == 1:
         only = group[0]
-        return [_accept(only.events, source=source, traces=[only.trace] * len(only.events))]
+        return [_accept(only.events, source=source, owner=owner, traces=[only.trace] * len(only.events))]
     flat = list(enumerate(ev for request in group for _, ev in request.events))
     traces = [request.trace for request in group for _ in request.events]
-    combined = _accept(flat, source=source, traces=traces).statuses
+    combined = _accept(flat, source=source, owner=owner, traces=traces).statuses
     outcomes: list[Outcome] = []
     position = 0
     for request in group:
@@ -169,12 +185,13 @@ def _admit_group(group: list[_Request], *, source: str) -> list[Outcome]:
     return outcomes
 
 
-def _admission_for(source: str) -> GroupCommit[_Request, Outcome]:
+def _admission_for(key: str) -> GroupCommit[_Request, Outcome]:
     # A group stops at INGEST_MAX_BATCH events (one request may exceed that alone), so a task is never bigger
     # than one full batch and memory stays bounded under load. INGEST_GROUP_WAIT lets a leader wait for the
     # requests of its source this process is already reading (admission_expected), so groups grow.
+    owner, _, source = key.partition("\x00")
     return GroupCommit(
-        lambda group: _admit_group(group, source=source),
+        lambda group: _admit_group(group, source=source, owner=owner),
         weight=lambda request: len(request.events),
         max_weight=lambda: settings.INGEST_MAX_BATCH,
         linger=lambda: settings.INGEST_GROUP_WAIT,
@@ -200,18 +217,35 @@ def _backlog_hold() -> float:
 _admissions: GroupCommits[_Request, Outcome] = GroupCommits(_admission_for)
 
 
-def _accept(events: Sequence[tuple[int, ValidatedEvent]], *, source: str, traces: Sequence[TraceContext]) -> Outcome:
+def _accept(
+    events: Sequence[tuple[int, ValidatedEvent]], *, source: str, owner: str, traces: Sequence[TraceContext]
+) -> Outcome:
     """`traces`: each event's trace context, by position in `events`."""
     if publisher_services.can_enqueue_guarded():
-        return _accept_atomically(events, source=source, traces=traces)
-    return _accept_in_steps(events, source=source, traces=traces)
+        outcome = _accept_atomically(events, source=source, owner=owner, traces=traces)
+    else:
+        outcome = _accept_in_steps(events, source=source, owner=owner, traces=traces)
+    if outcome.duplicates:
+        _note_duplicates(events, outcome, owner=owner)
+    return outcome
+
+
+def _note_duplicates(events: Sequence[tuple[int, ValidatedEvent]], outcome: Outcome, *, owner: str) -> None:
+    """A duplicate sent under an event id of its own gets a receipt naming the original, and the original's
+    receipt lets this key read it (never raises)."""
+    duplicates = [
+        (str(ev.data["event_id"]), outcome.statuses[index][0])
+        for index, ev in events
+        if outcome.statuses[index][1] == DUPLICATE
+    ]
+    publisher_services.note_duplicates(duplicates=duplicates, owner=owner, accepted_at=time.time())
 
 
 GUARDED_ROUNDS = 3
 
 
 def _accept_atomically(
-    events: Sequence[tuple[int, ValidatedEvent]], *, source: str, traces: Sequence[TraceContext]
+    events: Sequence[tuple[int, ValidatedEvent]], *, source: str, owner: str, traces: Sequence[TraceContext]
 ) -> Outcome:
     """One atomic step on Redis: the marks are set, capacity reserved and the task queued together, or nothing
     is. Marks already held make their events duplicates; the rest are tried again (a second round trip only
@@ -249,6 +283,7 @@ def _accept_atomically(
                 capacity_limit=capacity.limit,
                 min_replicas=settings.INGEST_REDIS_MIN_REPLICAS,
                 replica_wait=settings.INGEST_REDIS_REPLICA_WAIT,
+                receipt_owner=owner,
             )
         except Exception as exc:
             logger.warning("enqueue failed, %d events refused: %r", len(candidates), exc)
@@ -296,7 +331,7 @@ def _record_outcome(events: Sequence[tuple[int, ValidatedEvent]], duplicate_ids:
 
 
 def _accept_in_steps(
-    events: Sequence[tuple[int, ValidatedEvent]], *, source: str, traces: Sequence[TraceContext]
+    events: Sequence[tuple[int, ValidatedEvent]], *, source: str, owner: str, traces: Sequence[TraceContext]
 ) -> Outcome:
     """When Celery's broker is not the project's Redis: claim pending marks, hand off one task, confirm the
     marks (the pending marks are released if the hand-off fails, so nothing is half-accepted)."""
@@ -305,7 +340,7 @@ def _accept_in_steps(
     to_publish = [data for data, _ in kept]
     if to_publish:
         try:
-            _hand_off(to_publish, source=source, traces=[trace for _, trace in kept])
+            _hand_off(to_publish, source=source, owner=owner, traces=[trace for _, trace in kept])
         except ServiceUnavailable:
             _release([key for key, _ in claimed])
             raise
@@ -405,7 +440,7 @@ def _claim_marks(events: Sequence[tuple[int, ValidatedEvent]]) -> tuple[list[tup
     return claimed, duplicate_ids
 
 
-def _hand_off(to_publish: list[dict[str, Any]], *, source: str, traces: Sequence[TraceContext]) -> None:
+def _hand_off(to_publish: list[dict[str, Any]], *, source: str, owner: str, traces: Sequence[TraceContext]) -> None:
     """Reserve room in the queue, then enqueue one task; raises ServiceUnavailable with nothing reserved."""
     capacity = _capacity(len(to_publish))
     try:
@@ -416,7 +451,12 @@ def _hand_off(to_publish: list[dict[str, Any]], *, source: str, traces: Sequence
         raise capacity.refusal()
     try:
         publisher_services.enqueue_events(
-            events=to_publish, source=source, accepted_at=time.time(), traces=traces, capacity_reserved=True
+            events=to_publish,
+            source=source,
+            accepted_at=time.time(),
+            traces=traces,
+            capacity_reserved=True,
+            receipt_owner=owner,
         )
     except Exception as exc:
         publisher_services.release_queue_capacity(count=len(to_publish))  # never raises; a failure is logged

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 from django.conf import settings
 from django.http import HttpRequest
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import BaseParser
@@ -44,6 +46,7 @@ from ingestion.openapi import (
     ErrorSchema,
     EventRequestSchema,
     NDJSONBatchSchema,
+    ReceiptSchema,
     SingleResponseSchema,
 )
 from ingestion.throttling import ApiKeyRateThrottle
@@ -244,7 +247,8 @@ class EventView(_IngestView):
         examples=EVENT_EXAMPLES,
     )
     def post(self, request: Request) -> Response:
-        with services.admission_expected(source=client_of(request).name):
+        client = client_of(request)
+        with services.admission_expected(source=client.name, owner=client.prefix):
             return self._accept(request)
 
     def _accept(self, request: Request) -> Response:
@@ -254,7 +258,10 @@ class EventView(_IngestView):
         if isinstance(result, list):
             metrics.EVENTS_REJECTED.labels(reason="invalid").inc()
             raise RequestError(400, "Invalid event.", errors=[e.as_dict() for e in result])
-        outcome = services.accept_events(events=[(0, result)], source=client_of(request).name, trace=self.trace_context)
+        client = client_of(request)
+        outcome = services.accept_events(
+            events=[(0, result)], source=client.name, trace=self.trace_context, owner=client.prefix
+        )
         _log_admitted(outcome)
         event_id, state = outcome.statuses[0]
         return Response({"event_id": event_id, "status": state}, status=status.HTTP_202_ACCEPTED)
@@ -281,7 +288,8 @@ class BatchView(_IngestView):
         examples=[OpenApiExample("mixed batch", value=BATCH_EXAMPLE, request_only=True)],
     )
     def post(self, request: Request) -> Response:
-        with services.admission_expected(source=client_of(request).name):
+        client = client_of(request)
+        with services.admission_expected(source=client.name, owner=client.prefix):
             return self._accept(request)
 
     def _accept(self, request: Request) -> Response:
@@ -289,7 +297,10 @@ class BatchView(_IngestView):
         if checked.body_errors:
             metrics.EVENTS_REJECTED.labels(reason="invalid").inc()
             raise RequestError(400, "Invalid batch.", errors=[e.as_dict() for e in checked.body_errors])
-        outcome = services.accept_events(events=checked.valid, source=client_of(request).name, trace=self.trace_context)
+        client = client_of(request)
+        outcome = services.accept_events(
+            events=checked.valid, source=client.name, trace=self.trace_context, owner=client.prefix
+        )
         _log_admitted(outcome)
         results: list[dict[str, Any]] = [{} for _ in range(len(checked.valid) + len(checked.invalid))]
         for index, (event_id, state) in outcome.statuses.items():
@@ -311,3 +322,41 @@ class BatchView(_IngestView):
         }
         ok = outcome.accepted + outcome.duplicates > 0
         return Response(body, status=status.HTTP_202_ACCEPTED if ok else status.HTTP_400_BAD_REQUEST)
+
+
+UNKNOWN_EVENT = (
+    "No such event for this API key: unknown, sent with another key, or older than its receipt (INGEST_DEDUP_TTL)."
+)
+
+
+class ReceiptView(_IngestView):
+    endpoint = "receipt"
+
+    @extend_schema(
+        operation_id="event_receipt",
+        parameters=[
+            OpenApiParameter(
+                "event_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The id the POST answered"
+            )
+        ],
+        summary="What became of an event",
+        description="The receipt of an event this API key sent (or was answered duplicate of), kept for "
+        "INGEST_DEDUP_TTL after it was accepted. 404 for another key's event, exactly as for an unknown one.",
+        responses={
+            200: ReceiptSchema,
+            400: ErrorSchema,
+            401: ErrorSchema,
+            404: ErrorSchema,
+            429: ErrorSchema,
+            503: ErrorSchema,
+        },
+    )
+    def get(self, request: Request, event_id: str) -> Response:
+        try:
+            canonical = str(uuid.UUID(event_id))
+        except ValueError:
+            return _error(400, f"event_id {event_id[:100]!r} is not a UUID.")
+        receipt = services.event_receipt(event_id=canonical, owner=client_of(request).prefix)
+        if receipt is None:
+            return _error(404, UNKNOWN_EVENT)
+        return Response(receipt)

@@ -31,7 +31,7 @@ from solo.admin import SingletonModelAdmin
 
 from events.limits import EVENT_TYPES
 from events.serialization import CONTENT_TYPES, SerializationError, decode_value
-from publisher import replay, selectors
+from publisher import replay, selectors, trace
 from publisher.forms import DeadLetterForm, DiscardForm, ReplayByFilterForm
 from publisher.models import DeadLetter, DeadLetterSettings, ReplayJob, RetryPolicy
 
@@ -346,6 +346,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         wrap = self.admin_site.admin_view
         custom: list[URLPattern] = [
             path("replay-by-filter/", wrap(self.replay_by_filter_view), name="{}_{}_replay_by_filter".format(*info)),
+            path("trace/", wrap(self.trace_view), name="{}_{}_trace".format(*info)),
             path("replay-jobs/<int:job_id>/", wrap(self.replay_job_view), name="{}_{}_replay_job".format(*info)),
             path(
                 "replay-jobs/<int:job_id>/cancel/",
@@ -536,6 +537,35 @@ class DeadLetterAdmin(admin.ModelAdmin):
             "jobs": selectors.recent_jobs(),
         }
         return TemplateResponse(request, "admin/publisher/deadletter/replay_by_filter.html", context)
+
+    def trace_view(self, request: HttpRequest) -> HttpResponse:
+        """Trace an event: by event id, or by user id + client attempt id (publisher.trace)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        query = {name: request.GET.get(name, "").strip() for name in ("event_id", "user_id", "client_attempt_id")}
+        context: dict[str, Any] = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Trace an event",
+            "query": query,
+            "searched": any(query.values()),
+        }
+        event_ids: list[str] = []
+        if query["event_id"]:
+            canonical = trace.canonical_event_id(query["event_id"])
+            if canonical is None:
+                context["error"] = f"{query['event_id'][:100]!r} is not an event id (a UUID)."
+            else:
+                event_ids = [canonical]
+        elif query["user_id"] or query["client_attempt_id"]:
+            if not (query["user_id"] and query["client_attempt_id"]):
+                context["error"] = "Give both the user id and the client attempt id."
+            else:
+                event_ids = trace.event_ids_for_attempt(
+                    user_id=query["user_id"], client_attempt_id=query["client_attempt_id"]
+                )
+        context["traces"] = [trace.trace_event(event_id=event_id) for event_id in event_ids]
+        return TemplateResponse(request, "admin/publisher/deadletter/trace.html", context)
 
     def replay_job_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
         if not (self.has_replay_permission(request) or self.has_view_permission(request)):

@@ -20,7 +20,7 @@ from django.db.models import Q
 from config.redis import get_redis
 from events.timefmt import utc_iso_ms
 from events.tracecontext import parse_traceparent
-from publisher import breaker, kafka_gateway, metrics
+from publisher import breaker, kafka_gateway, metrics, receipts
 from publisher.errors import error_class, is_database_outage
 from publisher.models import DeadLetter
 
@@ -108,6 +108,11 @@ def record(*, events: Sequence[Mapping[str, Any]], failures: Sequence[tuple[Reco
         logger.warning("the database refused a batch of %d dead letters (%s); storing them one by one", len(rows), exc)
         for row in rows:
             _store_alone(row)
+    if receipts.enabled():
+        try:
+            _note_receipts(rows)
+        except Exception as exc:  # the dead letters are stored; a receipt is only a view of that
+            logger.warning("receipts of %d dead letters not noted: %r", len(rows), exc)
     for (rec, reason), (trace_id, span_id) in zip(failures, traces, strict=True):
         metrics.DEAD_LETTERED.labels(topic=rec.topic, reason=reason).inc()
         logger.warning(
@@ -126,6 +131,17 @@ def record(*, events: Sequence[Mapping[str, Any]], failures: Sequence[tuple[Reco
         )
     _copy_to_kafka(events, failures, now=now)
     _flood_guard(len(failures))
+
+
+def _note_receipts(rows: Sequence[DeadLetter]) -> None:
+    """Each event's receipt names its dead letters (their ids are read back: an upsert may have met an old row)."""
+    stored = DeadLetter.objects.filter(
+        event_id__in={row.event_id for row in rows}, original_topic__in={row.original_topic for row in rows}
+    ).values_list("event_id", "original_topic", "id", "reason")
+    wanted = {(str(row.event_id), row.original_topic) for row in rows}
+    receipts.note_dead_letters(
+        dead_letters=[(str(e), topic, pk, reason) for e, topic, pk, reason in stored if (str(e), topic) in wanted]
+    )
 
 
 def _upsert(rows: list[DeadLetter]) -> None:

@@ -113,6 +113,16 @@ def delivery_errors(deliveries: Sequence[Delivery], *, timeout: float) -> list[B
     return errors
 
 
+def delivery_position(delivery: Delivery) -> tuple[int, int] | None:
+    """(partition, offset) of an acknowledged delivery, None when it is not acknowledged (or Kafka gave none)."""
+    if type(delivery) is kafka_batches.BatchAck:
+        return kafka_batches.ack_position(delivery)
+    if not delivery.succeeded():
+        return None
+    metadata = delivery.value  # RecordMetadata
+    return (int(metadata.partition), int(metadata.offset)) if metadata.offset >= 0 else None
+
+
 def delivery_error(delivery: Delivery, *, timeout: float) -> BaseException | None:
     """Wait up to `timeout` seconds for one delivery; None once Kafka acknowledged it, else its error."""
     if type(delivery) is kafka_batches.BatchAck:
@@ -573,6 +583,44 @@ def topic_reader(*, max_poll_records: int) -> KafkaConsumer:
         bootstrap_timeout_ms=timeout_ms,
         request_timeout_ms=max(timeout_ms, 1000) + 500,
     )
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    value: bytes
+    headers: dict[str, bytes]
+    timestamp_ms: int
+
+
+def read_record(*, topic: str, partition: int, offset: int, timeout: float = 5.0) -> StoredRecord | None:
+    """The record at (topic, partition, offset), read with a short-lived consumer; None when it is not there
+    (deleted by retention, or Kafka unreachable within `timeout`)."""
+    try:
+        consumer = KafkaConsumer(
+            **connection_config(),
+            enable_auto_commit=False,
+            bootstrap_timeout_ms=int(timeout * 1000),
+            request_timeout_ms=int(timeout * 1000) + 500,
+        )
+    except Exception as exc:
+        logger.warning("cannot read %s[%d]@%d: %r", topic, partition, offset, exc)
+        return None
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in consumer.poll(timeout_ms=500, max_records=1).get(tp, []):
+                if record.offset != offset:
+                    return None  # compacted or deleted: the next one came back instead
+                return StoredRecord(record.value or b"", dict(record.headers or ()), record.timestamp)
+        return None
+    except Exception as exc:
+        logger.warning("cannot read %s[%d]@%d: %r", topic, partition, offset, exc)
+        return None
+    finally:
+        consumer.close()
 
 
 def list_topics(**admin_overrides: Any) -> set[str]:

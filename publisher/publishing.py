@@ -26,7 +26,7 @@ from events.tracecontext import TraceContext
 from fastpaths import kafka_batches
 from fastpaths.kafka_batches import HeaderBlocks
 from publisher import breaker as breaker_module
-from publisher import dead_letters, kafka_gateway, metrics, retry_budget, stats
+from publisher import dead_letters, kafka_gateway, metrics, receipts, retry_budget, stats
 from publisher.errors import (
     DATABASE_OUTAGE_ERRORS,
     CommitInDoubt,
@@ -60,6 +60,7 @@ class Record:
     error: BaseException | None = None
     # `headers` encoded (fastpaths.kafka_batches.HeaderBlocks) when that fast path is on; None once headers change.
     header_block: bytes | None = None
+    position: tuple[int, int] | None = None  # (partition, offset) once acknowledged, for the event's receipt
 
 
 @dataclass
@@ -250,10 +251,13 @@ def await_acks(sent: Sequence[tuple[Record, Any]], *, timeout: float, count: boo
     callback), a success is counted (unless `count` is False: a transaction's records count once committed)."""
     errors = kafka_gateway.delivery_errors([delivery for _, delivery in sent], timeout=timeout + ACK_GRACE_SECONDS)
     acked: list[str] = []
-    for (record, _), error in zip(sent, errors, strict=True):
+    positions = receipts.enabled()
+    for (record, delivery), error in zip(sent, errors, strict=True):
         record.error = error
         if error is None:
             acked.append(record.topic)
+            if positions:
+                record.position = kafka_gateway.delivery_position(delivery)
     if count:
         metrics.count_each(metrics.PUBLISHED, "topic", acked)
 
@@ -457,6 +461,10 @@ class _PublishRun:
     to_dead_letter: list[tuple[Record, str]] = field(default_factory=list)
     deferred: list[Record] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    routed: Set[int] = frozenset()  # events with destinations (before `skip`)
+    unrouted: list[int] = field(default_factory=list)
+    delivered: list[tuple[int, str, tuple[int, int] | None]] = field(default_factory=list)
+    settled: bool = False  # every delivery ended acknowledged, dead-lettered or deferred
 
     def owed(self, records: list[Record], *, since: float) -> list[Record]:
         return owed_records(self.events, records, since=since, on_delivered=self.on_delivered)
@@ -465,6 +473,7 @@ class _PublishRun:
         self.result.published += len(done)
         acked = [(record.index, record.topic) for record in done]
         self.result.deliveries.extend(acked)
+        self.delivered.extend((record.index, record.topic, record.position) for record in done)
         latency = max(0.0, time.time() - self.accepted_at)
         metrics.observe_many(metrics.PUBLISH_LATENCY, latency, len(done))
         self.latencies.extend([latency] * len(done))
@@ -504,6 +513,8 @@ def publish_events(
     )
     planned, formats = _planned_deliveries(run, routes=routes, skip=skip)
     if not planned:
+        run.settled = True
+        _note_receipts(run)
         return run.result
     run.records, unencodable = build_records(
         events, planned, formats, source=source, accepted_at=accepted_at, traces=traces
@@ -515,9 +526,11 @@ def publish_events(
         pending = run.owed(run.records, since=in_doubt_since)
     try:
         _publish_rounds(run, pending, retry_deadline=started + retry_budget.deadline_seconds())
+        run.settled = True
         _settle(run)
         return run.result
     finally:
+        _note_receipts(run)
         # One pipelined Redis round trip per task, whatever the outcome (a deferred task's acks count too).
         stats.record_batch(
             published_by_topic=Counter(topic for _, topic in run.result.deliveries),
@@ -534,13 +547,33 @@ def _planned_deliveries(
     """The (event, topic) pairs to deliver: routed now, or the routes a deferred task carries, minus `skip`."""
     if routes is None:
         planned, formats, run.result.unrouted = plan_routes(run.events)
+        if run.result.unrouted:
+            run.unrouted = [i for i in range(len(run.events)) if i not in planned]
     else:
         planned = {int(i): list(topics) for i, topics in routes.items()}
         formats = current_routing().topic_formats
+    run.routed = frozenset(planned)
     if skip:
         planned = {i: [t for t in topics if (i, t) not in skip] for i, topics in planned.items()}
         planned = {i: topics for i, topics in planned.items() if topics}
     return planned, formats
+
+
+def _note_receipts(run: _PublishRun) -> None:
+    """The events' receipts: where each acknowledged delivery is, and which events are done (publisher.receipts).
+    Dead letters write their own (dead_letters.record). A run that did not settle says only what Kafka has."""
+    if not receipts.enabled():
+        return
+    finished: Set[int] = frozenset()
+    if run.settled:
+        failed = {r.index for r in run.deferred} | {r.index for r, _ in run.to_dead_letter}
+        finished = run.routed - failed
+    try:
+        receipts.note_deliveries(
+            events=run.events, delivered=run.delivered, finished=finished, unrouted=run.unrouted if run.settled else ()
+        )
+    except Exception:  # a receipt is a view: it must never cost the task (its writes are lost, logged)
+        logger.exception("receipts of %d events not noted", len(run.events))
 
 
 def _publish_rounds(run: _PublishRun, pending: list[Record], *, retry_deadline: float) -> None:

@@ -3,6 +3,8 @@
 enqueue_events(events=..., source=..., accepted_at=...)   one Celery task for a request's (or a group's) events
 enqueue_events_guarded(..., guards=..., capacity_limit=...)   the same, atomically with guard keys and capacity
 publish_batch(events=..., source=...) / publish_event(event=..., source=...)   synchronous, in-process
+event_receipt(event_id=..., owner=...)                    what became of an event (publisher.receipts)
+note_duplicates(duplicates=..., owner=..., accepted_at=...) receipts of duplicates sent under ids of their own
 queue_depth()                                             events waiting for a worker
 queue_delay()                                             how long an event enqueued now would wait
 queue_capacity_for_delay(delay=...)                       queued events new ones can wait behind for `delay` s
@@ -24,8 +26,9 @@ from events import tracecontext
 from events.tracecontext import TraceContext
 from fastpaths import celery_handoff
 from fastpaths.celery_handoff import GuardedResult
-from publisher import handoff, kafka_gateway, publishing, queue
+from publisher import handoff, kafka_gateway, publishing, queue, receipts
 from publisher.publishing import BatchResult, PublishDeferred
+from publisher.receipts import Receipt
 from publisher.tasks import publish_events
 from routing.services import topic_names
 
@@ -75,10 +78,12 @@ def enqueue_events_guarded(
     capacity_limit: int,
     min_replicas: int = 0,
     replica_wait: float = 0.0,
+    receipt_owner: str | None = None,
 ) -> GuardedResult:
     """One atomic step: if none of the `guards` keys exists and the queue stays within `capacity_limit` events,
     enqueue one publish task for `events`, count them as queued and set every guard (key, value) for
-    `guard_ttl` seconds. Otherwise nothing is done and the result says why: which guards are already held
+    `guard_ttl` seconds, and (with `receipt_owner`, the API key's prefix, and INGEST_RECEIPTS) start every
+    event's receipt as queued. Otherwise nothing is done and the result says why: which guards are already held
     (by what value), or that the queue is full. Raises if Redis cannot be reached (then nothing was done, or
     everything was). With `min_replicas`, it then waits up to `replica_wait` seconds for that many Redis replicas
     to hold the task and its guards, and says in `replicas` how many did (the task stays queued either way).
@@ -95,6 +100,7 @@ def enqueue_events_guarded(
         kwargsrepr=f"<{len(events)} events>",
         headers=queue.message_headers(events=len(events), due_at=time.time()),
     )
+    stamped = receipt_owner is not None and receipts.enabled()
     return celery_handoff.enqueue_guarded(
         message=message,
         queue_name=queue_name,
@@ -104,6 +110,9 @@ def enqueue_events_guarded(
         guard_ttl=guard_ttl,
         min_replicas=min_replicas,
         replica_wait=replica_wait,
+        stamps=[receipts.key(event["event_id"]) for event in events] if stamped else (),
+        stamp_value=receipts.admission_value(owner=receipt_owner or "", accepted_at=accepted_at),
+        stamp_ttl=receipts.ttl(),
     )
 
 
@@ -130,22 +139,48 @@ def enqueue_events(
     accepted_at: float,
     traces: Sequence[TraceContext] | None = None,
     capacity_reserved: bool = False,
+    receipt_owner: str | None = None,
 ) -> None:
     """Hand an accepted request's events to the workers: one task for the whole batch. Raises if the broker
     (Redis) cannot take it, so the caller can refuse the request instead of half-accepting it. `traces`: each
-    event's W3C trace context, carried to its Kafka records and the task's log lines (one new trace when None)."""
-    publish_events.apply_async(
-        kwargs=_task_kwargs(events=events, source=source, accepted_at=accepted_at, traces=traces),
-        argsrepr="",
-        kwargsrepr=f"<{len(events)} events>",
-        retry=False,
-    )
+    event's W3C trace context, carried to its Kafka records and the task's log lines (one new trace when None).
+    With `receipt_owner` (and INGEST_RECEIPTS) the events' receipts are started first, and removed if the task
+    could not be queued."""
+    stamped = receipt_owner is not None and receipts.enabled()
+    event_ids = [event["event_id"] for event in events]
+    if stamped:
+        # Before the task exists, so the worker's receipt writes always come after this one.
+        receipts.stamp_queued(event_ids=event_ids, owner=receipt_owner or "", accepted_at=accepted_at)
+    try:
+        publish_events.apply_async(
+            kwargs=_task_kwargs(events=events, source=source, accepted_at=accepted_at, traces=traces),
+            argsrepr="",
+            kwargsrepr=f"<{len(events)} events>",
+            retry=False,
+        )
+    except Exception:
+        if stamped:
+            receipts.forget(event_ids=event_ids)
+        raise
     if capacity_reserved:
         return
     try:
         queue.add(len(events))
     except Exception:  # the task is queued; a missed count only weakens backpressure a little
         logger.warning("could not count %d queued events", len(events))
+
+
+def event_receipt(*, event_id: str, owner: str) -> Receipt | None:
+    """What became of `event_id`, if the API key `owner` (its prefix) sent it or was answered `duplicate` of it;
+    None otherwise (unknown, expired, someone else's: the caller cannot tell which)."""
+    receipt = receipts.read(event_id=event_id)
+    return receipt if receipt is not None and receipt.readable_by(owner) else None
+
+
+def note_duplicates(*, duplicates: Sequence[tuple[str, str]], owner: str, accepted_at: float) -> None:
+    """Receipts for duplicates sent under an event id of their own: (their event id, the original's)."""
+    if receipts.enabled():
+        receipts.note_duplicates(duplicates=duplicates, owner=owner, accepted_at=accepted_at)
 
 
 def queue_depth() -> int:
@@ -190,10 +225,13 @@ __all__ = [
     "BatchResult",
     "GuardedResult",
     "PublishDeferred",
+    "Receipt",
     "can_enqueue_guarded",
     "enqueue_events",
     "enqueue_events_guarded",
     "ensure_topics",
+    "event_receipt",
+    "note_duplicates",
     "publish_batch",
     "publish_event",
     "queue_capacity_for_delay",

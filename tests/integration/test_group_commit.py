@@ -77,14 +77,14 @@ def _send_with_first_held(
     leading = threading.Event()
     handed_off = _count_handed_off(monkeypatch)
 
-    def admit(group: list[Any], *, source: str) -> list[Any]:
+    def admit(group: list[Any], *, source: str, owner: str) -> list[Any]:
         if not leading.is_set():
             leading.set()
-            combiner = services._admissions.by_key[source]
+            combiner = services._admissions.by_key[services._group_key(source=source, owner=owner)]
             deadline = time.monotonic() + 10
             while len(combiner._queue) < len(requests) - 1 and time.monotonic() < deadline:
                 time.sleep(0.005)
-        return real_admit(group, source=source)
+        return real_admit(group, source=source, owner=owner)
 
     monkeypatch.setattr(services, "_admit_group", admit)
 

@@ -19,7 +19,26 @@ ST = Path(sys.executable).with_name("st")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _forget_marks_without_receipts() -> None:
+    """The fixed seed sends the same events every run, so most are duplicates of an earlier run's, and the
+    stateful phase then reads the original's receipt (GET /api/v1/events/{id}). Marks left by runs from before
+    receipts existed name events that have none: drop those marks, as their expiry will (both last
+    INGEST_DEDUP_TTL)."""
+    from config.redis import get_redis
+    from events.schema import DEDUP_PREFIX
+    from publisher.receipts import key
+
+    redis = get_redis()
+    for mark in redis.scan_iter(f"{DEDUP_PREFIX}*", count=1000):
+        holder = redis.get(mark)
+        if holder is None or holder.startswith(b"p:"):  # gone, or an admission in progress
+            continue
+        if not redis.exists(key(holder.decode(errors="replace"))):
+            redis.delete(mark)
+
+
 def test_schemathesis_finds_no_failing_check(web_server: WebServer, api_key: str, default_routing: None) -> None:
+    _forget_marks_without_receipts()
     result = subprocess.run(
         [
             str(ST), "run", f"{web_server.url}/api/schema/?format=json",
