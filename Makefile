@@ -109,10 +109,12 @@ test-tools:
 	@bash scripts/ensure_test_tools.sh
 
 # The whole suite twice: with the fast paths (fastpaths/) and with INGEST_FAST_PATHS=none, so every public path
-# they replace is tested too (a fast path's own tests skip themselves in the second run).
+# they replace is tested too (a fast path's own tests skip themselves in the second run). The multinode tests
+# (their own Kafka cluster, Sentinel group, second node) run in the first pass only: they test the topology, and
+# where a fast path matters to them they are parametrized over it.
 test: lint audit test-tools services-up topics
 	$(PY) -m pytest $(PYTEST_ARGS)
-	INGEST_FAST_PATHS=none $(PY) -m pytest $(PYTEST_ARGS)
+	INGEST_FAST_PATHS=none $(PY) -m pytest -m "not multinode" $(PYTEST_ARGS)
 
 test-fast: services-up $(ENV_FILE)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -25,7 +25,7 @@ from tests.cluster import Cluster
 from tests.conftest import KafkaReader, WebServer, WorkerProcess
 from tests.integration.test_faults import FAULT_ENV, Load, Stack
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.multinode, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
 # The web and worker of these tests queue in their own Redis database, flushed before each test.
 REDIS_URL = os.environ.get("TEST_FAULT_REDIS_URL", "redis://127.0.0.1:6380/9")

@@ -370,6 +370,7 @@ def _delivered_or_dead_lettered(reader: KafkaReader, accepted: list[str], *, tim
 # Issue 22 fault (b). Sentinel notices the dead primary after SENTINEL_DOWN_AFTER_MS (2 s in services.sh) and
 # promotes the replica; the killed node is started again and Sentinel makes it a replica. With
 # INGEST_REDIS_MIN_REPLICAS=1 every admission answers 503 from the kill until that replica is back in sync.
+@pytest.mark.multinode
 @pytest.mark.fastpath("kombu_redis_transport")
 @pytest.mark.parametrize("min_replicas", [0, 1])
 def test_redis_primary_killed_and_sentinel_promotes_the_replica(

@@ -31,7 +31,7 @@ from tests import factories
 from tests.cluster import Cluster
 from tests.conftest import KafkaReader, WebServer, WorkerProcess
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.multinode, pytest.mark.django_db(transaction=True)]
 
 ATTEMPTS = "user.attempts"
 ML = "ml.training_events"

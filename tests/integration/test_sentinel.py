@@ -28,6 +28,9 @@ from tests import factories
 from tests.conftest import WebServer, WorkerProcess
 from tests.sentinel import MASTER, SENTINEL_ENV, SENTINELS, SentinelGroup
 
+# Starts its own Sentinel group (scripts/services.sh up sentinel): run once per `make test`, not in its second pass.
+pytestmark = pytest.mark.multinode
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -27,7 +27,7 @@ from tests import factories
 from tests.conftest import KafkaReader, _purge_publish_queue, create_topic
 from tests.nodes import Answer, LoadBalancer, Node, post, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.multinode, pytest.mark.django_db(transaction=True)]
 
 RATE_LIMIT = 100  # requests per key and minute: small enough to reach, a lease of 1 so it is exact
 MAX_QUEUE_DEPTH = 200

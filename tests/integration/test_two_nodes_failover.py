@@ -23,7 +23,7 @@ from tests.conftest import _purge_publish_queue
 from tests.integration.test_two_nodes import count_records
 from tests.nodes import LoadBalancer, Node, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.multinode, pytest.mark.django_db(transaction=True)]
 
 # A request in flight on the node when it dies is answered 502 by haproxy (it is not sent again: the node may
 # have admitted it); new requests go to the other node at once (retry on a refused connection, redispatch).
