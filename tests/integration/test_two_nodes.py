@@ -8,6 +8,8 @@ Kafka topics are shared with other suites: records are always filtered by this t
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -58,10 +60,13 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(
-    django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+    django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory, celery_worker: Any
 ) -> Iterator[Cluster]:
     create_topic(REROUTED)
     create_topic(TINY, **{"max.message.bytes": "512"})
+    # The suite's own worker reads the same queue: paused for this module, so that only the two nodes' workers
+    # take tasks (a test that pauses both nodes' workers must see the queue fill).
+    os.killpg(celery_worker.proc.pid, signal.SIGSTOP)
     _purge_publish_queue()
     tmp = tmp_path_factory.mktemp("two-nodes")
     nodes: list[Node] = []
@@ -77,6 +82,7 @@ def cluster(
         else:
             for node in nodes:
                 node.stop()
+        os.killpg(celery_worker.proc.pid, signal.SIGCONT)
 
 
 @pytest.fixture(autouse=True)
