@@ -251,12 +251,13 @@ def test_workers_killed_mid_publish_leave_every_delivery_committed_once(stack: S
     finally:
         reader.close()
     # A replacement pool process takes its predecessor's slot, so its id: two ids for two slots, each initialised
-    # again after every kill (a new epoch, which fences the dead predecessor's).
+    # again after a kill (a new epoch, which fences the dead predecessor's). How many times depends on whether a
+    # replacement lived long enough to initialise before the next kill, so only "again" is certain.
     slots = listed_transactions(stack.brokers, stack.prefix)
     assert len(slots) == 2, sorted(slots)
-    assert all(description.producer_epoch >= 3 for description in slots.values()), slots
+    assert all(description.producer_epoch >= 1 for description in slots.values()), slots
     restarts = re.findall(r"kafka transactional producer (\S+) ready", stack.worker.output())
-    assert set(restarts) == set(slots) and len(restarts) >= 8, restarts
+    assert set(restarts) == set(slots) and len(restarts) > len(slots), restarts
 
 
 # ---------------------------------------------------------------- this process publishing
