@@ -104,6 +104,8 @@ def script_then_wait(source: str, *, keys: Sequence[Any], args: Sequence[Any], r
 
 # Fire-and-forget writes of one unit of work (statistics, counters, cleanup) are collected here and sent in a
 # single round trip at its end; a per-task round trip per write was most of a small task's Redis cost.
+# In MULTI/EXEC: redis-py sends a large pipeline in several writes, and a process killed between them must leave
+# all or none applied (a task's progress deleted without its "complete" mark made its redelivery send again).
 _deferred: ContextVar[Pipeline | None] = ContextVar("deferred_redis_writes", default=None)
 
 
@@ -111,7 +113,7 @@ _deferred: ContextVar[Pipeline | None] = ContextVar("deferred_redis_writes", def
 def deferred_writes() -> Iterator[None]:
     """Inside this block, `writes()` pipelines join one pipeline that is executed when the block ends
     (also when it raises). A failure is logged, never raised: these writes must not fail the work."""
-    pipe = get_redis().pipeline(transaction=False)
+    pipe = get_redis().pipeline(transaction=True)
     token = _deferred.set(pipe)
     try:
         yield
@@ -128,7 +130,7 @@ def writes() -> Iterator[Pipeline]:
     if pending is not None:
         yield pending
         return
-    pipe = get_redis().pipeline(transaction=False)
+    pipe = get_redis().pipeline(transaction=True)
     yield pipe
     _execute_quietly(pipe)
 

@@ -86,6 +86,7 @@ class TaskProgress:
         if not self.task_id:
             return
         with writes() as pipe:
-            pipe.delete(self._done_key, self._runs_key, self._started_key)
+            # The mark before the cleanup, should these ever be applied in part.
             if complete:
                 pipe.set(self._complete_key, b"1", ex=int(settings.CELERY_VISIBILITY_TIMEOUT) + 60)
+            pipe.delete(self._done_key, self._runs_key, self._started_key)

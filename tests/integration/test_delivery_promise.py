@@ -389,3 +389,61 @@ def test_owed_records_are_what_kafka_does_not_have(default_routing: None) -> Non
     with override_settings(KAFKA_BROKERS=[f"127.0.0.1:{free_port()}"], KAFKA_PRODUCER_TIMEOUT=1.0):
         assert len(owed_records([written, owed], records, since=since, on_delivered=told.append)) == 2
     assert len(told) == 1
+
+
+def test_a_task_killed_while_its_last_writes_go_out_leaves_its_progress_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py may send a task's closing writes in several pieces. Whatever byte the process dies at, the task's
+    progress is either marked complete or still all there, never deleted without the mark (that made the
+    redelivered task send its whole batch again)."""
+    import redis.connection
+
+    from config.redis import deferred_writes
+    from publisher.progress import TaskProgress
+
+    task_id = str(uuid.uuid4())
+    progress = TaskProgress(task_id)
+    progress.start()
+    progress.delivered([(0, "user.activities")])
+    sent = bytearray()
+
+    def record(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.extend(_packed(command))
+
+    real_send = redis.connection.Connection.send_packed_command
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", record)
+    with deferred_writes():
+        TaskProgress(task_id).finish(complete=True)
+    monkeypatch.undo()
+    assert b"task-complete" in sent
+
+    for cut in range(0, len(sent), 7):
+        task_id = str(uuid.uuid4())
+        TaskProgress(task_id).start()
+        TaskProgress(task_id).delivered([(0, "user.activities")])
+        pid = os.fork()
+        if pid == 0:  # the pool process: sends the first `cut` bytes of its closing writes, then is killed
+
+            def send_part(self: Any, command: Any, check_health: bool = True, cut: int = cut) -> None:
+                packed = _packed(command)
+                if b"task-complete" in packed and b"DEL" in packed:
+                    self._sock.sendall(packed[:cut])
+                    os._exit(9)
+                real_send(self, command, check_health)
+
+            monkeypatch.setattr(redis.connection.Connection, "send_packed_command", send_part)
+            with deferred_writes():
+                TaskProgress(task_id).finish(complete=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 9, "the pool process did not die mid-send"
+        time.sleep(0.02)  # Redis has read what the dead process sent
+        after = TaskProgress(task_id).start()
+        assert after.complete or after.done == {(0, "user.activities")}, (
+            f"cut at byte {cut} of {len(sent)}: progress deleted without the complete mark"
+        )
+
+
+def _packed(command: Any) -> bytes:
+    """What redis-py's send_packed_command is given (one buffer or a list of pieces), as the bytes sent."""
+    pieces = [command] if isinstance(command, bytes | str) else command
+    return b"".join(p.encode() if isinstance(p, str) else bytes(p) for p in pieces)
