@@ -177,6 +177,19 @@ def _read_batch(request: Request) -> BatchValidation:
     return validate_batch(raw, max_batch=settings.INGEST_MAX_BATCH)
 
 
+_durations: dict[tuple[str, int], Any] = {}
+
+
+def _duration(endpoint: str, status_code: int) -> Any:
+    """REQUEST_DURATION's series for an endpoint and status, looked up once per process (few statuses occur)."""
+    series = _durations.get((endpoint, status_code))
+    if series is None:
+        series = _durations[(endpoint, status_code)] = metrics.REQUEST_DURATION.labels(
+            endpoint=endpoint, status=str(status_code)
+        )
+    return series
+
+
 _allow: dict[type[APIView], str] = {}
 
 
@@ -215,9 +228,7 @@ class _IngestView(APIView):
         with trace_scope(self.trace_context):
             response = super().dispatch(request, *args, **kwargs)
         response["traceresponse"] = self.trace_context.traceparent
-        metrics.REQUEST_DURATION.labels(endpoint=self.endpoint, status=str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
+        _duration(self.endpoint, response.status_code).observe(time.perf_counter() - started)
         return response
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
