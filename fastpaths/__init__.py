@@ -96,11 +96,18 @@ def version_mismatches(name: str, verified: tuple[tuple[str, str], ...]) -> tupl
     return found
 
 
+_verified: dict[str, tuple[Mapping[str, str], bool]] = {}  # name -> (VERIFIED it was checked with, all match)
+
+
 def gate(name: str, verified: Mapping[str, str]) -> bool:
-    """What a fast path's `enabled()` returns: switched on and verified on every installed version."""
+    """What a fast path's `enabled()` returns: switched on and verified on every installed version. Some are asked
+    several times per request: the version verdict is kept per name (and VERIFIED mapping) after the first."""
     if name not in switched_on():
         return False
-    return not version_mismatches(name, tuple(sorted(verified.items())))
+    checked = _verified.get(name)
+    if checked is None or checked[0] is not verified:
+        checked = _verified[name] = (verified, not version_mismatches(name, tuple(sorted(verified.items()))))
+    return checked[1]
 
 
 def module(name: str) -> ModuleType:

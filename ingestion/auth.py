@@ -1,7 +1,9 @@
 """`Authorization: Api-Key <key>` authentication for producers.
 
 The hot path is one dictionary lookup: a key found valid is cached per process for INGEST_KEY_CACHE_SECONDS,
-so a revoked or expired key stops working within that time. Failures cost more, but never the producers:
+so a revoked or expired key stops working within that time. When its entry expires, one request of that key
+looks it up again and the others in flight wait for that answer (up to RECHECK_WAIT) instead of each asking the
+database. Failures cost more, but never the producers:
 - a key not shaped like one (letters or digits, a dot, letters or digits, of the generator's lengths) is
   refused without a database query;
 - a key found invalid goes to a separate, bounded negative cache: no flood of bogus keys can evict a good key,
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 NEGATIVE_CACHE_SIZE = 10_000
 FAILURE_WINDOW = 60  # seconds: INGEST_AUTH_FAILURES_PER_MINUTE
 INVALID_KEY = "Invalid, revoked or expired API key."
+RECHECK_WAIT = 1.0  # seconds a request waits for another's lookup of the same expired key
 
 _generator = APIKey.objects.key_generator
 KEY_FORMAT = re.compile(rf"[A-Za-z0-9]{{{_generator.prefix_length}}}\.[A-Za-z0-9]{{{_generator.secret_key_length}}}")
@@ -82,6 +85,7 @@ def clear_key_cache() -> None:
     with _lock:
         _valid.clear()
         _invalid.clear()
+        _rechecks.clear()
 
 
 # ------------------------------------------------------------------------------- failures per address
@@ -161,6 +165,27 @@ def _check(request: Request, raw_key: str, *, known: bool) -> Client:
     return client
 
 
+_rechecks: dict[str, threading.Lock] = {}  # one per key once seen valid: bounded by the real keys
+
+
+def _recheck(request: Request, raw_key: str) -> Client:
+    """A valid key's cache entry expired: one request looks it up again while the others of that key wait for
+    its answer, instead of every request in flight asking the database at once (and each thread opening a
+    connection of its own)."""
+    with _lock:
+        gate = _rechecks.setdefault(raw_key, threading.Lock())
+    # A lookup that hangs (the database unreachable) holds the others back only so long; then each asks itself.
+    gated = gate.acquire(timeout=RECHECK_WAIT)
+    try:
+        hit = _valid.get(raw_key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]  # looked up by another request meanwhile
+        return _check(request, raw_key, known=True)
+    finally:
+        if gated:
+            gate.release()
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     keyword = "Api-Key"
 
@@ -181,7 +206,9 @@ class ApiKeyAuthentication(BaseAuthentication):
         hit = _valid.get(raw_key)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1], raw_key
-        return _check(request, raw_key, known=hit is not None), raw_key
+        if hit is None:
+            return _check(request, raw_key, known=False), raw_key
+        return _recheck(request, raw_key), raw_key
 
     def authenticate_header(self, request: Request) -> str:
         return self.keyword

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -35,13 +35,25 @@ class _Announcement:
 _announced: ContextVar[_Announcement | None] = ContextVar("group_commit_announced", default=None)
 
 
-@dataclass(eq=False)
 class _Waiter(Generic[T, R]):
-    item: T
-    result: R | None = None
-    error: BaseException | None = None
-    finished: bool = False
-    wake: threading.Event = field(default_factory=threading.Event)
+    """One caller's item and answer. `wake()` lets its thread out of `wait()`; each waiting thread is woken exactly
+    once, so a bare lock (taken here, released by the waker) does what an Event would, for less."""
+
+    __slots__ = ("_gate", "error", "finished", "item", "result")
+
+    def __init__(self, item: T) -> None:
+        self.item = item
+        self.result: R | None = None
+        self.error: BaseException | None = None
+        self.finished = False
+        self._gate = threading.Lock()
+        self._gate.acquire()
+
+    def wait(self) -> None:
+        self._gate.acquire()
+
+    def wake(self) -> None:
+        self._gate.release()
 
 
 class GroupCommit(Generic[T, R]):
@@ -70,6 +82,10 @@ class GroupCommit(Generic[T, R]):
         self._queue: list[_Waiter[T, R]] = []
         self._busy = False
         self._expected = 0  # announced callers that have not submitted yet
+        self._queued_weight = 0  # summed weight of the items in _queue
+        # What a leader in its wait loop waits for: "expected" (the announced callers), "time" (the whole linger or
+        # hold: only a full group ends it), or None (no leader waiting, nobody to notify).
+        self._leader_waits_for: str | None = None
         self._last_group_size = 0
         self._last_group_end = 0.0
 
@@ -87,7 +103,8 @@ class GroupCommit(Generic[T, R]):
             if not announcement.joined:  # it will not submit after all (a refused request)
                 with self._lock:
                     self._expected -= 1
-                    self._joined.notify_all()
+                    if self._expected == 0 and self._leader_waits_for == "expected":
+                        self._joined.notify()
 
     def submit(self, item: T) -> R:
         mine: _Waiter[T, R] = _Waiter(item)
@@ -99,15 +116,19 @@ class GroupCommit(Generic[T, R]):
                 announcement.joined = True
                 self._expected -= 1
             self._queue.append(mine)
-            # A waiting leader looks again when all it expected may be in, or when its group is full.
-            if announcement is not None or (self._busy and self._full(self._limit())):
-                self._joined.notify_all()
+            self._queued_weight += self._weight(item)
+            # A waiting leader looks again only when all it expected are in, or when its group is full.
+            waits_for = self._leader_waits_for
+            if waits_for is not None and (
+                (waits_for == "expected" and self._expected == 0) or self._full(self._limit())
+            ):
+                self._joined.notify()
             leading = not self._busy
             self._busy = True
         if not leading:
-            mine.wake.wait()
+            mine.wait()
         if not mine.finished:
-            self._lead()
+            self._lead(mine)
         if mine.error is not None:
             own = _own_copy(mine.error)
             if own is mine.error:
@@ -119,9 +140,9 @@ class GroupCommit(Generic[T, R]):
         return self._max_weight() if self._max_weight is not None else None
 
     def _full(self, limit: int | None) -> bool:
-        return limit is not None and sum(self._weight(waiter.item) for waiter in self._queue) >= limit
+        return limit is not None and self._queued_weight >= limit
 
-    def _lead(self) -> None:
+    def _lead(self, mine: _Waiter[T, R]) -> None:
         wait = self._linger()
         limit = self._limit()
         hold = self._hold()  # outside the lock: it may ask another service
@@ -131,12 +152,14 @@ class GroupCommit(Generic[T, R]):
             # Traffic from several callers at once (the last group was shared and ended moments ago): more are
             # on their way, wait the whole time. Otherwise wait only for callers that announced themselves.
             concurrent = hold > 0 or (self._last_group_size > 1 and now - self._last_group_end < 2 * wait)
+            self._leader_waits_for = "time" if concurrent else "expected"
             while (
                 (concurrent or self._expected > 0)
                 and not self._full(limit)
                 and (remaining := deadline - time.monotonic()) > 0
             ):
                 self._joined.wait(remaining)
+            self._leader_waits_for = None
             taken = cut = 0
             while cut < len(self._queue):
                 weight = self._weight(self._queue[cut].item)
@@ -145,6 +168,7 @@ class GroupCommit(Generic[T, R]):
                 taken += weight
                 cut += 1
             group, self._queue = self._queue[:cut], self._queue[cut:]
+            self._queued_weight -= taken
         try:
             results = self._run([waiter.item for waiter in group])
             for waiter, result in zip(group, results, strict=True):
@@ -155,12 +179,13 @@ class GroupCommit(Generic[T, R]):
         finally:
             for waiter in group:
                 waiter.finished = True
-                waiter.wake.set()
+                if waiter is not mine:  # the leader is awake, and was woken already if it waited to lead
+                    waiter.wake()
             with self._lock:
                 self._last_group_size = len(group)
                 self._last_group_end = time.monotonic()
                 if self._queue:
-                    self._queue[0].wake.set()  # still busy: the next leader takes over
+                    self._queue[0].wake()  # still busy: the next leader takes over
                 else:
                     self._busy = False
 

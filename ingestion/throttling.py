@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from django.conf import settings
@@ -50,6 +51,9 @@ class _Allowance:
 
 _allowances: dict[str, _Allowance] = {}
 _lock = threading.Lock()
+
+
+_rate = cache(parse_rate)  # INGEST_RATE_LIMIT is one string per process (tests override it): parsed once each
 
 
 def lease_size(limit: int) -> int:
@@ -88,7 +92,7 @@ class ApiKeyRateThrottle(BaseThrottle):
         user = request.user
         if not isinstance(user, Client):
             return True
-        limit, period = parse_rate(settings.INGEST_RATE_LIMIT)
+        limit, period = _rate(settings.INGEST_RATE_LIMIT)
         now = time.time()
         window = int(now // period)
         granted = _take(user.key_id, window)
