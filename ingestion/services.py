@@ -74,10 +74,25 @@ def check_backpressure() -> None:
             f"The publish queue holds {depth} events (limit {settings.INGEST_MAX_QUEUE_DEPTH}); retry later."
         )
     limit = settings.INGEST_MAX_QUEUE_DELAY
-    if limit > 0 and delay > limit:
+    if limit <= 0:
+        return
+    if delay > limit:
         metrics.EVENTS_REJECTED.labels(reason="queue_delay").inc()
         wait = "indefinitely (no worker finishes tasks)" if delay == float("inf") else f"about {delay:.2f} s"
         raise ServiceUnavailable(f"New events would wait {wait} for a worker (limit {limit:g} s); retry later.")
+    # What the admission would refuse after the body is parsed and validated, refused before: at capacity by the
+    # same reading. A refusal after validation costs the web tier a whole batch's parsing, CPU the workers then
+    # lack, which deepens the overload it answers.
+    capacity = publisher_services.queue_capacity_for_delay(delay=limit)
+    if capacity is not None and depth >= capacity:
+        raise _Capacity(capacity, by_delay=True).refusal()
+
+
+def _admission_refused(capacity: _Capacity) -> ServiceUnavailable:
+    """The admission found no room: the next check_backpressure in this process reads the queue afresh instead of
+    from its cached reading, so the requests already in flight are refused before they are parsed."""
+    publisher_services.forget_queue_reading()
+    return capacity.refusal()
 
 
 @dataclass(frozen=True)
@@ -291,7 +306,7 @@ def _accept_atomically(
         if result.enqueued and result.replicas is not None:
             _require_replicas(result.replicas, count=len(candidates))
         if result.queue_full:
-            raise capacity.refusal()
+            raise _admission_refused(capacity)
         if result.enqueued:
             break
         undecided: list[tuple[int, str]] = []
@@ -448,7 +463,7 @@ def _hand_off(to_publish: list[dict[str, Any]], *, source: str, owner: str, trac
     except Exception as exc:
         raise ServiceUnavailable("The queue is unreachable; retry later.") from exc
     if not admitted:
-        raise capacity.refusal()
+        raise _admission_refused(capacity)
     try:
         publisher_services.enqueue_events(
             events=to_publish,

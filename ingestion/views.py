@@ -167,14 +167,13 @@ def _read_json(request: HttpRequest | Request) -> Any:
 
 
 def _read_batch(request: Request) -> BatchValidation:
-    """A JSON or NDJSON batch, validated; backpressure is checked once the body is known to be readable."""
+    """A JSON or NDJSON batch, validated. Backpressure is checked once the body is read (within its limits) and
+    before it is parsed: under overload most batches are refused, and a refusal must cost the web tier little."""
     media_type, body = _read_body(request, (JSON, NDJSON))
-    if media_type == NDJSON:
-        services.check_backpressure()
-        return validate_ndjson_batch(body, max_batch=settings.INGEST_MAX_BATCH)
-    raw = _parse_json(body)
     services.check_backpressure()
-    return validate_batch(raw, max_batch=settings.INGEST_MAX_BATCH)
+    if media_type == NDJSON:
+        return validate_ndjson_batch(body, max_batch=settings.INGEST_MAX_BATCH)
+    return validate_batch(_parse_json(body), max_batch=settings.INGEST_MAX_BATCH)
 
 
 _durations: dict[tuple[str, int], Any] = {}

@@ -259,6 +259,11 @@ def _read_snapshot() -> Snapshot:
     return Snapshot(depth=max(0, int(counter)), oldest_due_at=oldest_due, capacity=capacity)
 
 
+def forget_snapshot() -> None:
+    """The next snapshot() in this process reads Redis, whatever its cached reading's age."""
+    _reads.pop(QUEUED_EVENTS_KEY, None)
+
+
 def depth(*, fresh: bool = False) -> int:
     """Queued events, read from Redis at most every 0.2 s per process."""
     return snapshot(fresh=fresh).depth

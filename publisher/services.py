@@ -188,6 +188,12 @@ def queue_depth() -> int:
     return queue.depth()
 
 
+def forget_queue_reading() -> None:
+    """This process's next queue_depth / queue_delay / queue_capacity_for_delay reads Redis afresh (after an
+    admission found the queue fuller than the cached reading said)."""
+    queue.forget_snapshot()
+
+
 def queue_delay() -> float:
     """Seconds an event enqueued now would wait for a worker (publisher.queue.Snapshot.delay; inf when the
     workers are stalled); 0 when no task waits that no worker has taken, or when Celery's broker is not
@@ -231,6 +237,7 @@ __all__ = [
     "enqueue_events_guarded",
     "ensure_topics",
     "event_receipt",
+    "forget_queue_reading",
     "note_duplicates",
     "publish_batch",
     "publish_event",

@@ -233,5 +233,16 @@ def test_the_admission_holds_the_delay_limit_exactly(
             client = redis.Redis.from_url(own_redis)
             assert int(client.get(queue.QUEUED_EVENTS_KEY) or 0) == events_held(client) == 100
             client.close()
+            # Full, by a reading at most 0.2 s old: the next batch is refused before its body is parsed (a
+            # refusal must cost the web tier little), so even a malformed one is answered 503, not 400.
+            time.sleep(0.25)
+            unparsed = Client().post(
+                "/api/v1/events/batch",
+                data=b'{"events": [',
+                content_type="application/json",
+                HTTP_AUTHORIZATION=f"Api-Key {api_key}",
+            )
+            assert unparsed.status_code == 503, unparsed.content
+            assert "would wait more than 5 s" in unparsed.json()["error"]
         finally:
             config.redis._client = None
