@@ -162,9 +162,17 @@ def _probe(settings: Settings, tiers: Any, watcher: Watcher, *, name: str, singl
         "max_requests": probes,
         "stop_at": None,
     }
-    probe_result = run_loadgen(settings, f"{name}-probe", probe)
-    if any(r[3] != 202 for r in probe_result["requests"]):
-        raise RuntimeError(f"probe request failed: {probe_result}")
+    # The worker has just started on what the memory step queued: until it catches up the admission may refuse
+    # (503, INGEST_MAX_QUEUE_DELAY). A probe sent again is answered `duplicate` for what was already accepted.
+    deadline = time.monotonic() + 60
+    while True:
+        probe_result = run_loadgen(settings, f"{name}-probe", probe)
+        statuses = {r[3] for r in probe_result["requests"]}
+        if statuses == {202}:
+            break
+        if statuses - {202, 503} or time.monotonic() > deadline:
+            raise RuntimeError(f"probe request failed: {probe_result}")
+        time.sleep(1.0)
     watcher.load_done()  # the probe is read at once; the load itself is read after it ended
     if not watcher.wait_for(probe_phase, probes * per_request, timeout=60):
         raise RuntimeError("the probe request did not reach Kafka within 60 s (see the worker log)")
