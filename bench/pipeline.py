@@ -94,6 +94,8 @@ def run_phase(
         watcher = Watcher(settings, name, {phase: per_request, probe_phase: per_request})
         _probe(settings, tiers, watcher, name=name, single=single, per_request=per_request)
         meters = _meters(tiers, watcher, broker_pid=broker_pid, redis_pid=redis_pid)
+        # Base memory: each process idle after start-up and the probe's few requests, before the load.
+        base_rss = {tier: meters[tier].rss_mib_by_process() for tier in ("web", "worker") if tier in meters}
 
         start = time.time() + 1.0
         warm_end = start + settings.warmup
@@ -127,6 +129,7 @@ def run_phase(
             seen=seen,
             cpu=cpu,
             rss=rss,
+            base_rss=base_rss,
             memory=memory,
             warm_end=warm_end,
             end=end,

@@ -128,6 +128,10 @@ class TreeMeter:
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs()]
 
+    def rss_mib_by_process(self) -> list[float]:
+        """Current VmRSS of each process of the tree, MiB, the root first (the main process, then its children)."""
+        return [status_kib(pid, "VmRSS") / 1024 for pid in self.pids()]
+
     def peak_rss_mib(self) -> tuple[float, float]:
         """(sum of VmHWM over the tree, largest single VmHWM), MiB."""
         peaks = [status_kib(pid, "VmHWM") for pid in self.pids()]

@@ -8,6 +8,15 @@ from typing import Any
 HTTP_ROWS = ("batch", "single", "peer-batch", "peer-single")
 
 
+def _base_rss(base: dict[str, list[float]] | None) -> str:
+    """Each process's RSS before the load, MiB: main process first, then its children."""
+    if not base:
+        return ""
+    return "; base RSS MiB " + ", ".join(
+        f"{tier} " + "/".join(f"{mib:.0f}" for mib in values) for tier, values in base.items() if values
+    )
+
+
 def http_rows(rows: dict[str, Any]) -> list[str]:
     """The pipeline rows present, in run order: the plain names and their fast-path variants (`batch[none]`)."""
     return [name for name in rows if name.split("[")[0].split("{")[0] in HTTP_ROWS]
@@ -107,9 +116,9 @@ def table(results: dict[str, Any]) -> str:
             f"{_n(cores.get('kafka_watcher'), '.2f')}; queue left at end {r['queued_events_at_end']:,} events, "
             f"drained {'yes' if r['drained'] else 'NO'} in {r['drain_seconds']:.1f} s, accepted but not in Kafka "
             f"at the end {r['missing_in_kafka']:,}, duplicated {r['duplicated_in_kafka']:,}; "
-            f"HTTP {r['http_statuses']}, 5xx {r.get('http_5xx', 0):,}, refused (503) "
+            f"HTTP {r['http_statuses']}, 5xx but 503 {r.get('http_5xx', 0):,}, refused (503) "
             f"{_n(_percent(r.get('refused_share')), '.1f')} % of the requests sent in the window; "
-            f"Redis queue list {_n(q.get('queue_bytes_per_event'))} B/event"
+            f"Redis queue list {_n(q.get('queue_bytes_per_event'))} B/event" + _base_rss(r.get("base_rss_mib"))
         )
     if "broker" in rows:
         b = rows["broker"]
