@@ -122,7 +122,7 @@ def parse_json_body(body: bytes | bytearray | memoryview, *, subject: str = "req
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BodyError(_describe_json_error(body, exc, subject)) from exc
-    if _has_long_digit_run(body):
+    if _has_digit_run(body, 19):  # -(2**63) - 1 has 19 digits
         # orjson turns integers beyond 64 bits into floats, silently changing them; the standard library keeps
         # them exact, so the range checks below can refuse them by name. Only bodies with such a digit run pay.
         try:
@@ -132,19 +132,15 @@ def parse_json_body(body: bytes | bytearray | memoryview, *, subject: str = "req
     return parsed
 
 
-# -(2**63) - 1 has 19 digits. Every digit made "0" and everything else a space, then one substring search: a
-# regular expression ([0-9]{19}) tries a match at every digit and cost several times orjson's whole parse.
 _DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
-_NINETEEN_DIGITS = b"0" * 19
 
 
-def _has_long_digit_run(body: bytes | bytearray | memoryview) -> bool:
-    digits = (
-        body.translate(_DIGITS_AS_ZEROS)
-        if isinstance(body, bytes | bytearray)
-        else bytes(body).translate(_DIGITS_AS_ZEROS)
-    )
-    return _NINETEEN_DIGITS in digits
+def _has_digit_run(data: bytes | bytearray | memoryview, length: int) -> bool:
+    """Whether `data` holds `length` digits in a row: every digit made "0", anything else a space, then one
+    substring search. A regular expression ([0-9]{19}) tries a match at every digit, and cost several times
+    orjson's whole parse of a body."""
+    raw = data if isinstance(data, bytes | bytearray) else bytes(data)
+    return b"0" * length in raw.translate(_DIGITS_AS_ZEROS)
 
 
 def _describe_json_error(
@@ -491,14 +487,12 @@ def _has_non_finite(value: Any) -> bool:
 _ID_FIELDS: Final = ("user_id", "client_attempt_id", "session_id", "item_id", "placement_id", "level", "activity_type")
 _ID_CONTROL = re.compile(r"[\x00-\x1f\x7f]").search
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]").search
-_SIXTEEN_DIGITS = b"0" * 16
 
 
 def _needs_walk(blob: bytes) -> bool:
     """orjson escapes every C0 control as a backslash sequence and writes DEL as is; an event whose JSON has
-    neither a backslash, DEL, nor a run of 16 digits (|n| may exceed 2**53) needs no walk for those. Substring
-    searches, not a regular expression: [0-9]{16} tries a match at every digit, a large share of validation."""
-    return b"\\" in blob or b"\x7f" in blob or _SIXTEEN_DIGITS in blob.translate(_DIGITS_AS_ZEROS)
+    neither a backslash, DEL, nor a run of 16 digits (|n| may exceed 2**53) needs no walk for those."""
+    return b"\\" in blob or b"\x7f" in blob or _has_digit_run(blob, 16)
 
 
 def _content_errors(raw: dict[Any, Any], blob: bytes, errs: _Errors) -> None:
