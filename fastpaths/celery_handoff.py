@@ -25,7 +25,7 @@ import base64
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -35,7 +35,7 @@ from kombu import compression
 
 import fastpaths
 from config.redis import script, script_then_wait
-from publisher import queue
+from publisher import queue, receipts
 
 NAME = "celery_handoff"
 VERIFIED = {"celery": "5.5.3", "kombu": "5.5.4"}
@@ -48,12 +48,13 @@ def enabled() -> bool:
 # The third part of a task body: no callbacks, errbacks, chain or chord (publish tasks never carry any).
 NO_EMBEDDED_CALLS = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
-# KEYS: queued-events counter, Celery queue list, guard keys..., stamp keys...   ARGV: count, limit, guard ttl,
-# message, number of guards, stamp ttl, stamp value, guard values... Returns {0} when enqueued, {1, i, value,
-# ...} for guards already held (nothing done), {2} when the queue has no room (nothing done). When enqueued,
-# every stamp key is set to the stamp value.
+# KEYS: queued-events counter, Celery queue list, guard keys..., stamp hashes...   ARGV: count, limit, guard ttl,
+# message, number of guards, stamps' expiry, stamp value, guard values..., then per stamp hash: n, n fields.
+# Returns {0} when enqueued, {1, i, value, ...} for guards already held (nothing done), {2} when the queue has no
+# room (nothing done). When enqueued, every stamp field is set to the stamp value.
 _ENQUEUE_GUARDED = (
     queue.RESERVE_LUA
+    + receipts.STAMP_LUA
     + """
 local last_guard = 2 + tonumber(ARGV[5])
 local held = {1}
@@ -79,9 +80,7 @@ end
 for i = 3, last_guard do
   redis.call('SET', KEYS[i], ARGV[i + 5], 'EX', ARGV[3])
 end
-for i = last_guard + 1, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[7], 'EX', ARGV[6])
-end
+stamp(last_guard + 1, last_guard + 6, ARGV[7], ARGV[6])
 redis.call('LPUSH', KEYS[2], ARGV[4])
 return {0}
 """
@@ -170,16 +169,18 @@ def enqueue_guarded(
     guard_ttl: int,
     min_replicas: int = 0,
     replica_wait: float = 0.0,
-    stamps: Sequence[str] = (),
+    stamps: Mapping[str, Sequence[str]] | None = None,
     stamp_value: str = "",
-    stamp_ttl: int = 1,
+    stamp_expire_at: int = 0,
 ) -> GuardedResult:
     """Run the script; with `min_replicas`, then WAIT (same connection, same round trip) up to `replica_wait`
     seconds for that many replicas to hold its writes, and say in `replicas` how many did. Also, when enqueued:
-    each key of `stamps` is set to `stamp_value` for `stamp_ttl` seconds (the events' receipts,
-    publisher.receipts)."""
-    keys = [queue.QUEUED_EVENTS_KEY, queue_name, *(key for key, _ in guards), *stamps]
-    args = [count, limit, guard_ttl, message, len(guards), stamp_ttl, stamp_value, *(value for _, value in guards)]
+    each field of `stamps` (hash -> fields) is set to `stamp_value`, and each hash expires at `stamp_expire_at`
+    (the events' receipts, publisher.receipts)."""
+    keys = [queue.QUEUED_EVENTS_KEY, queue_name, *(key for key, _ in guards), *(stamps or {})]
+    args = [count, limit, guard_ttl, message, len(guards), stamp_expire_at, stamp_value]
+    args += [value for _, value in guards]
+    args += receipts.flatten(stamps or {})
     replicas = None
     if min_replicas > 0:
         reply, replicas = script_then_wait(

@@ -1,17 +1,26 @@
 """Receipts: what became of each accepted event, for its producer (`GET /api/v1/events/<id>`) and for the admin's
 Trace an event screen.
 
-One Redis string per event, `receipt:<event_id>`, kept INGEST_DEDUP_TTL (so a producer can ask about an event as
-long as it may send it again). A string, not a hash, and only appended to: one command per event at each step
-(a hash plus its EXPIRE took two, and more memory). Its text is a header and then tokens, each `|`-prefixed:
+Kept in Redis hashes per time bucket and shard, `receipts:<bucket>:<shard>`, one field per event id: a bucket is
+INGEST_DEDUP_TTL/192 seconds (at least 60) of writes, a shard one of 16 by the event id's CRC-32, and each hash
+expires INGEST_DEDUP_TTL after its bucket ends (so a producer can ask about an event as long as it may send it
+again). A hash per bucket, not a key per event: one HSET carries a whole task's events and Redis keeps no TTL per
+event, which made receipts cost a sixth of batch throughput (docs/performance.md). Shards keep each hash small
+enough to free without stalling Redis. A reader looks in every bucket of the TTL window (one pipelined HGET each)
+and joins what it finds, oldest first.
+
+A receipt's text is a header and then tokens, each `|`-prefixed, written to the bucket of the moment:
 - at admission, in the same atomic step that queues its task (or just before the task, when admitting in
   steps): `<owner>:<accepted_at ms>` (owner: the API key's prefix; no token yet: queued);
 - by the worker once Kafka acknowledged: `|d:<topic>:<partition>:<offset>` per delivery, then `|p` (published:
   nothing left to deliver) or `|u` (unrouted: no rule matched);
 - by the dead-letter writer: `|x:<topic>:<dead-letter id>:<reason>` (any one makes the event dead-lettered);
-- for a duplicate sent under an event id of its own (only if that id has no receipt): `|=<the original's id>`;
+- for a duplicate sent under an event id of its own (only if that id has no receipt in the bucket): a header and
+  `|=<the original's id>`;
 - on the original, when another API key was answered `duplicate` of it: `|r:<that key's prefix>` (it may read
   the receipt too: it was told the id, and sent the same event).
+Tokens written in a later bucket than the header are a segment without a header; a header starts the receipt
+afresh (the event id was accepted again), except a duplicate's note, which never hides an event's own receipt.
 Topic names, owners and reasons hold no `|` or `:` (Kafka allows letters, digits, `.`, `_`, `-` in names).
 
 Receipts are a view, not the record (Kafka and the dead-letter table are): the worker's writes travel with the
@@ -21,6 +30,8 @@ task's other deferred Redis writes, and a lost one leaves a receipt behind, neve
 from __future__ import annotations
 
 import logging
+import time
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,48 +42,84 @@ from config.redis import get_redis, script, writes
 
 logger = logging.getLogger(__name__)
 
-KEY_PREFIX = "receipt:"
+KEY_PREFIX = "receipts:"
+SHARDS = 16
+MAX_BUCKETS = 192  # buckets a TTL spans, so at most this many (plus 3) HGETs per read
 QUEUED = "queued"
 PUBLISHED = "published"
 DEAD_LETTERED = "dead_lettered"
 DUPLICATE = "duplicate"
 UNROUTED = "unrouted"
 
-# KEYS: receipts. ARGV: ttl, then one text per key, appended. Read and written whole, not APPENDed: APPEND
-# leaves the string with room to grow, about 60 % more memory per receipt. A receipt that did not exist
-# (expired while its event waited, or queued before receipts were on) gets a TTL instead of living forever.
+# Fields per HSET/HMGET: Lua's unpack takes at most ~8,000 values.
+_SLICE = 1000
+
+# KEYS: receipt hashes. ARGV: expiry (unix seconds), then per key: n, n event ids, n texts, each text appended to
+# the event's field (HMGET then HSET: the value is stored whole, without the room APPEND leaves to grow).
 _APPEND = """
-for i, key in ipairs(KEYS) do
-  local old = redis.call('GET', key)
-  if old then
-    redis.call('SET', key, old .. ARGV[i + 1], 'KEEPTTL')
-  else
-    redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
+local a = 2
+for _, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[a])
+  for first = 1, n, 1000 do
+    local last = math.min(first + 999, n)
+    local old = redis.call('HMGET', key, unpack(ARGV, a + first, a + last))
+    local kv = {}
+    for j = first, last do
+      kv[#kv + 1] = ARGV[a + j]
+      kv[#kv + 1] = (old[j - first + 1] or '') .. ARGV[a + n + j]
+    end
+    redis.call('HSET', key, unpack(kv))
+  end
+  redis.call('EXPIREAT', key, ARGV[1])
+  a = a + 2 * n + 1
+end
+return #KEYS
+"""
+
+# Lua that sets stamps, shared with the admission script (fastpaths.celery_handoff): KEYS[first_key..] are
+# receipt hashes; ARGV[a] onwards is, per key, n and n event ids; each field is set to `value`, each hash
+# expires at `expire_at`.
+STAMP_LUA = """
+local function stamp(first_key, a, value, expire_at)
+  for k = first_key, #KEYS do
+    local n = tonumber(ARGV[a])
+    for first = 1, n, 1000 do
+      local kv = {}
+      for j = first, math.min(first + 999, n) do
+        kv[#kv + 1] = ARGV[a + j]
+        kv[#kv + 1] = value
+      end
+      redis.call('HSET', KEYS[k], unpack(kv))
+    end
+    redis.call('EXPIREAT', KEYS[k], expire_at)
+    a = a + n + 1
   end
 end
-return #KEYS
 """
 
-# KEYS: receipts. ARGV: ttl, value. Every key set to the value, with the TTL.
-_STAMP = """
-for _, key in ipairs(KEYS) do
-  redis.call('SET', key, ARGV[2], 'EX', ARGV[1])
-end
+# KEYS: receipt hashes. ARGV: expiry, value, then per key: n, n event ids.
+_STAMP = (
+    STAMP_LUA
+    + """
+stamp(1, 3, ARGV[2], ARGV[1])
 return #KEYS
 """
+)
 
-
-# KEYS: (receipt of the duplicate, receipt of its original) pairs. ARGV: ttl, owner, header, originals' ids.
+# KEYS: (hash of the duplicate, hash of its original) pairs. ARGV: expiry, owner, header, then per pair the
+# duplicate's id and the original's id.
 _DUPLICATES = """
 local reader = '|r:' .. ARGV[2]
 for i = 1, #KEYS, 2 do
-  if KEYS[i] ~= KEYS[i + 1] then
-    redis.call('SET', KEYS[i], ARGV[3] .. '|=' .. ARGV[3 + (i + 1) / 2], 'NX', 'EX', ARGV[1])
+  local sent, original = ARGV[3 + i], ARGV[4 + i]
+  if sent ~= original then
+    redis.call('HSETNX', KEYS[i], sent, ARGV[3] .. '|=' .. original)
+    redis.call('EXPIREAT', KEYS[i], ARGV[1])
   end
-  local text = redis.call('GET', KEYS[i + 1])
-  if text and string.sub(text, 1, #ARGV[2] + 1) ~= ARGV[2] .. ':'
-      and not string.find(text .. '|', reader .. '|', 1, true) then
-    redis.call('SET', KEYS[i + 1], text .. reader, 'KEEPTTL')
+  local text = redis.call('HGET', KEYS[i + 1], original)
+  if not (text and string.find(text .. '|', reader .. '|', 1, true)) then
+    redis.call('HSET', KEYS[i + 1], original, (text or '') .. reader)
+    redis.call('EXPIREAT', KEYS[i + 1], ARGV[1])
   end
 end
 return #KEYS
@@ -87,8 +134,38 @@ def ttl() -> int:
     return max(1, int(settings.INGEST_DEDUP_TTL))
 
 
-def key(event_id: Any) -> str:
-    return KEY_PREFIX + str(event_id)
+def bucket_seconds() -> int:
+    return max(60, -(-ttl() // MAX_BUCKETS))
+
+
+def hash_key(*, event_id: Any, at: float) -> str:
+    """The hash that holds what is written at `at` about `event_id`."""
+    return f"{KEY_PREFIX}{int(at) // bucket_seconds()}:{zlib.crc32(str(event_id).encode()) % SHARDS}"
+
+
+def expire_at(at: float) -> int:
+    """When the hashes written at `at` expire: INGEST_DEDUP_TTL after their bucket ends."""
+    width = bucket_seconds()
+    return (int(at) // width + 1) * width + ttl()
+
+
+def by_hash(*, event_ids: Iterable[Any], at: float) -> dict[str, list[str]]:
+    """The event ids (as text) grouped by the hash their receipts go to at `at`."""
+    prefix = f"{KEY_PREFIX}{int(at) // bucket_seconds()}:"
+    groups: dict[str, list[str]] = {}
+    for event_id in event_ids:
+        text = str(event_id)
+        groups.setdefault(prefix + str(zlib.crc32(text.encode()) % SHARDS), []).append(text)
+    return groups
+
+
+def flatten(groups: Mapping[str, Sequence[str]]) -> list[Any]:
+    """The ARGV tail STAMP_LUA reads: per hash, the count and the ids."""
+    args: list[Any] = []
+    for event_ids in groups.values():
+        args.append(len(event_ids))
+        args.extend(event_ids)
+    return args
 
 
 def admission_value(*, owner: str, accepted_at: float) -> str:
@@ -102,14 +179,18 @@ def admission_value(*, owner: str, accepted_at: float) -> str:
 def stamp_queued(*, event_ids: Sequence[Any], owner: str, accepted_at: float) -> None:
     """Receipts for events about to be queued (admission in steps). Raises if Redis cannot take them, so the
     caller refuses the request as it would for the queue itself."""
+    groups = by_hash(event_ids=event_ids, at=accepted_at)
     value = admission_value(owner=owner, accepted_at=accepted_at)
-    script(_STAMP)(keys=[key(event_id) for event_id in event_ids], args=[ttl(), value])
+    script(_STAMP)(keys=list(groups), args=[expire_at(accepted_at), value, *flatten(groups)])
 
 
-def forget(*, event_ids: Sequence[Any]) -> None:
-    """Remove receipts stamped for events that were not queued after all."""
+def forget(*, event_ids: Sequence[Any], accepted_at: float) -> None:
+    """Remove receipts stamped (at `accepted_at`) for events that were not queued after all."""
     try:
-        get_redis().delete(*(key(event_id) for event_id in event_ids))
+        with get_redis().pipeline(transaction=False) as pipe:
+            for receipts, ids in by_hash(event_ids=event_ids, at=accepted_at).items():
+                pipe.hdel(receipts, *ids)
+            pipe.execute()
     except Exception as exc:
         logger.warning("%d receipts of refused events left behind: %r", len(event_ids), exc)
 
@@ -122,9 +203,14 @@ def note_duplicates(*, duplicates: Sequence[tuple[str, str]], owner: str, accept
     if not owner:
         return  # no API key: no one could read them
     try:
-        keys = [receipt for event_id, original in duplicates for receipt in (key(event_id), key(original))]
+        keys = [
+            hash_key(event_id=event_id, at=accepted_at) if i == 0 else hash_key(event_id=original, at=accepted_at)
+            for event_id, original in duplicates
+            for i in (0, 1)
+        ]
         header = admission_value(owner=owner, accepted_at=accepted_at)
-        script(_DUPLICATES)(keys=keys, args=[ttl(), owner, header, *(original for _, original in duplicates)])
+        ids = [str(event_id) for pair in duplicates for event_id in pair]
+        script(_DUPLICATES)(keys=keys, args=[expire_at(accepted_at), owner, header, *ids])
     except Exception as exc:
         logger.warning("receipts of %d duplicates not written: %r", len(duplicates), exc)
 
@@ -146,23 +232,31 @@ def note_deliveries(
         for index in indexes:
             texts[index] = texts.get(index, "") + token
     if texts:
-        _append({key(events[index]["event_id"]): text for index, text in texts.items()})
+        _append({str(events[index]["event_id"]): text for index, text in texts.items()})
 
 
 def note_dead_letters(*, dead_letters: Iterable[tuple[Any, str, int, str]]) -> None:
     """Dead letters stored: (event id, original topic, dead-letter id, reason)."""
     texts: dict[str, str] = {}
     for event_id, topic, dead_letter_id, reason in dead_letters:
-        receipt = key(event_id)
+        receipt = str(event_id)
         texts[receipt] = texts.get(receipt, "") + f"|x:{topic}:{dead_letter_id}:{reason}"
     if texts:
         _append(texts)
 
 
 def _append(texts: Mapping[str, str]) -> None:
+    """Append each text to its event's receipt (event id -> text), in the bucket of the moment."""
+    now = time.time()
+    groups = by_hash(event_ids=texts, at=now)
+    args: list[Any] = [expire_at(now)]
+    for event_ids in groups.values():
+        args.append(len(event_ids))
+        args.extend(event_ids)
+        args.extend(texts[event_id] for event_id in event_ids)
     with writes() as pipe:
         # EVAL, not a registered script: redis-py checks a pipeline's scripts with a round trip of its own.
-        pipe.eval(_APPEND, len(texts), *texts, ttl(), *texts.values())
+        pipe.eval(_APPEND, len(groups), *groups, *args)
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -210,10 +304,29 @@ class Receipt:
 
 def read(*, event_id: str) -> Receipt | None:
     """The receipt of `event_id`, or None when there is none (unknown, expired, or receipts were off)."""
-    raw = get_redis().get(key(event_id))
-    if not raw:
-        return None
-    return parse(event_id=event_id, text=raw.decode() if isinstance(raw, bytes) else str(raw))
+    now = time.time()
+    width = bucket_seconds()
+    # Every bucket a live hash may be in, and one beyond now for a writer whose clock runs ahead.
+    first, last = int(now - ttl()) // width - 1, int(now) // width + 1
+    shard = zlib.crc32(event_id.encode()) % SHARDS
+    with get_redis().pipeline(transaction=False) as pipe:
+        for bucket in range(first, last + 1):
+            pipe.hget(f"{KEY_PREFIX}{bucket}:{shard}", event_id)
+        found = pipe.execute()
+    text = join([raw.decode() if isinstance(raw, bytes) else str(raw) for raw in found if raw])
+    return None if text is None else parse(event_id=event_id, text=text)
+
+
+def join(segments: Sequence[str]) -> str | None:
+    """One receipt from what the buckets hold, oldest first: from the last segment that opens with a header
+    (a duplicate's note only when no other header is there), with the header-less segments after it."""
+    start = None
+    for position, segment in enumerate(segments):
+        if not segment.startswith("|") and (start is None or "|=" not in segment):
+            start = position
+    if start is None:
+        return None  # tokens whose header expired or was never written
+    return segments[start] + "".join(segment for segment in segments[start + 1 :] if segment.startswith("|"))
 
 
 def parse(*, event_id: str, text: str) -> Receipt:

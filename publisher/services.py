@@ -110,9 +110,9 @@ def enqueue_events_guarded(
         guard_ttl=guard_ttl,
         min_replicas=min_replicas,
         replica_wait=replica_wait,
-        stamps=[receipts.key(event["event_id"]) for event in events] if stamped else (),
+        stamps=receipts.by_hash(event_ids=(event["event_id"] for event in events), at=accepted_at) if stamped else None,
         stamp_value=receipts.admission_value(owner=receipt_owner or "", accepted_at=accepted_at),
-        stamp_ttl=receipts.ttl(),
+        stamp_expire_at=receipts.expire_at(accepted_at),
     )
 
 
@@ -160,7 +160,7 @@ def enqueue_events(
         )
     except Exception:
         if stamped:
-            receipts.forget(event_ids=event_ids)
+            receipts.forget(event_ids=event_ids, accepted_at=accepted_at)
         raise
     if capacity_reserved:
         return

@@ -102,9 +102,10 @@ redis_up() {
   if pid_alive "$REDIS_DIR/redis.pid"; then log "redis: already running on 127.0.0.1:$REDIS_PORT"; return; fi
   # AOF with fsync every second: an event answered 202 sits in the Celery queue and must survive a restart.
   # noeviction: Redis must refuse writes rather than silently drop queued tasks when full.
+  # lazyfree-lazy-expire: an expiring receipt hash (publisher.receipts) is freed off the main thread.
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" --daemonize yes \
     --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" \
-    --appendonly yes --appendfsync everysec --maxmemory-policy noeviction --save "" --protected-mode yes
+    --appendonly yes --appendfsync everysec --maxmemory-policy noeviction --lazyfree-lazy-expire yes --save "" --protected-mode yes
   for _ in $(seq 1 50); do
     redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && { log "redis: started on 127.0.0.1:$REDIS_PORT"; return; }
     sleep 0.1
@@ -141,6 +142,7 @@ sentinel_node_up() {
       echo "bind 127.0.0.1"; echo "port $port"; echo "dir $dir"; echo "daemonize yes"
       echo "pidfile $dir/redis.pid"; echo "logfile $dir/redis.log"; echo "protected-mode yes"
       echo "appendonly yes"; echo "appendfsync everysec"; echo "maxmemory-policy noeviction"; echo 'save ""'
+      echo "lazyfree-lazy-expire yes"
       [[ "$port" == "$primary_port" ]] || echo "replicaof 127.0.0.1 $primary_port"
     } > "$dir/redis.conf"
   fi

@@ -115,6 +115,51 @@ def test_every_event_of_a_batch_has_its_own_position(
             assert dict(record.headers)["event_id"].decode() == event_id
 
 
+def test_receipts_live_in_a_few_expiring_hashes_not_a_key_per_event(
+    default_routing: None, celery_worker: WorkerProcess, web_server: WebServer, api_key: str
+) -> None:
+    from config.redis import get_redis
+    from publisher import receipts
+
+    events = [factories.activity() for _ in range(60)]
+    response = post(web_server, "/api/v1/events/batch", {"events": events}, api_key)
+    assert response.status_code == 202, response.text
+    ids = {result["event_id"] for result in response.json()["results"]}
+    for event_id in ids:
+        wait_for(lambda e=event_id: status_of(web_server, e, api_key) == "published", timeout=30, what="published")
+
+    redis = get_redis()
+    holding = {key: redis.hkeys(key) for key in redis.scan_iter(f"{receipts.KEY_PREFIX}*", count=1000)}
+    holding = {key: {f.decode() for f in fields} & ids for key, fields in holding.items()}
+    holding = {key: fields for key, fields in holding.items() if fields}
+    assert set().union(*holding.values()) == ids
+    # 60 events, at most one hash per shard in each of the (at most two) buckets admission and publishing wrote.
+    assert len(holding) <= 2 * receipts.SHARDS
+    for key in holding:
+        left = redis.ttl(key)
+        assert 0 < left <= receipts.ttl() + receipts.bucket_seconds(), (key, left)
+
+
+def test_a_receipt_spanning_buckets_reads_whole(web_server: WebServer, api_key: str) -> None:
+    """An event queued long before it was published (a Kafka outage, say): its header is in an older bucket
+    than its deliveries."""
+    from publisher import receipts
+
+    event_id = str(uuid.uuid4())
+    owner = api_key.partition(".")[0]
+    receipts.stamp_queued(event_ids=[event_id], owner=owner, accepted_at=time.time() - 3 * receipts.bucket_seconds())
+    assert status_of(web_server, event_id, api_key) == "queued"
+    receipts.note_deliveries(events=[{"event_id": event_id}], delivered=[(0, "user.activities", (2, 41))], finished=[0])
+    assert get_receipt(web_server, event_id, api_key).json() == {
+        "event_id": event_id,
+        "status": "published",
+        "deliveries": [{"topic": "user.activities", "partition": 2, "offset": 41}],
+        "dead_letters": [],
+    }
+    receipts.forget(event_ids=[event_id], accepted_at=time.time() - 3 * receipts.bucket_seconds())
+    assert get_receipt(web_server, event_id, api_key).status_code == 404
+
+
 def test_another_api_key_gets_404_exactly_as_for_an_unknown_event(
     default_routing: None, celery_worker: WorkerProcess, web_server: WebServer, api_key: str
 ) -> None:
