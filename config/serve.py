@@ -3,10 +3,12 @@
 granian parses HTTP and handles sockets in Rust and runs the WSGI app on a pool of Python threads per worker
 process, which costs less web CPU per request than gunicorn's threaded workers (docs/performance.md).
 
-WEB_CONCURRENCY worker processes (default 2), WEB_THREADS Python threads each (default 32): requests of one
-API key that are in flight together in a process are admitted as one group (ingestion.services), so more
-threads also mean fewer Redis round trips and publish tasks per event. A request beyond the threads waits in
-granian's queue instead of joining a group.
+WEB_CONCURRENCY worker processes (default 2), WEB_THREADS Python threads each (default 48). At most
+INGEST_WEB_ACTIVE_REQUESTS (32) of them work on event requests at once (ingestion.shedding): requests of one API
+key that are in flight together in a process are admitted as one group (ingestion.services), so more active
+requests also mean fewer Redis round trips and publish tasks per event; the threads beyond them see the requests
+that wait, and refuse them at once when the web tier cannot keep up (a request beyond the threads waits in
+granian's queue, where the app cannot see it).
 INGEST_BIND is host:port (default 127.0.0.1:8083). Command-line options win over the environment.
 """
 
@@ -46,7 +48,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m config.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--bind", default=None, help="host:port (default: INGEST_BIND, else 127.0.0.1:8083)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: WEB_CONCURRENCY, 2)")
-    parser.add_argument("--threads", type=int, default=None, help="threads per worker (default: WEB_THREADS, 32)")
+    parser.add_argument("--threads", type=int, default=None, help="threads per worker (default: WEB_THREADS, 48)")
     parser.add_argument("--access-log", action="store_true", help="log every request to stdout")
     parser.add_argument(
         "--shutdown-timeout", type=int, default=30, help="seconds a stopping worker may finish requests in flight"
@@ -62,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             host, port = split_bind(env_str("INGEST_BIND", "127.0.0.1:8083"), name="INGEST_BIND")
         workers = args.workers if args.workers is not None else env_int("WEB_CONCURRENCY", 2, minimum=1, maximum=64)
-        threads = args.threads if args.threads is not None else env_int("WEB_THREADS", 32, minimum=1, maximum=256)
+        threads = args.threads if args.threads is not None else env_int("WEB_THREADS", 48, minimum=1, maximum=512)
     except EnvError as exc:
         sys.exit(f"config.serve: {exc}")
     if workers < 1 or threads < 1:

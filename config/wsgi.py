@@ -1,7 +1,8 @@
 """WSGI entry point: `config.wsgi:application`.
 
 Django's WSGI handler with settings.MIDDLEWARE; with the fast path `django_lean_handler` (fastpaths/) the two
-event endpoints are served by a handler with a short middleware chain instead (see that module).
+event endpoints are served by a handler with a short middleware chain instead (see that module). POSTs to the
+event endpoints pass ingestion.shedding's gate first (INGEST_WEB_ACTIVE_REQUESTS).
 """
 
 import os
@@ -16,12 +17,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 def _application() -> Any:
     full = get_wsgi_application()  # sets Django up
+    from django.urls import reverse
+
     import fastpaths
     from fastpaths import django_lean_handler
+    from ingestion import shedding
     from ingestion.middleware import ingest_paths
 
     fastpaths.log_once("web")
-    return django_lean_handler.application(full, ingest_paths())
+    app = django_lean_handler.application(full, ingest_paths())
+    return shedding.gated(app, paths={reverse("ingest-event"): "event", reverse("ingest-batch"): "batch"})
 
 
 application = _application()

@@ -28,6 +28,7 @@ REJECT_REASONS = (
     "rate_limited",
     "backpressure",
     "queue_delay",
+    "web_busy",
     "http_400",
     "http_413",
     "http_415",

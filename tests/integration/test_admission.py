@@ -246,3 +246,69 @@ def test_the_admission_holds_the_delay_limit_exactly(
             assert "would wait more than 5 s" in unparsed.json()["error"]
         finally:
             config.redis._client = None
+
+
+def test_a_web_tier_past_its_capacity_refuses_at_once_and_publishes_what_it_accepted(
+    default_routing: None, api_key: str, celery_worker: WorkerProcess, kafka_reader: Any
+) -> None:
+    """More clients than the web process works for at once: those it cannot serve soon get 503 and Retry-After
+    (ingestion.shedding) instead of queueing in the web server, every event it answered 202 reaches Kafka once,
+    and a request after the flood is accepted again."""
+    import threading
+
+    env = {
+        "INGEST_WEB_ACTIVE_REQUESTS": "1",
+        "INGEST_WEB_MAX_WAIT": "4ms",
+        "WEB_THREADS": "8",
+        "INGEST_RATE_LIMIT": "1000000/s",
+    }
+    reader = kafka_reader("user.activities")
+    web = WebServer(workers=1, extra_env=env)
+    answers: list[tuple[str, int, str, str | None]] = []  # event id, status, error, Retry-After
+    lock = threading.Lock()
+    stop_at = time.monotonic() + 3.0
+
+    def client() -> None:
+        with requests.Session() as session:
+            while time.monotonic() < stop_at:
+                event = activity()
+                response = session.post(
+                    f"{web.url}/api/v1/events",
+                    data=orjson.dumps(event),
+                    headers={"Content-Type": "application/json", "Authorization": f"Api-Key {api_key}"},
+                    timeout=30,
+                )
+                error = response.json().get("error", "") if response.status_code != 202 else ""
+                with lock:
+                    answers.append(
+                        (event["event_id"], response.status_code, error, response.headers.get("Retry-After"))
+                    )
+
+    try:
+        clients = [threading.Thread(target=client) for _ in range(48)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(timeout=60)
+        metrics = requests.get(f"{web.url}/metrics", timeout=10).text
+        time.sleep(0.5)  # an interval without refusals ends the shedding
+        after = post(web, api_key, activity())
+    finally:
+        web.stop()
+
+    statuses = {status for _, status, _, _ in answers}
+    assert statuses == {202, 503}, statuses
+    refused = [answer for answer in answers if answer[1] == 503]
+    assert all(retry_after == "1" for _, _, _, retry_after in refused)
+    assert all("working at capacity" in error for _, _, error, _ in refused), refused[:3]
+    shed = [
+        line for line in metrics.splitlines() if line.startswith('ingestion_events_rejected_total{reason="web_busy"}')
+    ]
+    assert shed and float(shed[0].split()[-1]) > 0, shed
+    assert after.status_code == 202, after.text
+
+    accepted = [event_id for event_id, status, _, _ in answers if status == 202] + [after.json()["event_id"]]
+    sent = {event_id for event_id, _, _, _ in answers} | set(accepted)
+    records = reader.read(expected=len(accepted), timeout=60)
+    delivered = [r.headers["event_id"].decode() for r in records if r.headers["event_id"].decode() in sent]
+    assert sorted(delivered) == sorted(accepted)  # each accepted event once; none of the refused

@@ -1,0 +1,148 @@
+"""Load shedding in the web tier: at most INGEST_WEB_ACTIVE_REQUESTS event requests are worked on at once in a web
+process, and when they cannot keep up, the rest are refused at once with `503` and `Retry-After` instead of
+waiting.
+
+Why: granian hands requests to a pool of Python threads (WEB_THREADS) and queues the rest where the app cannot
+see them. When the web tier itself is the bottleneck (single events offered at several times its capacity), that
+queue grows for as long as the overload lasts and every request waits in it for seconds, while the admission
+(ingestion.services, which watches the publish queue) has nothing to refuse. So the pool has more threads than
+permits, and the queue in front of the permits is one the app sees:
+- a request that finds a permit free takes it;
+- otherwise it waits for one, at most INGEST_WEB_SHED_INTERVAL; a burst is absorbed so;
+- when waits stay above INGEST_WEB_SHED_TARGET for a whole interval (CoDel's sign of a standing queue rather than
+  a burst), or one wait runs out, the gate sheds: a request that finds no permit free is refused at once, so the
+  spare threads empty granian's queue at the price of a refusal each, and the requests that are accepted wait
+  for nothing. Each refusal keeps the gate shedding for another interval; an interval without one ends it.
+
+Only the two event endpoints' POSTs pass the gate; the admin, health, metrics and receipts never wait on it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+from django.conf import settings
+
+from events.schema import error_body
+from ingestion import metrics
+
+
+class Gate:
+    """The permits and the shedding state of one web process (thread-safe)."""
+
+    def __init__(
+        self, *, permits: int, target: float, interval: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._free = permits
+        self._target = target
+        self._interval = interval
+        self._clock = clock
+        self._changed = threading.Condition(threading.Lock())
+        self._shedding_until = 0.0
+        self._above_since: float | None = None  # since when every wait has been above the target
+
+    def enter(self) -> bool:
+        """Take a permit (True), or refuse the request (False). A True must be followed by `leave()`."""
+        with self._changed:
+            if self._free > 0:
+                self._free -= 1
+                self._above_since = None  # no queue right now
+                return True
+            started = self._clock()
+            if started < self._shedding_until:
+                self._shedding_until = started + self._interval
+                return False
+            deadline = started + self._interval
+            while self._free == 0:
+                left = deadline - self._clock()
+                if left <= 0 or not self._changed.wait(left):
+                    if self._free > 0:
+                        break
+                    now = self._clock()
+                    self._shedding_until = now + self._interval
+                    return False
+            self._free -= 1
+            now = self._clock()
+            if now - started <= self._target:
+                self._above_since = None
+            else:
+                if self._above_since is None:
+                    self._above_since = started
+                if now - self._above_since >= self._interval:
+                    self._shedding_until = now + self._interval
+            return True
+
+    def leave(self) -> None:
+        with self._changed:
+            self._free += 1
+            self._changed.notify()
+
+    def shedding(self) -> bool:
+        with self._changed:
+            return self._clock() < self._shedding_until
+
+
+def refusal(*, retry_after: int) -> tuple[str, list[tuple[str, str]], bytes]:
+    """The 503 a shed request gets: status line, headers, body (the API's error shape)."""
+    body = orjson.dumps(
+        error_body("The web tier is working at capacity and cannot answer this request in time; retry later.")
+    )
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        ("Retry-After", str(retry_after)),
+    ]
+    return "503 Service Unavailable", headers, body
+
+
+def gated(app: Callable[..., Iterable[bytes]], *, paths: Mapping[str, str]) -> Callable[..., Iterable[bytes]]:
+    """The web process's app with its gate as the settings say (`paths`: event endpoint path -> metrics name), or
+    `app` itself when INGEST_WEB_ACTIVE_REQUESTS is 0."""
+    if not settings.INGEST_WEB_ACTIVE_REQUESTS:
+        return app
+    gate = Gate(
+        permits=settings.INGEST_WEB_ACTIVE_REQUESTS,
+        target=settings.INGEST_WEB_MAX_WAIT / 2,
+        interval=settings.INGEST_WEB_MAX_WAIT,
+    )
+    rejected = metrics.EVENTS_REJECTED.labels(reason="web_busy")
+    durations = {path: metrics.REQUEST_DURATION.labels(endpoint=name, status="503") for path, name in paths.items()}
+
+    def count(path: str, seconds: float) -> None:
+        rejected.inc()
+        durations[path].observe(seconds)
+
+    return wrap(app, paths=paths, gate=gate, retry_after=settings.INGEST_RETRY_AFTER_SECONDS, on_refusal=count)
+
+
+def wrap(
+    app: Callable[..., Iterable[bytes]],
+    *,
+    paths: Iterable[str],
+    gate: Gate,
+    retry_after: int,
+    on_refusal: Callable[[str, float], None] = lambda path, seconds: None,
+) -> Callable[..., Iterable[bytes]]:
+    """The WSGI app with POSTs to `paths` passed through `gate`; `on_refusal(path, seconds waited)`."""
+    watched = frozenset(paths)
+    status, headers, body = refusal(retry_after=retry_after)
+
+    def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO")
+        if path not in watched or environ.get("REQUEST_METHOD") != "POST":
+            return app(environ, start_response)
+        started = time.monotonic()
+        if not gate.enter():
+            on_refusal(path, time.monotonic() - started)
+            start_response(status, headers)
+            return [body]
+        try:
+            return app(environ, start_response)
+        finally:
+            gate.leave()
+
+    return application

@@ -1,0 +1,109 @@
+"""The web tier's load-shedding gate (ingestion.shedding.Gate): when it waits, when it refuses, when it stops."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ingestion.shedding import Gate, wrap
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_requests_within_the_permits_never_wait_or_get_refused() -> None:
+    gate = Gate(permits=2, target=0.05, interval=0.1, clock=Clock())
+    assert gate.enter() and gate.enter()
+    gate.leave()
+    assert gate.enter()
+    assert not gate.shedding()
+
+
+def test_a_wait_that_runs_out_refuses_and_starts_shedding() -> None:
+    gate = Gate(permits=1, target=0.01, interval=0.05)
+    assert gate.enter()
+    started = time.monotonic()
+    assert not gate.enter()  # no permit within the interval
+    assert time.monotonic() - started >= 0.05
+    assert gate.shedding()
+    # While shedding, a request that finds no permit is refused at once.
+    started = time.monotonic()
+    assert not gate.enter()
+    assert time.monotonic() - started < 0.04
+    # One that finds a permit free still gets it.
+    gate.leave()
+    assert gate.enter()
+
+
+def test_shedding_ends_after_an_interval_without_refusals() -> None:
+    clock = Clock()
+    gate = Gate(permits=1, target=0.01, interval=0.1, clock=clock)
+    gate._shedding_until = clock.now + 0.1  # as a refusal leaves it
+    assert gate.enter()
+    assert not gate.enter()  # refused, and shedding extended by an interval from now
+    clock.now += 0.09
+    assert gate.shedding()
+    clock.now += 0.02
+    assert not gate.shedding()
+
+
+def test_a_burst_waits_for_a_permit_instead_of_being_refused() -> None:
+    gate = Gate(permits=1, target=0.05, interval=0.5)
+    assert gate.enter()
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(gate.enter()))
+    waiter.start()
+    time.sleep(0.02)
+    gate.leave()
+    waiter.join(timeout=5)
+    assert results == [True]
+    assert not gate.shedding()
+
+
+def test_waits_above_the_target_for_an_interval_start_shedding() -> None:
+    clock = Clock()
+    gate = Gate(permits=1, target=0.01, interval=0.1, clock=clock)
+    assert gate.enter()
+
+    def release_later() -> None:
+        time.sleep(0.05)
+        clock.now += 0.06  # each wait lasts 60 ms by the gate's clock: above the 10 ms target
+        gate.leave()
+
+    for _ in range(2):
+        releaser = threading.Thread(target=release_later)
+        releaser.start()
+        assert gate.enter()  # waited, got the permit
+        releaser.join()
+        assert (clock.now - 1000.0 >= 0.1) == gate.shedding()
+    assert gate.shedding()  # 120 ms of waits above the target: a standing queue
+
+
+def test_only_posts_to_the_event_paths_pass_the_gate() -> None:
+    gate = Gate(permits=1, target=0.01, interval=0.01)
+    assert gate.enter()  # the only permit is taken
+    refused: list[str] = []
+    app = wrap(
+        lambda environ, start_response: [b"ok"],
+        paths=["/api/v1/events"],
+        gate=gate,
+        retry_after=3,
+        on_refusal=lambda path, seconds: refused.append(path),
+    )
+    statuses: list[tuple[str, dict[str, str]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        statuses.append((status, dict(headers)))
+
+    assert app({"PATH_INFO": "/api/v1/events", "REQUEST_METHOD": "GET"}, start_response) == [b"ok"]
+    assert app({"PATH_INFO": "/metrics", "REQUEST_METHOD": "POST"}, start_response) == [b"ok"]
+    body = app({"PATH_INFO": "/api/v1/events", "REQUEST_METHOD": "POST"}, start_response)
+    assert statuses[-1][0].startswith("503")
+    assert statuses[-1][1]["Retry-After"] == "3"
+    assert b'"error"' in b"".join(body)
+    assert refused == ["/api/v1/events"]
