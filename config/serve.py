@@ -4,11 +4,11 @@ granian parses HTTP and handles sockets in Rust and runs the WSGI app on a pool 
 process, which costs less web CPU per request than gunicorn's threaded workers (docs/performance.md).
 
 WEB_CONCURRENCY worker processes (default 2), WEB_THREADS Python threads each (default 48). At most
-INGEST_WEB_ACTIVE_REQUESTS (32) of them work on event requests at once (ingestion.shedding): requests of one API
-key that are in flight together in a process are admitted as one group (ingestion.services), so more active
-requests also mean fewer Redis round trips and publish tasks per event; the threads beyond them see the requests
-that wait, and refuse them at once when the web tier cannot keep up (a request beyond the threads waits in
-granian's queue, where the app cannot see it).
+INGEST_WEB_ACTIVE_REQUESTS (32) of them work on single events and INGEST_WEB_ACTIVE_BATCHES (4) on batches at
+once (ingestion.shedding): requests of one API key that are in flight together in a process are admitted as one
+group (ingestion.services), so more active requests also mean fewer Redis round trips and publish tasks per event;
+the threads beyond them see the requests that wait, and refuse them at once when the web tier cannot keep up (a
+request beyond the threads waits in granian's queue, where the app cannot see it).
 INGEST_BIND is host:port (default 127.0.0.1:8083). Command-line options win over the environment.
 """
 

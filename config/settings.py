@@ -240,10 +240,12 @@ INGEST_BACKLOG_GROUP_TASKS = env_int("INGEST_BACKLOG_GROUP_TASKS", 1, minimum=0)
 # Every request waits this long while the workers are behind: keep it far below any client timeout.
 INGEST_BACKLOG_GROUP_WAIT = env_duration("INGEST_BACKLOG_GROUP_WAIT", "20ms", maximum="1s")
 INGEST_RETRY_AFTER_SECONDS = env_int("INGEST_RETRY_AFTER_SECONDS", 1, minimum=1)
-# Event requests worked on at once per web process (0: no limit); the others wait for one at most
+# Single-event requests worked on at once per web process (0: no limit); the others wait for one at most
 # INGEST_WEB_MAX_WAIT, and while waits stay long they are refused at once (ingestion.shedding).
 INGEST_WEB_ACTIVE_REQUESTS = env_int("INGEST_WEB_ACTIVE_REQUESTS", 32, minimum=0, maximum=1024)
-INGEST_WEB_MAX_WAIT = env_duration("INGEST_WEB_MAX_WAIT", "100ms", maximum="10s")
+# The same for batches, which cost the web tier ~100 times more each: fewer at once keep their latency short.
+INGEST_WEB_ACTIVE_BATCHES = env_int("INGEST_WEB_ACTIVE_BATCHES", 4, minimum=0, maximum=1024)
+INGEST_WEB_MAX_WAIT = env_duration("INGEST_WEB_MAX_WAIT", "200ms", maximum="10s")
 # A revoked or expired key keeps working this long in a process that has it cached.
 INGEST_KEY_CACHE_SECONDS = env_duration("INGEST_KEY_CACHE_SECONDS", "5s", maximum="1h")
 # Failed authentications per client address and minute before it gets 429 (0: no limit).

@@ -26,7 +26,7 @@ def _application() -> Any:
 
     fastpaths.log_once("web")
     app = django_lean_handler.application(full, ingest_paths())
-    return shedding.gated(app, paths={reverse("ingest-event"): "event", reverse("ingest-batch"): "batch"})
+    return shedding.gated(app, event_path=reverse("ingest-event"), batch_path=reverse("ingest-batch"))
 
 
 application = _application()

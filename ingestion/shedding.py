@@ -1,16 +1,17 @@
-"""Load shedding in the web tier: at most INGEST_WEB_ACTIVE_REQUESTS event requests are worked on at once in a web
-process, and when they cannot keep up, the rest are refused at once with `503` and `Retry-After` instead of
-waiting.
+"""Load shedding in the web tier: at most INGEST_WEB_ACTIVE_REQUESTS single-event requests and
+INGEST_WEB_ACTIVE_BATCHES batches are worked on at once in a web process, and when they cannot keep up, the rest
+are refused at once with `503` and `Retry-After` instead of waiting.
 
 Why: granian hands requests to a pool of Python threads (WEB_THREADS) and queues the rest where the app cannot
 see them. When the web tier itself is the bottleneck (single events offered at several times its capacity), that
 queue grows for as long as the overload lasts and every request waits in it for seconds, while the admission
 (ingestion.services, which watches the publish queue) has nothing to refuse. So the pool has more threads than
-permits, and the queue in front of the permits is one the app sees:
+permits, and the queue in front of the permits is one the app sees (a gate per endpoint: a batch costs ~100 times
+a single event, so fewer are let in at once, and each answer waits for fewer others' CPU):
 - a request that finds a permit free takes it;
-- otherwise it waits for one, at most INGEST_WEB_SHED_INTERVAL; a burst is absorbed so;
-- when waits stay above INGEST_WEB_SHED_TARGET for a whole interval (CoDel's sign of a standing queue rather than
-  a burst), or one wait runs out, the gate sheds: a request that finds no permit free is refused at once, so the
+- otherwise it waits for one, at most INGEST_WEB_MAX_WAIT (the interval); a burst is absorbed so;
+- when waits stay above half of it (the target) for a whole interval (CoDel's sign of a standing queue rather
+  than a burst), or one wait runs out, the gate sheds: a request that finds no permit free is refused at once, so the
   spare threads empty granian's queue at the price of a refusal each, and the requests that are accepted wait
   for nothing. Each refusal keeps the gate shedding for another interval; an interval without one ends it.
 
@@ -99,41 +100,45 @@ def refusal(*, retry_after: int) -> tuple[str, list[tuple[str, str]], bytes]:
     return "503 Service Unavailable", headers, body
 
 
-def gated(app: Callable[..., Iterable[bytes]], *, paths: Mapping[str, str]) -> Callable[..., Iterable[bytes]]:
-    """The web process's app with its gate as the settings say (`paths`: event endpoint path -> metrics name), or
-    `app` itself when INGEST_WEB_ACTIVE_REQUESTS is 0."""
-    if not settings.INGEST_WEB_ACTIVE_REQUESTS:
+def gated(app: Callable[..., Iterable[bytes]], *, event_path: str, batch_path: str) -> Callable[..., Iterable[bytes]]:
+    """The web process's app with a gate for each event endpoint as the settings say, or `app` itself when both
+    INGEST_WEB_ACTIVE_REQUESTS and INGEST_WEB_ACTIVE_BATCHES are 0."""
+    limits = {
+        (event_path, "event"): settings.INGEST_WEB_ACTIVE_REQUESTS,
+        (batch_path, "batch"): settings.INGEST_WEB_ACTIVE_BATCHES,
+    }
+    gates = {
+        path: Gate(permits=permits, target=settings.INGEST_WEB_MAX_WAIT / 2, interval=settings.INGEST_WEB_MAX_WAIT)
+        for (path, _), permits in limits.items()
+        if permits
+    }
+    if not gates:
         return app
-    gate = Gate(
-        permits=settings.INGEST_WEB_ACTIVE_REQUESTS,
-        target=settings.INGEST_WEB_MAX_WAIT / 2,
-        interval=settings.INGEST_WEB_MAX_WAIT,
-    )
     rejected = metrics.EVENTS_REJECTED.labels(reason="web_busy")
-    durations = {path: metrics.REQUEST_DURATION.labels(endpoint=name, status="503") for path, name in paths.items()}
+    durations = {path: metrics.REQUEST_DURATION.labels(endpoint=name, status="503") for path, name in limits}
 
     def count(path: str, seconds: float) -> None:
         rejected.inc()
         durations[path].observe(seconds)
 
-    return wrap(app, paths=paths, gate=gate, retry_after=settings.INGEST_RETRY_AFTER_SECONDS, on_refusal=count)
+    return wrap(app, gates=gates, retry_after=settings.INGEST_RETRY_AFTER_SECONDS, on_refusal=count)
 
 
 def wrap(
     app: Callable[..., Iterable[bytes]],
     *,
-    paths: Iterable[str],
-    gate: Gate,
+    gates: Mapping[str, Gate],
     retry_after: int,
     on_refusal: Callable[[str, float], None] = lambda path, seconds: None,
 ) -> Callable[..., Iterable[bytes]]:
-    """The WSGI app with POSTs to `paths` passed through `gate`; `on_refusal(path, seconds waited)`."""
-    watched = frozenset(paths)
+    """The WSGI app with POSTs to each path of `gates` passed through its gate; `on_refusal(path, seconds
+    waited)`."""
     status, headers, body = refusal(retry_after=retry_after)
 
     def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO")
-        if path not in watched or environ.get("REQUEST_METHOD") != "POST":
+        path: str = environ.get("PATH_INFO", "")
+        gate = gates.get(path) if environ.get("REQUEST_METHOD") == "POST" else None
+        if gate is None:
             return app(environ, start_response)
         started = time.monotonic()
         if not gate.enter():

@@ -90,8 +90,7 @@ def test_only_posts_to_the_event_paths_pass_the_gate() -> None:
     refused: list[str] = []
     app = wrap(
         lambda environ, start_response: [b"ok"],
-        paths=["/api/v1/events"],
-        gate=gate,
+        gates={"/api/v1/events": gate},
         retry_after=3,
         on_refusal=lambda path, seconds: refused.append(path),
     )
