@@ -21,6 +21,8 @@ A receipt's text is a header and then tokens, each `|`-prefixed, written to the 
   the receipt too: it was told the id, and sent the same event).
 Tokens written in a later bucket than the header are a segment without a header; a header starts the receipt
 afresh (the event id was accepted again), except a duplicate's note, which never hides an event's own receipt.
+Tokens with no header at all (it expired first, or receipts were off at admission) are a receipt no API key may
+read; the admin's trace still shows them.
 Topic names, owners and reasons hold no `|` or `:` (Kafka allows letters, digits, `.`, `_`, `-` in names).
 
 Receipts are a view, not the record (Kafka and the dead-letter table are): the worker's writes travel with the
@@ -319,13 +321,16 @@ def read(*, event_id: str) -> Receipt | None:
 
 def join(segments: Sequence[str]) -> str | None:
     """One receipt from what the buckets hold, oldest first: from the last segment that opens with a header
-    (a duplicate's note only when no other header is there), with the header-less segments after it."""
+    (a duplicate's note only when no other header is there), with the header-less segments after it; without a
+    header, the segments alone (a receipt no API key may read)."""
     start = None
     for position, segment in enumerate(segments):
         if not segment.startswith("|") and (start is None or "|=" not in segment):
             start = position
     if start is None:
-        return None  # tokens whose header expired or was never written
+        # Tokens whose header expired or was never written (receipts off at admission): what became of the event
+        # still shows in the admin's trace, and no API key owns it.
+        return "".join(segments) or None
     return segments[start] + "".join(segment for segment in segments[start + 1 :] if segment.startswith("|"))
 
 

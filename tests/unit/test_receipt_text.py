@@ -34,8 +34,13 @@ def test_a_duplicate_note_alone_is_the_receipt() -> None:
     assert (receipt.status, receipt.duplicate_of) == (DUPLICATE, "original-id")
 
 
-def test_tokens_without_a_header_are_no_receipt() -> None:
-    assert join(["|d:a:0:5|p", "|r:key3"]) is None
+def test_tokens_without_a_header_are_a_receipt_no_key_may_read() -> None:
+    text = join(["|d:a:0:5", "|x:a:9:retries_exhausted"])
+    assert text is not None
+    receipt = parse(event_id="e", text=text)
+    assert receipt.status == DEAD_LETTERED
+    assert receipt.owner == ""
+    assert not receipt.readable_by("key1") and not receipt.readable_by("")
     assert join([]) is None
 
 
