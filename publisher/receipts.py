@@ -53,11 +53,9 @@ DEAD_LETTERED = "dead_lettered"
 DUPLICATE = "duplicate"
 UNROUTED = "unrouted"
 
-# Fields per HSET/HMGET: Lua's unpack takes at most ~8,000 values.
-_SLICE = 1000
-
 # KEYS: receipt hashes. ARGV: expiry (unix seconds), then per key: n, n event ids, n texts, each text appended to
-# the event's field (HMGET then HSET: the value is stored whole, without the room APPEND leaves to grow).
+# the event's field (HMGET then HSET: the value is stored whole, without the room APPEND leaves to grow). Both
+# scripts here take fields 1,000 at a time: Lua's unpack takes at most ~8,000 values.
 _APPEND = """
 local a = 2
 for _, key in ipairs(KEYS) do
@@ -140,24 +138,26 @@ def bucket_seconds() -> int:
     return max(60, -(-ttl() // MAX_BUCKETS))
 
 
-def hash_key(*, event_id: Any, at: float) -> str:
-    """The hash that holds what is written at `at` about `event_id`."""
-    return f"{KEY_PREFIX}{int(at) // bucket_seconds()}:{zlib.crc32(str(event_id).encode()) % SHARDS}"
+def _bucket(at: float) -> int:
+    return int(at) // bucket_seconds()
+
+
+def _hash(bucket: int, event_id: str) -> str:
+    return f"{KEY_PREFIX}{bucket}:{zlib.crc32(event_id.encode()) % SHARDS}"
 
 
 def expire_at(at: float) -> int:
     """When the hashes written at `at` expire: INGEST_DEDUP_TTL after their bucket ends."""
-    width = bucket_seconds()
-    return (int(at) // width + 1) * width + ttl()
+    return (_bucket(at) + 1) * bucket_seconds() + ttl()
 
 
 def by_hash(*, event_ids: Iterable[Any], at: float) -> dict[str, list[str]]:
     """The event ids (as text) grouped by the hash their receipts go to at `at`."""
-    prefix = f"{KEY_PREFIX}{int(at) // bucket_seconds()}:"
+    bucket = _bucket(at)
     groups: dict[str, list[str]] = {}
     for event_id in event_ids:
         text = str(event_id)
-        groups.setdefault(prefix + str(zlib.crc32(text.encode()) % SHARDS), []).append(text)
+        groups.setdefault(_hash(bucket, text), []).append(text)
     return groups
 
 
@@ -205,13 +205,10 @@ def note_duplicates(*, duplicates: Sequence[tuple[str, str]], owner: str, accept
     if not owner:
         return  # no API key: no one could read them
     try:
-        keys = [
-            hash_key(event_id=event_id, at=accepted_at) if i == 0 else hash_key(event_id=original, at=accepted_at)
-            for event_id, original in duplicates
-            for i in (0, 1)
-        ]
+        ids = [str(event_id) for pair in duplicates for event_id in pair]  # (sent, original) pairs, flat
+        bucket = _bucket(accepted_at)
+        keys = [_hash(bucket, event_id) for event_id in ids]
         header = admission_value(owner=owner, accepted_at=accepted_at)
-        ids = [str(event_id) for pair in duplicates for event_id in pair]
         script(_DUPLICATES)(keys=keys, args=[expire_at(accepted_at), owner, header, *ids])
     except Exception as exc:
         logger.warning("receipts of %d duplicates not written: %r", len(duplicates), exc)
@@ -307,13 +304,10 @@ class Receipt:
 def read(*, event_id: str) -> Receipt | None:
     """The receipt of `event_id`, or None when there is none (unknown, expired, or receipts were off)."""
     now = time.time()
-    width = bucket_seconds()
     # Every bucket a live hash may be in, and one beyond now for a writer whose clock runs ahead.
-    first, last = int(now - ttl()) // width - 1, int(now) // width + 1
-    shard = zlib.crc32(event_id.encode()) % SHARDS
     with get_redis().pipeline(transaction=False) as pipe:
-        for bucket in range(first, last + 1):
-            pipe.hget(f"{KEY_PREFIX}{bucket}:{shard}", event_id)
+        for bucket in range(_bucket(now - ttl()) - 1, _bucket(now) + 2):
+            pipe.hget(_hash(bucket, event_id), event_id)
         found = pipe.execute()
     text = join([raw.decode() if isinstance(raw, bytes) else str(raw) for raw in found if raw])
     return None if text is None else parse(event_id=event_id, text=text)
