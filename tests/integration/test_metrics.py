@@ -234,7 +234,9 @@ def _post_batches(base_url: str, key: str, events: list[dict[str, Any]], *, batc
         assert response.status_code == 202, response.text
         return dict(response.json())
 
-    with ThreadPoolExecutor(max_workers=8) as pool:  # concurrent requests reach both web workers
+    # Four at once reach both web workers, and never more batches than one process works on at once
+    # (INGEST_WEB_ACTIVE_BATCHES), so none waits at the load-shedding gate on a slow machine.
+    with ThreadPoolExecutor(max_workers=4) as pool:
         answers = list(pool.map(post, batches))
     ids: set[str] = set()
     for answer in answers:
