@@ -37,6 +37,32 @@ def add_ratios(results: dict[str, Any]) -> None:
             row["ratio_to_peer"] = row["records_per_s"] / peer if peer else None
 
 
+def fast_path_worth(rows: dict[str, Any]) -> list[str]:
+    """What each fast path is worth, from a run with the rows `P[all]` and `P[-name]` (`--fast-paths-matrix`):
+    per pipeline row P, records/s with it on against off, and the web and worker CPU it saves per event."""
+    lines = []
+    for name in http_rows(rows):
+        phase, _, setting = name.partition("[")
+        if not setting.startswith("-") or "skipped" in rows[name]:
+            continue
+        on, off = rows.get(f"{phase}[all]"), rows[name]
+        if not on or "skipped" in on:
+            continue
+        ratio = on["records_per_s"] / off["records_per_s"] if off["records_per_s"] else None
+        saved_web = _difference(off.get("web_cpu_us_per_event"), on.get("web_cpu_us_per_event"))
+        saved_worker = _difference(off.get("worker_cpu_us_per_record"), on.get("worker_cpu_us_per_record"))
+        lines.append(
+            f"worth of {setting[1:].rstrip(']')} in {phase}: records/s x{_n(ratio, '.2f')} with it on "
+            f"({_n(on['records_per_s'])} against {_n(off['records_per_s'])}), saves web {_n(saved_web, '+,.0f')} us "
+            f"CPU/event, worker {_n(saved_worker, '+,.0f')} us CPU/record"
+        )
+    return lines
+
+
+def _difference(off: float | None, on: float | None) -> float | None:
+    return None if off is None or on is None else off - on
+
+
 def _n(value: Any, fmt: str = ",.0f") -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -133,4 +159,4 @@ def table(results: dict[str, Any]) -> str:
             f"{_n(c['cpu_us_per_record'], '.1f')} us CPU/record, broker {_n(c['broker_cpu_cores'], '.2f')} cores, "
             f"failed {c['failed'] or 0}"
         )
-    return "\n".join(lines + [""] + details)
+    return "\n".join(lines + [""] + details + fast_path_worth(rows))

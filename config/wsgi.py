@@ -1,8 +1,9 @@
 """WSGI entry point: `config.wsgi:application`.
 
 Django's WSGI handler with settings.MIDDLEWARE; with the fast path `django_lean_handler` (fastpaths/) the two
-event endpoints are served by a handler with a short middleware chain instead (see that module). POSTs to the
-event endpoints pass ingestion.shedding's gate first (INGEST_WEB_ACTIVE_REQUESTS).
+event endpoints are served by a handler with a short middleware chain instead, and with `direct_single_event` a
+plain single-event POST is answered before any handler (see those modules). POSTs to the event endpoints pass
+ingestion.shedding's gate first (INGEST_WEB_ACTIVE_REQUESTS).
 """
 
 import os
@@ -20,13 +21,15 @@ def _application() -> Any:
     from django.urls import reverse
 
     import fastpaths
-    from fastpaths import django_lean_handler
-    from ingestion import shedding
+    from fastpaths import direct_single_event, django_lean_handler
+    from ingestion import shedding, views
     from ingestion.middleware import ingest_paths
 
     fastpaths.log_once("web")
+    event_path = reverse("ingest-event")
     app = django_lean_handler.application(full, ingest_paths())
-    return shedding.gated(app, event_path=reverse("ingest-event"), batch_path=reverse("ingest-batch"))
+    app = direct_single_event.application(app, path=event_path, answer=views.answer_event_directly)
+    return shedding.gated(app, event_path=event_path, batch_path=reverse("ingest-batch"))
 
 
 application = _application()

@@ -38,6 +38,7 @@ REGISTRY: dict[str, str] = {
     "kombu_redis_transport": "fastpaths.kombu_redis_transport",
     "celery_orjson": "fastpaths.celery_orjson",
     "django_lean_handler": "fastpaths.django_lean_handler",
+    "direct_single_event": "fastpaths.direct_single_event",
     "prometheus_histogram": "fastpaths.prometheus_histogram",
 }
 

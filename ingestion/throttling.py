@@ -84,6 +84,23 @@ def _lease(key_id: str, window: int, *, limit: int, period: int) -> int:
     return taken
 
 
+def refusal(client: Client) -> float | None:
+    """None when the client may send one more request now (and it is counted), else the seconds until its window
+    ends. Shared by the DRF throttle and the direct path of single events (ingestion.views)."""
+    limit, period = _rate(settings.INGEST_RATE_LIMIT)
+    now = time.time()
+    window = int(now // period)
+    granted = _take(client.key_id, window)
+    if granted is None:
+        try:
+            granted = _lease(client.key_id, window, limit=limit, period=period) > 0
+        except Exception:
+            # Redis down: the enqueue will answer 503 anyway; a throttle lookup must not become a 500.
+            logger.warning("rate limit check skipped: Redis unreachable")
+            return None
+    return None if granted else (window + 1) * period - now
+
+
 class ApiKeyRateThrottle(BaseThrottle):
     def __init__(self) -> None:
         self._wait = 0.0
@@ -92,20 +109,11 @@ class ApiKeyRateThrottle(BaseThrottle):
         user = request.user
         if not isinstance(user, Client):
             return True
-        limit, period = _rate(settings.INGEST_RATE_LIMIT)
-        now = time.time()
-        window = int(now // period)
-        granted = _take(user.key_id, window)
-        if granted is None:
-            try:
-                granted = _lease(user.key_id, window, limit=limit, period=period) > 0
-            except Exception:
-                # Redis down: the enqueue will answer 503 anyway; a throttle lookup must not become a 500.
-                logger.warning("rate limit check skipped: Redis unreachable")
-                return True
-        if not granted:
-            self._wait = (window + 1) * period - now
-        return granted
+        wait = refusal(user)
+        if wait is None:
+            return True
+        self._wait = wait
+        return False
 
     def wait(self) -> float:
         return max(1.0, self._wait)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -33,7 +35,7 @@ from events.schema import (
     validate_ndjson_batch,
 )
 from ingestion import bodies, metrics, services
-from ingestion.auth import ApiKeyAuthentication, client_of
+from ingestion.auth import ApiKeyAuthentication, Client, cached_client, client_of
 from ingestion.openapi import (
     BATCH_EXAMPLE,
     CONTENT_ENCODING,
@@ -49,7 +51,7 @@ from ingestion.openapi import (
     ReceiptSchema,
     SingleResponseSchema,
 )
-from ingestion.throttling import ApiKeyRateThrottle
+from ingestion.throttling import ApiKeyRateThrottle, refusal
 
 logger = logging.getLogger(__name__)
 
@@ -285,16 +287,68 @@ class EventView(_IngestView):
         if isinstance(result, list):
             metrics.EVENTS_REJECTED.labels(reason="invalid").inc()
             raise RequestError(400, "Invalid event.", errors=[e.as_dict() for e in result])
-        client = client_of(request)
-        outcome = services.accept_events(
-            events=[(0, result)], source=client.name, trace=self.trace_context, owner=client.prefix
-        )
-        _log_admitted(outcome)
-        event_id, state = outcome.statuses[0]
+        body = _accept_one(result, client=client_of(request), trace=self.trace_context)
         # The bytes ORJSONRenderer would write (JSON is the only renderer, and negotiation has passed), without
         # DRF's render step for a body of two strings; DRF takes a plain HttpResponse from a view as it is.
-        body = orjson.dumps({"event_id": event_id, "status": state})
         return HttpResponse(body, status=status.HTTP_202_ACCEPTED, content_type=JSON)
+
+
+def _accept_one(event: Any, *, client: Client, trace: tracecontext.TraceContext) -> bytes:
+    """Accept one validated event; the 202's body."""
+    outcome = services.accept_events(events=[(0, event)], source=client.name, trace=trace, owner=client.prefix)
+    _log_admitted(outcome)
+    event_id, state = outcome.statuses[0]
+    return orjson.dumps({"event_id": event_id, "status": state})
+
+
+@dataclass(frozen=True)
+class DirectAnswer:
+    """An answer of answer_event_directly: EventView's, for the same request, but for the headers middleware adds."""
+
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+_PLAIN_JSON = frozenset({JSON, "application/json; charset=utf-8", "application/json;charset=utf-8"})
+
+
+def answer_event_directly(environ: dict[str, Any]) -> DirectAnswer | None:
+    """EventView's answer to a plain single-event POST, given its WSGI environ, without Django's request and DRF's
+    view machinery (for fastpaths.direct_single_event), or None when the request is anything but plain: the
+    caller then serves it through EventView, with the body put back in `wsgi.input` if it was read.
+
+    Plain is what producers send nearly always: JSON with a Content-Length and no Content-Encoding, from an API
+    key this process holds as valid (ingestion.auth's cache), a valid event, within the key's rate limit. Those
+    are answered here: 202, or 503 when the service cannot take work. Every other answer (400, 401, 413, 415,
+    429, a key to look up) is EventView's, so its checks and messages stay in one place; the rate limit is asked
+    last, so a request handed over is never counted twice (a refused window stays refused)."""
+    started = time.perf_counter()
+    if environ.get("CONTENT_TYPE") not in _PLAIN_JSON or "HTTP_CONTENT_ENCODING" in environ:
+        return None
+    client = cached_client(environ.get("HTTP_AUTHORIZATION", ""))
+    declared = environ.get("CONTENT_LENGTH", "")
+    if client is None or not declared.isdigit() or not 0 < int(declared) <= settings.INGEST_MAX_BODY_BYTES:
+        return None
+    trace, _ = tracecontext.from_headers(environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_TRACESTATE"))
+    with trace_scope(trace), services.admission_expected(source=client.name, owner=client.prefix):
+        body = environ["wsgi.input"].read(int(declared))
+        try:
+            event = validate_event(parse_json_body(body))
+        except BodyError:
+            event = []
+        if isinstance(event, list) or refusal(client) is not None:
+            environ["wsgi.input"] = io.BytesIO(body)  # EventView reads it again and answers 400 or 429
+            return None
+        headers = [("Content-Type", JSON), ("Allow", _allowed_methods(EventView)), ("traceresponse", trace.traceparent)]
+        try:
+            services.check_backpressure()
+            answer = DirectAnswer("202 Accepted", headers, _accept_one(event, client=client, trace=trace))
+        except services.ServiceUnavailable as exc:
+            refused = orjson.dumps(error_body(exc.message))
+            answer = DirectAnswer("503 Service Unavailable", [*headers, ("Retry-After", str(exc.retry_after))], refused)
+    _duration(EventView.endpoint, int(answer.status[:3])).observe(time.perf_counter() - started)
+    return answer
 
 
 class BatchView(_IngestView):

@@ -67,3 +67,18 @@ def test_peer_rows_have_event_ids_of_their_own() -> None:
         parsed = parse_event_id(event_id("0badcafe", PHASES[name], 7, "00000000002a").encode())
         assert parsed == (b"0badcafe", PHASES[name], 7, 42)
     assert len(set(PHASES.values())) == len(PHASES)
+
+
+def test_each_fast_path_is_worth_its_rows_difference_from_all_on() -> None:
+    on = _http_row(3_000.0, worker=True) | {"web_cpu_us_per_event": 250.0, "worker_cpu_us_per_record": 150.0}
+    off = _http_row(2_000.0, worker=True) | {"web_cpu_us_per_event": 400.0, "worker_cpu_us_per_record": 155.0}
+    rows: dict[str, Any] = {
+        "single[all]": on,
+        "single[none]": _http_row(1_000.0, worker=True),
+        "single[-direct_single_event]": off,
+        "batch[-kafka_batches]": _http_row(9_000.0, worker=True),  # no batch[all] to compare with
+    }
+    assert report.fast_path_worth(rows) == [
+        "worth of direct_single_event in single: records/s x1.50 with it on (3,000 against 2,000), saves web +150 us "
+        "CPU/event, worker +5 us CPU/record"
+    ]
