@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
+from django.core.handlers.exception import response_for_exception
 from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpResponse
 from django.middleware.security import SecurityMiddleware
@@ -87,7 +88,12 @@ class DirectSingleEvent:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if not self._direct(environ):
             return self.handler(environ, start_response)
-        answer = self.answer(environ)
+        try:
+            answer = self.answer(environ)
+        except Exception as exc:  # what Django's handler does with it: logged, then handler500's JSON answer
+            response = response_for_exception(WSGIRequest(environ), exc)
+            start_response(f"{response.status_code} {response.reason_phrase}", list(response.items()))
+            return [response.content]
         if answer is None:
             return self.handler(environ, start_response)
         headers = [*answer.headers, ("Content-Length", str(len(answer.body))), *self.extra[environ["wsgi.url_scheme"]]]

@@ -21,30 +21,9 @@ from ingestion.auth import clear_key_cache
 from ingestion.middleware import ingest_paths
 from publisher import queue
 from tests import factories
+from tests.wsgi_environ import EVENT_PATH, event_post
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.fastpath("direct_single_event")]
-
-EVENT_PATH = "/api/v1/events"
-
-
-def _environ(body: bytes, key: str, **extra: str) -> dict[str, Any]:
-    return {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": EVENT_PATH,
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8083",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "127.0.0.1:8083",
-        "REMOTE_ADDR": "127.0.0.1",
-        "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": str(len(body)),
-        "HTTP_AUTHORIZATION": f"Api-Key {key}",
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.url_scheme": "http",
-        **extra,
-    }
 
 
 class _Handler:
@@ -91,7 +70,7 @@ def _empty_redis() -> Any:
 
 
 def _post(app: Any, key: str, event: dict[str, Any], **extra: str) -> _Served:
-    return _Served(app, _environ(orjson.dumps(event), key, **extra))
+    return _Served(app, event_post(orjson.dumps(event), key, **extra))
 
 
 def _comparable(headers: dict[str, str]) -> dict[str, str]:
@@ -143,18 +122,18 @@ def test_what_is_not_plain_is_answered_by_the_view(
 ) -> None:
     _post(direct, api_key, factories.attempt())  # the key is cached from here on
     body = orjson.dumps(factories.attempt())
-    environ = _environ(body, api_key)
+    environ = event_post(body, api_key)
     if case == "invalid event":
-        environ = _environ(orjson.dumps(factories.attempt(score=2.5)), api_key)
+        environ = event_post(orjson.dumps(factories.attempt(score=2.5)), api_key)
     elif case == "malformed JSON":
-        environ = _environ(b'{"event_type": ', api_key)
+        environ = event_post(b'{"event_type": ', api_key)
     elif case == "gzip body":
         packed = zlib.compress(body, wbits=31)
-        environ = _environ(packed, api_key, HTTP_CONTENT_ENCODING="gzip")
+        environ = event_post(packed, api_key, HTTP_CONTENT_ENCODING="gzip")
     elif case == "form body":
         environ["CONTENT_TYPE"] = "application/x-www-form-urlencoded"
     elif case == "unknown key":
-        environ = _environ(body, "AAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+        environ = event_post(body, "AAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
     elif case == "host not allowed":
         environ["HTTP_HOST"] = "evil.example"
     elif case == "GET":
@@ -193,7 +172,7 @@ def test_a_full_queue_is_answered_503_directly_as_the_view_answers_it(
     redis = get_redis()
     redis.set(queue.QUEUED_EVENTS_KEY, 11)
     time.sleep(0.25)  # the depth is cached for 0.2 s per process
-    by_view = _Served(handler.handler, _environ(orjson.dumps(factories.attempt()), api_key))
+    by_view = _Served(handler.handler, event_post(orjson.dumps(factories.attempt()), api_key))
     calls = handler.calls
     served = _post(direct, api_key, factories.attempt())
 
@@ -202,3 +181,19 @@ def test_a_full_queue_is_answered_503_directly_as_the_view_answers_it(
     assert _comparable(served.headers) == _comparable(by_view.headers)
     assert served.headers["Retry-After"] == "1"
     assert served.json() == by_view.json()
+
+
+def test_an_unexpected_error_is_logged_and_answered_as_djangos_handler_would(
+    handler: _Handler, api_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(environ: dict[str, Any]) -> Any:
+        raise RuntimeError("the admission blew up")
+
+    direct = DirectSingleEvent(handler, path=EVENT_PATH, answer=broken)
+    with caplog.at_level("ERROR", logger="django.request"):
+        served = _post(direct, api_key, factories.attempt())
+
+    assert served.status == "500 Internal Server Error"
+    assert served.headers["Content-Type"] == "application/json"
+    assert set(served.json()) == {"error"}
+    assert any(record.exc_info and "the admission blew up" in str(record.exc_info[1]) for record in caplog.records)

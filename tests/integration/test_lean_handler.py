@@ -4,7 +4,6 @@ server is handed back."""
 
 from __future__ import annotations
 
-import io
 import threading
 from typing import Any
 
@@ -18,29 +17,9 @@ from fastpaths.django_lean_handler import EventEndpointHandler
 from ingestion.auth import clear_key_cache
 from ingestion.middleware import ingest_paths
 from tests import factories
+from tests.wsgi_environ import EVENT_PATH, event_post
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.fastpath("django_lean_handler")]
-
-EVENT_PATH = "/api/v1/events"
-
-
-def _environ(body: bytes, key: str) -> dict[str, Any]:
-    return {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": EVENT_PATH,
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8083",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "127.0.0.1:8083",
-        "REMOTE_ADDR": "127.0.0.1",
-        "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": str(len(body)),
-        "HTTP_AUTHORIZATION": f"Api-Key {key}",
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.url_scheme": "http",
-    }
 
 
 class _Answer:
@@ -55,7 +34,7 @@ class _Answer:
 
 def _post(handler: EventEndpointHandler, key: str, event: dict[str, Any]) -> tuple[_Answer, Any]:
     answer = _Answer()
-    result = handler(_environ(orjson.dumps(event), key), answer)
+    result = handler(event_post(orjson.dumps(event), key), answer)
     return answer, result
 
 
