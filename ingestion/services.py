@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,28 @@ def event_receipt(*, event_id: str, owner: str) -> dict[str, Any] | None:
     return None if receipt is None else receipt.as_dict()
 
 
+_arrived: ContextVar[float | None] = ContextVar("ingest_request_arrived", default=None)
+
+
+@contextmanager
+def request_arrived(*, at: float) -> Iterator[None]:
+    """The request served inside reached this web process at `at` (time.monotonic()). INGEST_MAX_QUEUE_DELAY then
+    counts from there: what the request already waited (at the load-shedding gate, being read and parsed) is taken
+    from what its events may wait in the queue, so an accepted event's whole wait stays within the limit."""
+    token = _arrived.set(at)
+    try:
+        yield
+    finally:
+        _arrived.reset(token)
+
+
+def _delay_budget() -> float:
+    """What is left of INGEST_MAX_QUEUE_DELAY for the current request's events to wait in the queue."""
+    arrived = _arrived.get()
+    limit = float(settings.INGEST_MAX_QUEUE_DELAY)
+    return limit if arrived is None else max(0.0, limit - (time.monotonic() - arrived))
+
+
 def check_backpressure() -> None:
     """Refuse new work early while the queue is over INGEST_MAX_QUEUE_DEPTH events or a new event would wait
     longer than INGEST_MAX_QUEUE_DELAY (the admission holds both exactly: _capacity). One read of Redis, cached
@@ -76,14 +99,16 @@ def check_backpressure() -> None:
     limit = settings.INGEST_MAX_QUEUE_DELAY
     if limit <= 0:
         return
-    if delay > limit:
+    budget = _delay_budget()
+    if delay > budget:
         metrics.EVENTS_REJECTED.labels(reason="queue_delay").inc()
         wait = "indefinitely (no worker finishes tasks)" if delay == float("inf") else f"about {delay:.2f} s"
-        raise ServiceUnavailable(f"New events would wait {wait} for a worker (limit {limit:g} s); retry later.")
+        left = "" if budget == limit else f", {budget:.2f} s of it left for this request"
+        raise ServiceUnavailable(f"New events would wait {wait} for a worker (limit {limit:g} s{left}); retry later.")
     # What the admission would refuse after the body is parsed and validated, refused before: at capacity by the
     # same reading. A refusal after validation costs the web tier a whole batch's parsing, CPU the workers then
     # lack, which deepens the overload it answers.
-    capacity = publisher_services.queue_capacity_for_delay(delay=limit)
+    capacity = publisher_services.queue_capacity_for_delay(delay=budget)
     if capacity is not None and depth >= capacity:
         raise _Capacity(capacity, by_delay=True).refusal()
 
@@ -117,13 +142,14 @@ class _Capacity:
 
 def _capacity(count: int) -> _Capacity:
     """INGEST_MAX_QUEUE_DEPTH, or fewer while every worker is busy and INGEST_MAX_QUEUE_DELAY is on: the events
-    they finish within that delay, so the reservation (atomic across processes) holds the delay exactly rather
-    than from a reading 0.2 s old. At least `count`: a group larger than that still goes into an empty queue."""
+    they finish within what is left of that delay for this request (_delay_budget), so the reservation (atomic
+    across processes) holds the delay exactly rather than from a reading 0.2 s old. At least `count`: a group
+    larger than that still goes into an empty queue."""
     depth_limit = settings.INGEST_MAX_QUEUE_DEPTH
     if settings.INGEST_MAX_QUEUE_DELAY <= 0:
         return _Capacity(depth_limit, by_delay=False)
     try:
-        by_delay = publisher_services.queue_capacity_for_delay(delay=settings.INGEST_MAX_QUEUE_DELAY)
+        by_delay = publisher_services.queue_capacity_for_delay(delay=_delay_budget())
     except Exception:  # Redis is down: the admission itself will say so
         by_delay = None
     if by_delay is None or max(by_delay, count) >= depth_limit:

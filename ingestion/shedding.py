@@ -29,7 +29,7 @@ import orjson
 from django.conf import settings
 
 from events.schema import error_body
-from ingestion import metrics
+from ingestion import metrics, services
 
 
 class Gate:
@@ -146,7 +146,8 @@ def wrap(
             start_response(status, headers)
             return [body]
         try:
-            return app(environ, start_response)
+            with services.request_arrived(at=started):  # the queue-delay bound counts the wait here too
+                return app(environ, start_response)
         finally:
             gate.leave()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -206,13 +207,16 @@ _RATE_WINDOW = 1.0  # seconds of real time a drain rate is measured over, at lea
 # capacity measured so far.
 _trend: tuple[float, int, bool] | None = None
 _measured: float | None = None
+_BUSY_WINDOWS = 3  # the capacity is the lowest rate of the last few busy windows
+_busy_rates: deque[float] = deque(maxlen=_BUSY_WINDOWS)
 
 
 def _capacity(now: float, drained: int, *, waiting: bool) -> float | None:
     """The events/s the workers can finish. Measured over windows of _RATE_WINDOW to 5 x that: a window that
-    starts and ends with tasks waiting that no worker has taken (every worker busy) measures it; a window with
-    idle moments only shows what was offered, a lower bound, which can raise the figure but neither set nor lower
-    it (else a quiet spell would make the next burst look like an overload). None until a busy window."""
+    starts and ends with tasks waiting that no worker has taken (every worker busy) measures it (the lowest of
+    the last _BUSY_WINDOWS such windows); a window with idle moments only shows what was offered, a lower
+    bound, which can raise the figure but neither set nor lower it (else a quiet spell would make the next burst
+    look like an overload). None until a busy window."""
     global _trend, _measured
     if _trend is None:
         _trend = (now, drained, waiting)
@@ -223,9 +227,13 @@ def _capacity(now: float, drained: int, *, waiting: bool) -> float | None:
     elif now - started >= _RATE_WINDOW:
         rate = max(0, drained - drained_then) / (now - started)
         if waiting and waiting_then:
+            # The lowest of the last few: one window's rate varies with what else the machine's cores do, and
+            # a rate too high lets the queue hold more than the workers finish within the delay limit.
+            _busy_rates.append(rate)
+            _measured = min(_busy_rates)
+        elif _measured is not None and rate > _measured:
+            _busy_rates.clear()  # the workers did more than the busy windows said: those are out of date
             _measured = rate
-        elif _measured is not None:
-            _measured = max(rate, _measured)
         _trend = (now, drained, waiting)
     return _measured
 

@@ -5,6 +5,7 @@ counter cannot drift for longer than one reconcile interval (INGEST_QUEUE_RECONC
 from __future__ import annotations
 
 import base64
+import re
 import signal
 import subprocess
 import tempfile
@@ -22,6 +23,7 @@ from django.test import Client, override_settings
 from kombu import compression
 
 import config.redis
+from ingestion import services
 from publisher import breaker, queue
 from tests import factories
 from tests.conftest import WebServer, WorkerProcess, free_port
@@ -244,6 +246,44 @@ def test_the_admission_holds_the_delay_limit_exactly(
             )
             assert unparsed.status_code == 503, unparsed.content
             assert "would wait more than 5 s" in unparsed.json()["error"]
+        finally:
+            config.redis._client = None
+
+
+@pytest.mark.fastpath("celery_handoff")  # the in-process admission must enqueue into the test's own Redis
+def test_time_a_request_already_waited_is_taken_from_its_queue_delay(
+    default_routing: None, api_key: str, own_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers measured at 20 events/s and a 5 s limit: the queue would take 100 events, but a request that
+    reached the web process 3 s ago (waiting at the load-shedding gate, say) has 2 s left: room for 40, so with
+    30 queued its 20 are refused, while the same 20 on time are accepted."""
+    monkeypatch.setattr(queue, "_measured", 20.0)
+    monkeypatch.setattr(queue, "_trend", None)
+    monkeypatch.setattr(queue, "_RATE_WINDOW", 3600.0)  # no worker here: keep the rate as measured
+    monkeypatch.setattr(queue, "_reads", {})
+
+    def post_batch(size: int, *, waited: float) -> Any:
+        body = {"events": [activity() for _ in range(size)]}
+        with services.request_arrived(at=time.monotonic() - waited):
+            return Client().post(
+                "/api/v1/events/batch",
+                data=orjson.dumps(body),
+                content_type="application/json",
+                HTTP_AUTHORIZATION=f"Api-Key {api_key}",
+            )
+
+    with override_settings(REDIS_URL=own_redis, CELERY_BROKER_URL=own_redis, INGEST_MAX_QUEUE_DELAY=5.0):
+        config.redis._client = None
+        try:
+            assert post_batch(30, waited=0.0).status_code == 202
+            late = post_batch(20, waited=3.0)
+            assert late.status_code == 503, late.content
+            room = int(re.search(r"(\d+) events queued at most", late.json()["error"])[1])  # type: ignore[index]
+            assert 38 <= room <= 40, late.json()  # 2 s of the 5 left (less the test's own milliseconds)
+            assert post_batch(20, waited=0.0).status_code == 202  # on time: room for 100
+            client = redis.Redis.from_url(own_redis)
+            assert int(client.get(queue.QUEUED_EVENTS_KEY) or 0) == events_held(client) == 50
+            client.close()
         finally:
             config.redis._client = None
 

@@ -12,6 +12,7 @@ from publisher.queue import Snapshot
 def _no_trend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(queue, "_trend", None)
     monkeypatch.setattr(queue, "_measured", None)
+    monkeypatch.setattr(queue, "_busy_rates", queue.deque(maxlen=queue._BUSY_WINDOWS))
 
 
 def test_before_the_capacity_is_measured_the_delay_is_the_oldest_waiting_tasks_age() -> None:
@@ -60,3 +61,18 @@ def test_only_a_window_with_tasks_waiting_throughout_measures_the_capacity() -> 
     # A process that read nothing for a while starts a new window instead of averaging over the gap.
     assert queue._capacity(200.0, 9300, waiting=True) == pytest.approx(1000.0)
     assert queue._capacity(201.0, 9800, waiting=True) == pytest.approx(500.0)
+
+
+def test_the_capacity_is_the_slowest_of_the_last_three_busy_windows() -> None:
+    """One busy window's rate varies with what else runs on the cores; a rate too high would let the queue hold
+    more than the workers finish within the limit, so the lowest of the last three counts."""
+    queue._capacity(100.0, 0, waiting=True)
+    assert queue._capacity(101.0, 2000, waiting=True) == pytest.approx(2000.0)
+    assert queue._capacity(102.0, 3500, waiting=True) == pytest.approx(1500.0)
+    assert queue._capacity(103.0, 6000, waiting=True) == pytest.approx(1500.0)
+    assert queue._capacity(104.0, 8500, waiting=True) == pytest.approx(1500.0)
+    assert queue._capacity(105.0, 11000, waiting=True) == pytest.approx(2500.0)  # the 1,500 window has passed
+    # A quiet window that shows more than that (workers added) replaces the busy windows' figure at once.
+    assert queue._capacity(106.0, 14000, waiting=False) == pytest.approx(3000.0)
+    assert queue._capacity(107.0, 16800, waiting=True) == pytest.approx(3000.0)  # started quiet: a lower bound
+    assert queue._capacity(108.0, 19600, waiting=True) == pytest.approx(2800.0)
