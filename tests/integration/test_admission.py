@@ -12,6 +12,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import orjson
@@ -201,25 +202,38 @@ def test_a_lost_decrement_lasts_at_most_one_reconcile_interval(
         client.close()
 
 
-@pytest.mark.fastpath("celery_handoff")  # the in-process admission must enqueue into the test's own Redis
-def test_the_admission_holds_the_delay_limit_exactly(
-    default_routing: None, api_key: str, own_redis: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Workers measured at 20 events/s and a 5 s limit: the queue takes 100 events, counted by the admission's
-    atomic reservation (not from a cached reading); a batch that would go past that is refused whole."""
+@pytest.fixture
+def workers_at_20_per_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers' capacity as measured at 20 events/s, kept so (no worker runs in these tests)."""
     monkeypatch.setattr(queue, "_measured", 20.0)
     monkeypatch.setattr(queue, "_trend", None)
     monkeypatch.setattr(queue, "_RATE_WINDOW", 3600.0)  # no worker here: keep the rate as measured
     monkeypatch.setattr(queue, "_reads", {})
 
-    def post_batch(size: int) -> Any:
-        body = {"events": [activity() for _ in range(size)]}
+
+def _post_batch_in_process(api_key: str, size: int, *, waited: float | None = None) -> Any:
+    """A batch through Django's test client; with `waited`, its request reached the web process that long ago
+    (as the load-shedding gate says of the requests it lets through)."""
+    body = {"events": [activity() for _ in range(size)]}
+    arrival = nullcontext() if waited is None else services.request_arrived(at=time.monotonic() - waited)
+    with arrival:
         return Client().post(
             "/api/v1/events/batch",
             data=orjson.dumps(body),
             content_type="application/json",
             HTTP_AUTHORIZATION=f"Api-Key {api_key}",
         )
+
+
+@pytest.mark.fastpath("celery_handoff")  # the in-process admission must enqueue into the test's own Redis
+def test_the_admission_holds_the_delay_limit_exactly(
+    default_routing: None, api_key: str, own_redis: str, workers_at_20_per_s: None
+) -> None:
+    """Workers measured at 20 events/s and a 5 s limit: the queue takes 100 events, counted by the admission's
+    atomic reservation (not from a cached reading); a batch that would go past that is refused whole."""
+
+    def post_batch(size: int) -> Any:
+        return _post_batch_in_process(api_key, size)
 
     with override_settings(REDIS_URL=own_redis, CELERY_BROKER_URL=own_redis, INGEST_MAX_QUEUE_DELAY=5.0):
         config.redis._client = None
@@ -252,25 +266,14 @@ def test_the_admission_holds_the_delay_limit_exactly(
 
 @pytest.mark.fastpath("celery_handoff")  # the in-process admission must enqueue into the test's own Redis
 def test_time_a_request_already_waited_is_taken_from_its_queue_delay(
-    default_routing: None, api_key: str, own_redis: str, monkeypatch: pytest.MonkeyPatch
+    default_routing: None, api_key: str, own_redis: str, workers_at_20_per_s: None
 ) -> None:
     """Workers measured at 20 events/s and a 5 s limit: the queue would take 100 events, but a request that
     reached the web process 3 s ago (waiting at the load-shedding gate, say) has 2 s left: room for 40, so with
     30 queued its 20 are refused, while the same 20 on time are accepted."""
-    monkeypatch.setattr(queue, "_measured", 20.0)
-    monkeypatch.setattr(queue, "_trend", None)
-    monkeypatch.setattr(queue, "_RATE_WINDOW", 3600.0)  # no worker here: keep the rate as measured
-    monkeypatch.setattr(queue, "_reads", {})
 
     def post_batch(size: int, *, waited: float) -> Any:
-        body = {"events": [activity() for _ in range(size)]}
-        with services.request_arrived(at=time.monotonic() - waited):
-            return Client().post(
-                "/api/v1/events/batch",
-                data=orjson.dumps(body),
-                content_type="application/json",
-                HTTP_AUTHORIZATION=f"Api-Key {api_key}",
-            )
+        return _post_batch_in_process(api_key, size, waited=waited)
 
     with override_settings(REDIS_URL=own_redis, CELERY_BROKER_URL=own_redis, INGEST_MAX_QUEUE_DELAY=5.0):
         config.redis._client = None

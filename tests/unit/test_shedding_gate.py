@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+from ingestion import services
 from ingestion.shedding import Gate, wrap
 
 
@@ -106,3 +107,22 @@ def test_only_posts_to_the_event_paths_pass_the_gate() -> None:
     assert statuses[-1][1]["Retry-After"] == "3"
     assert b'"error"' in b"".join(body)
     assert refused == ["/api/v1/events"]
+
+
+def test_a_request_let_through_is_served_knowing_when_it_arrived() -> None:
+    """What it waited at the gate counts against INGEST_MAX_QUEUE_DELAY (ingestion.services.request_arrived)."""
+    gate = Gate(permits=1, target=0.5, interval=1.0)
+    assert gate.enter()
+    seen: list[float | None] = []
+
+    def app(environ: dict[str, str], start_response: object) -> list[bytes]:
+        seen.append(services._arrived.get())
+        return [b"ok"]
+
+    served = wrap(app, gates={"/api/v1/events": gate}, retry_after=1)
+    threading.Timer(0.05, gate.leave).start()  # the permit comes free while the request waits for it
+    before = time.monotonic()
+    assert served({"PATH_INFO": "/api/v1/events", "REQUEST_METHOD": "POST"}, lambda *a: None) == [b"ok"]
+    arrived = seen[0]
+    assert arrived is not None and before <= arrived <= before + 0.05  # when it came, not when it got the permit
+    assert services._arrived.get() is None  # and forgotten once answered
