@@ -165,6 +165,14 @@ def _check(request: Request, raw_key: str, *, known: bool) -> Client:
     return client
 
 
+def _fresh_client(raw_key: str) -> Client | None:
+    """The client of a key this process holds as valid and not yet due for a recheck, else None."""
+    hit = _valid.get(raw_key)
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
+    return None
+
+
 _rechecks: dict[str, threading.Lock] = {}  # one per key once seen valid: bounded by the real keys
 
 
@@ -177,9 +185,9 @@ def _recheck(request: Request, raw_key: str) -> Client:
     # A lookup that hangs (the database unreachable) holds the others back only so long; then each asks itself.
     gated = gate.acquire(timeout=RECHECK_WAIT)
     try:
-        hit = _valid.get(raw_key)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]  # looked up by another request meanwhile
+        client = _fresh_client(raw_key)
+        if client is not None:
+            return client  # looked up by another request meanwhile
         return _check(request, raw_key, known=True)
     finally:
         if gated:
@@ -203,10 +211,10 @@ class ApiKeyAuthentication(BaseAuthentication):
                 request,
                 exceptions.AuthenticationFailed("Malformed Authorization header: use 'Authorization: Api-Key <key>'."),
             )
-        hit = _valid.get(raw_key)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1], raw_key
-        if hit is None:
+        client = _fresh_client(raw_key)
+        if client is not None:
+            return client, raw_key
+        if raw_key not in _valid:
             return _check(request, raw_key, known=False), raw_key
         return _recheck(request, raw_key), raw_key
 
@@ -221,10 +229,7 @@ def cached_client(authorization: str) -> Client | None:
     scheme, _, raw_key = authorization.partition(" ")
     if scheme != ApiKeyAuthentication.keyword:
         return None
-    hit = _valid.get(raw_key.strip())
-    if hit is not None and hit[0] > time.monotonic():
-        return hit[1]
-    return None
+    return _fresh_client(raw_key.strip())
 
 
 def client_of(request: Any) -> Client:

@@ -310,6 +310,8 @@ class DirectAnswer:
     body: bytes
 
 
+# Exact Content-Type strings only, a narrow twin of _media_type's parsing (the authority): a type it misses is
+# not refused here, only handed to the view.
 _PLAIN_JSON = frozenset({JSON, "application/json; charset=utf-8", "application/json;charset=utf-8"})
 
 
