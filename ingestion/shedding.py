@@ -16,10 +16,15 @@ a single event, so fewer are let in at once, and each answer waits for fewer oth
   for nothing. Each refusal keeps the gate shedding for another interval; an interval without one ends it.
 
 Only the two event endpoints' POSTs pass the gate; the admin, health, metrics and receipts never wait on it.
+
+A refused request's body is read (up to DRAIN_LIMIT bytes) before the 503 goes out: granian closes a connection
+whose request body the app left unread, and a client that had already sent its next request on it sees the
+connection dropped without an answer; under overload, a reconnect per refusal is work nobody needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +35,8 @@ from django.conf import settings
 
 from events.schema import error_body
 from ingestion import metrics, services
+
+DRAIN_LIMIT = 256 * 1024  # bytes: larger bodies (or chunked ones) are left unread and their connection closed
 
 
 class Gate:
@@ -124,6 +131,19 @@ def gated(app: Callable[..., Iterable[bytes]], *, event_path: str, batch_path: s
     return wrap(app, gates=gates, retry_after=settings.INGEST_RETRY_AFTER_SECONDS, on_refusal=count)
 
 
+def _drain(environ: dict[str, Any]) -> None:
+    """Read and drop a declared body of at most DRAIN_LIMIT bytes, so the connection stays open for the next
+    request; a body that cannot be read (the client gone) changes nothing."""
+    declared = environ.get("CONTENT_LENGTH", "")
+    if not declared.isdigit() or int(declared) > DRAIN_LIMIT:
+        return
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return
+    with contextlib.suppress(Exception):  # the client gone: it gets no answer either way
+        stream.read(int(declared))
+
+
 def wrap(
     app: Callable[..., Iterable[bytes]],
     *,
@@ -143,6 +163,7 @@ def wrap(
         started = time.monotonic()
         if not gate.enter():
             on_refusal(path, time.monotonic() - started)
+            _drain(environ)
             start_response(status, headers)
             return [body]
         try:

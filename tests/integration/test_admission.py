@@ -311,16 +311,23 @@ def test_a_web_tier_past_its_capacity_refuses_at_once_and_publishes_what_it_acce
     lock = threading.Lock()
     stop_at = time.monotonic() + 3.0
 
+    failures: list[BaseException] = []  # a connection dropped without an answer, say
+
     def client() -> None:
         with requests.Session() as session:
             while time.monotonic() < stop_at:
                 event = activity()
-                response = session.post(
-                    f"{web.url}/api/v1/events",
-                    data=orjson.dumps(event),
-                    headers={"Content-Type": "application/json", "Authorization": f"Api-Key {api_key}"},
-                    timeout=30,
-                )
+                try:
+                    response = session.post(
+                        f"{web.url}/api/v1/events",
+                        data=orjson.dumps(event),
+                        headers={"Content-Type": "application/json", "Authorization": f"Api-Key {api_key}"},
+                        timeout=30,
+                    )
+                except requests.RequestException as exc:
+                    with lock:
+                        failures.append(exc)
+                    return
                 error = response.json().get("error", "") if response.status_code != 202 else ""
                 with lock:
                     answers.append(
@@ -339,6 +346,7 @@ def test_a_web_tier_past_its_capacity_refuses_at_once_and_publishes_what_it_acce
     finally:
         web.stop()
 
+    assert failures == []  # every request answered, on a connection kept open (ingestion.shedding._drain)
     statuses = {status for _, status, _, _ in answers}
     assert statuses == {202, 503}, statuses
     refused = [answer for answer in answers if answer[1] == 503]
@@ -355,3 +363,51 @@ def test_a_web_tier_past_its_capacity_refuses_at_once_and_publishes_what_it_acce
     records = reader.read(expected=len(accepted), timeout=60)
     delivered = [r.headers["event_id"].decode() for r in records if r.headers["event_id"].decode() in sent]
     assert sorted(delivered) == sorted(accepted)  # each accepted event once; none of the refused
+
+
+def test_a_refused_request_keeps_its_connection_open(
+    default_routing: None, api_key: str, celery_worker: WorkerProcess
+) -> None:
+    """A request refused at the load-shedding gate before its body arrived still gets its 503 on a connection the
+    client may go on using (the gate reads the body first; left unread, granian would close the connection, and a
+    client that had sent its next request on it would get no answer at all)."""
+    import http.client
+
+    env = {"INGEST_WEB_ACTIVE_REQUESTS": "1", "INGEST_WEB_MAX_WAIT": "50ms", "WEB_THREADS": "4"}
+    web = WebServer(workers=1, extra_env=env)
+    headers = {"Content-Type": "application/json", "Authorization": f"Api-Key {api_key}"}
+
+    def send_headers(connection: http.client.HTTPConnection, body: bytes) -> None:
+        connection.putrequest("POST", "/api/v1/events")
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+
+    holder = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)
+    refused = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)
+    try:
+        held_body = orjson.dumps(activity())
+        send_headers(holder, held_body)  # its request takes the only permit and waits for a body
+        time.sleep(0.5)
+        late_body = orjson.dumps(activity())
+        send_headers(refused, late_body)
+        time.sleep(0.3)  # past INGEST_WEB_MAX_WAIT: refused, its body not yet sent
+        refused.send(late_body)
+        answer = refused.getresponse()
+        assert answer.status == 503, answer.read()
+        assert "working at capacity" in orjson.loads(answer.read())["error"]
+        assert not answer.will_close, answer.getheaders()
+        socket_used = refused.sock
+        refused.request("POST", "/api/v1/events", body=orjson.dumps(activity()), headers=headers)
+        again = refused.getresponse()
+        again.read()
+        assert refused.sock is socket_used and socket_used is not None  # answered on the same connection
+        assert again.status in (202, 503)
+
+        holder.send(held_body)
+        held = holder.getresponse()
+        assert held.status == 202, held.read()
+    finally:
+        holder.close()
+        refused.close()
+        web.stop()

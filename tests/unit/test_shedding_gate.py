@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 
 from ingestion import services
-from ingestion.shedding import Gate, wrap
+from ingestion.shedding import DRAIN_LIMIT, Gate, wrap
 
 
 class Clock:
@@ -126,3 +127,21 @@ def test_a_request_let_through_is_served_knowing_when_it_arrived() -> None:
     arrived = seen[0]
     assert arrived is not None and before <= arrived <= before + 0.05  # when it came, not when it got the permit
     assert services._arrived.get() is None  # and forgotten once answered
+
+
+def test_a_refused_request_s_body_is_read_unless_it_is_too_large_to_wait_for() -> None:
+    """Read, the connection stays open for the client's next request (ingestion.shedding._drain); a body over
+    DRAIN_LIMIT, or one of no declared length, is left to close its connection."""
+    gate = Gate(permits=1, target=0.01, interval=0.01)
+    assert gate.enter()
+    app = wrap(lambda environ, start_response: [b"ok"], gates={"/api/v1/events": gate}, retry_after=1)
+
+    def refused_with(body: bytes, declared: str) -> int:
+        stream = io.BytesIO(body)
+        environ = {"PATH_INFO": "/api/v1/events", "REQUEST_METHOD": "POST", "CONTENT_LENGTH": declared}
+        app({**environ, "wsgi.input": stream}, lambda *a: None)
+        return stream.tell()
+
+    assert refused_with(b"x" * 300, "300") == 300
+    assert refused_with(b"x" * (DRAIN_LIMIT + 1), str(DRAIN_LIMIT + 1)) == 0
+    assert refused_with(b"x" * 300, "") == 0
