@@ -46,6 +46,15 @@ def content_coding(*, header: str | None) -> str | None:
     raise BodyRejected(415, f"Unsupported Content-Encoding {coding!r}: send one of {supported}, or none.")
 
 
+def declared_length(meta: dict[str, Any], *, at_most: int) -> int | None:
+    """The body's Content-Length when it is a plain number of at most `at_most` bytes, else None: for the paths
+    that read a body only when that is simple (read_body below is the one that answers for every other case)."""
+    declared = meta.get("CONTENT_LENGTH", "")
+    if not declared.isdigit() or int(declared) > at_most:
+        return None
+    return int(declared)
+
+
 def read_body(*, meta: dict[str, Any], read: Any, limit: int) -> bytes:
     """The body as sent, at most `limit` bytes: by Content-Length, or from a chunked stream (which Django does
     not read). `read` is the request's read(); it stops at Content-Length."""

@@ -35,6 +35,7 @@ from django.conf import settings
 
 from events.schema import error_body
 from ingestion import metrics, services
+from ingestion.bodies import declared_length
 
 DRAIN_LIMIT = 256 * 1024  # bytes: larger bodies (or chunked ones) are left unread and their connection closed
 
@@ -134,14 +135,12 @@ def gated(app: Callable[..., Iterable[bytes]], *, event_path: str, batch_path: s
 def _drain(environ: dict[str, Any]) -> None:
     """Read and drop a declared body of at most DRAIN_LIMIT bytes, so the connection stays open for the next
     request; a body that cannot be read (the client gone) changes nothing."""
-    declared = environ.get("CONTENT_LENGTH", "")
-    if not declared.isdigit() or int(declared) > DRAIN_LIMIT:
-        return
+    length = declared_length(environ, at_most=DRAIN_LIMIT)
     stream = environ.get("wsgi.input")
-    if stream is None:
+    if length is None or stream is None:
         return
     with contextlib.suppress(Exception):  # the client gone: it gets no answer either way
-        stream.read(int(declared))
+        stream.read(length)
 
 
 def wrap(

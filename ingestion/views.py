@@ -329,12 +329,12 @@ def answer_event_directly(environ: dict[str, Any]) -> DirectAnswer | None:
     if environ.get("CONTENT_TYPE") not in _PLAIN_JSON or "HTTP_CONTENT_ENCODING" in environ:
         return None
     client = cached_client(environ.get("HTTP_AUTHORIZATION", ""))
-    declared = environ.get("CONTENT_LENGTH", "")
-    if client is None or not declared.isdigit() or not 0 < int(declared) <= settings.INGEST_MAX_BODY_BYTES:
+    length = bodies.declared_length(environ, at_most=settings.INGEST_MAX_BODY_BYTES)
+    if client is None or not length:
         return None
     trace, _ = tracecontext.from_headers(environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_TRACESTATE"))
     with trace_scope(trace), services.admission_expected(source=client.name, owner=client.prefix):
-        body = environ["wsgi.input"].read(int(declared))
+        body = environ["wsgi.input"].read(length)
         try:
             event = validate_event(parse_json_body(body))
         except BodyError:
