@@ -69,7 +69,11 @@ class SentinelGroup:
         deadline = time.monotonic() + timeout
         asked = 0.0
         while time.monotonic() < deadline:
-            now = self.primary()
+            try:
+                now = self.primary()
+            except MasterNotFoundError:  # the Sentinels are voting: they name no primary meanwhile
+                time.sleep(0.2)
+                continue
             if now == before and time.monotonic() - asked > 5:
                 # Sentinel refuses (or quietly drops) a failover while the previous one's failover-timeout runs
                 # or the replica is not yet in sync: ask again until it happens.
